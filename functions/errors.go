@@ -1,0 +1,27 @@
+package functions
+
+import "errors"
+
+var (
+	// ErrInvalidConfig is returned (wrapped, with every problem listed) by ValidateDefinitions
+	// and NewDispatcher for function definitions that cannot be used.
+	ErrInvalidConfig = errors.New("functions: invalid configuration")
+	// ErrUnknownType is returned when a definition names a type no registered factory provides.
+	ErrUnknownType = errors.New("functions: unknown function type")
+	// ErrUnknownFunction is returned by admin and dead-letter calls for a name that is not configured.
+	ErrUnknownFunction = errors.New("functions: unknown function")
+	// ErrStopped is returned by calls made after Stop has begun.
+	ErrStopped = errors.New("functions: dispatcher stopped")
+	// ErrNoPublisher is returned by a republish function, or for publish outputs, when the
+	// dispatcher has no Publisher to hand them to.
+	ErrNoPublisher = errors.New("functions: no publisher configured")
+	// ErrHopLimit is returned when a re-ingested output would exceed its function's max_hops.
+	ErrHopLimit = errors.New("functions: output exceeds max_hops")
+	// ErrBadResponse is returned (wrapped) when a function's answer is not the documented JSON shape.
+	ErrBadResponse = errors.New("functions: malformed function response")
+	// ErrRetryable marks an invocation failure worth retrying soon (timeouts, 429, 5xx, traps).
+	ErrRetryable = errors.New("functions: retryable failure")
+	// ErrRejected marks an invocation the function refused (4xx other than 429); it is still
+	// retried up to max_attempts, then dead-lettered with the function's answer as the reason.
+	ErrRejected = errors.New("functions: rejected by function")
+)
