@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -220,4 +221,9 @@ func decodeHeader(t testing.TB, tok string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestMain(m *testing.M) {
+	slog.SetDefault(slog.New(slog.DiscardHandler)) // keep "generated a key" lines out of test output
+	os.Exit(m.Run())
 }

@@ -85,7 +85,7 @@ func TestVerifyJWKS(t *testing.T) {
 		jwk(t, "ec384", "ES384", ks["ES384"].pub),
 		jwk(t, "ed", "", ks["EdDSA"].pub),
 		map[string]any{"kty": "RSA", "use": "enc", "kid": "encryption", "n": "AQAB", "e": "AQAB"}, // skipped
-		map[string]any{"kty": "OKP", "crv": "X25519", "kid": "x", "x": "AAAA"},                  // skipped
+		map[string]any{"kty": "OKP", "crv": "X25519", "kid": "x", "x": "AAAA"},                    // skipped
 	)
 	cfg := DefaultConfig()
 	cfg.JWKSFile = path
