@@ -105,6 +105,13 @@ func (c *exprCheck) Visit(n *ast.Node) {
 	switch n := (*n).(type) {
 	case *ast.IdentifierNode:
 		c.vars |= varByName[n.Value]
+	case *ast.BuiltinNode:
+		// Predicate builtins (reduce, ...) cannot be switched off with expr.DisableBuiltin.
+		for _, b := range DisabledBuiltins {
+			if n.Name == b {
+				c.fail("builtin %s is not available in rules (it can allocate without bound)", b)
+			}
+		}
 	case *ast.BinaryNode:
 		switch n.Operator {
 		case "..":
@@ -185,7 +192,11 @@ func exprError(err error) error {
 		}
 		return fmt.Errorf("%s (column %d)", msg, fe.Column+1)
 	}
-	return errors.New(strings.ReplaceAll(err.Error(), "\n", " "))
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	if strings.HasPrefix(msg, "expected bool, but got") {
+		msg = "must be a boolean condition: " + msg
+	}
+	return errors.New(msg)
 }
 
 func fnHas(args ...any) (any, error) { return args[0] != nil, nil }
