@@ -140,9 +140,9 @@ func TestRoutesFirstMatchAndDefault(t *testing.T) {
 		}
 	}
 	f("gold", `{"temp": 45}`, "archive", "threshold") // first route wins even though the second also holds
-	f("silver", `{"temp": 45}`, "archive", "hot")      // archive appears once
+	f("silver", `{"temp": 45}`, "archive", "hot")     // archive appears once
 	f("silver", `{"temp": 20}`, "archive", "echo-down")
-	f("gold", `{"temp": -60}`)                         // the rule's when fails: nothing
+	f("gold", `{"temp": -60}`) // the rule's when fails: nothing
 	f("gold", `nope`)
 }
 

@@ -21,12 +21,12 @@ func known(names ...string) func(string) bool {
 func TestCompileListsEveryProblem(t *testing.T) {
 	rules := []Rule{
 		{ID: "ok", Topic: "devices/+/telemetry", Functions: []string{"archive"}},
-		{ID: "", Topic: "a/b", Functions: []string{"archive"}},                           // empty id
-		{ID: "ok", Topic: "a/b", Functions: []string{"archive"}},                         // duplicate id
-		{ID: "badtopic", Topic: "a/#/b", Functions: []string{"archive"}},                 // bad filter
+		{ID: "", Topic: "a/b", Functions: []string{"archive"}},                              // empty id
+		{ID: "ok", Topic: "a/b", Functions: []string{"archive"}},                            // duplicate id
+		{ID: "badtopic", Topic: "a/#/b", Functions: []string{"archive"}},                    // bad filter
 		{ID: "badexpr", Topic: "a", When: "payload.temp >", Functions: []string{"archive"}}, // does not compile
-		{ID: "notbool", Topic: "a", When: "topic", Functions: []string{"archive"}},         // not boolean
-		{ID: "unknownfn", Topic: "a", Functions: []string{"nope"}},                         // unknown function
+		{ID: "notbool", Topic: "a", When: "topic", Functions: []string{"archive"}},          // not boolean
+		{ID: "unknownfn", Topic: "a", Functions: []string{"nope"}},                          // unknown function
 		{ID: "routes", Topic: "a", Routes: []Route{
 			{Functions: []string{"archive"}},
 			{When: "true", Functions: []string{"archive"}}, // after the default
@@ -43,7 +43,10 @@ func TestCompileListsEveryProblem(t *testing.T) {
 	if !errors.Is(err, ErrInvalidRules) {
 		t.Fatalf("error does not wrap ErrInvalidRules")
 	}
-	want := []struct{ index int; rule, field, reason string }{
+	want := []struct {
+		index               int
+		rule, field, reason string
+	}{
 		{1, "", "id", "missing"},
 		{2, "ok", "id", "duplicate id: rules[0]"},
 		{3, "badtopic", "topic", "'#' must be a whole level and the last one"},
