@@ -227,3 +227,8 @@ func TestMain(m *testing.M) {
 	slog.SetDefault(slog.New(slog.DiscardHandler)) // keep "generated a key" lines out of test output
 	os.Exit(m.Run())
 }
+
+// hsTokHeader signs claims with an HS256 secret under an arbitrary header.
+func hsTokHeader(t testing.TB, secret []byte, header, claims map[string]any) string {
+	return hmacToken(t, "HS256", header, claims, secret)
+}

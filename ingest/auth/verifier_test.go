@@ -211,6 +211,9 @@ func TestVerifyRefusals(t *testing.T) {
 		{"HS256 signed with RSA PEM, no kid", hmacToken(t, "HS256", map[string]any{"alg": "HS256"}, valid(nil), rsaPEMBytes), ErrBadSignature, ""},
 		// And the other way: an RS256 token presented under the HMAC key's kid.
 		{"RS256 with HMAC key's kid", signWith(t, ks["RS256"], "hmac", valid(nil)), ErrAlgorithm, `key "hmac" is HS256`},
+		// An "RS256" token whose signature is an HMAC keyed with the RSA public key's PEM bytes.
+		{"RS256 header, HMAC signature", hmacToken(t, "HS256", map[string]any{"alg": "RS256", "kid": "rsa"}, valid(nil), rsaPEMBytes), ErrBadSignature, ""},
+		{"crit header", hsTokHeader(t, hs, map[string]any{"alg": "HS256", "kid": "hmac", "crit": []string{"exp"}}, valid(nil)), ErrMalformed, "crit"},
 		{"ES256 no such key", signWith(t, ks["ES256"], "", valid(nil)), ErrAlgorithm, `alg "ES256"`},
 		{"unknown kid", signWith(t, ks["HS256"], "nope", valid(nil)), ErrUnknownKey, `no key with kid "nope"`},
 		{"tampered payload", tampered, ErrBadSignature, ""},
@@ -229,6 +232,15 @@ func TestVerifyRefusals(t *testing.T) {
 		{"tenant not string", hsTok(valid(func(c map[string]any) { c["tenant"] = 7 })), ErrMalformed, "tenant"},
 		{"exp not a number", hsTok(valid(func(c map[string]any) { c["exp"] = "tomorrow" })), ErrMalformed, "exp"},
 	}
+	// With only an RSA key configured, an HS256 token signed with its PEM bytes meets no key at all.
+	rsaOnly := DefaultConfig()
+	rsaOnly.Keys = []KeyConfig{{ID: "rsa", Alg: "RS256", PublicKeyFile: rsaPEM}}
+	vr := mustNew(t, rsaOnly, Options{Now: clk.Now})
+	confused := hmacToken(t, "HS256", map[string]any{"alg": "HS256"}, valid(nil), rsaPEMBytes)
+	if _, err := vr.Verify(confused); !errors.Is(err, ErrAlgorithm) || !strings.Contains(err.Error(), "accepted: RS256") {
+		t.Fatalf("RSA-only verifier, HS256 token: err = %v, want ErrAlgorithm", err)
+	}
+
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p, err := v.Verify(c.token)
@@ -237,6 +249,9 @@ func TestVerifyRefusals(t *testing.T) {
 			}
 			if p != nil {
 				t.Fatal("principal returned with error")
+			}
+			if r := Reason(err); r == "" || r != resultLabel(c.want) {
+				t.Fatalf("Reason = %q, want %q", r, resultLabel(c.want))
 			}
 			if !strings.Contains(err.Error(), c.msg) {
 				t.Fatalf("message %q does not contain %q", err, c.msg)
@@ -341,6 +356,7 @@ func TestCacheNeverPastExpiry(t *testing.T) {
 		`fleetgate_auth_verifications_total{result="cached"} 2`,
 		`fleetgate_auth_verifications_total{result="expired"} 1`,
 		`fleetgate_auth_cache_entries 0`,
+		`fleetgate_auth_verify_duration_seconds_count 2`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %q:\n%s", want, out)
