@@ -1,0 +1,19 @@
+package storage
+
+import "errors"
+
+var (
+	// ErrClosed is returned by every call made after Close has begun.
+	ErrClosed = errors.New("storage: closed")
+	// ErrBusy means too many appends are waiting for a commit; the caller should retry later
+	// (HTTP 503 with Retry-After, MQTT quota exceeded). Nothing was stored.
+	ErrBusy = errors.New("storage: too many pending appends")
+	// ErrFull means the disk, or the configured storage.max_bytes, is full. Nothing was stored.
+	ErrFull = errors.New("storage: full")
+	// ErrTooLarge means one append request is larger than a single commit may be.
+	ErrTooLarge = errors.New("storage: append too large for one commit")
+	// ErrNotFound is returned for a key, queue entry or dead letter that does not exist.
+	ErrNotFound = errors.New("storage: not found")
+	// ErrInvalid is returned for a malformed argument, such as an empty function name.
+	ErrInvalid = errors.New("storage: invalid argument")
+)

@@ -1,0 +1,217 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// sweepLoop deletes events no queue needs any more, applies the max-age safety valve and
+// checks the size limit.
+func (s *Store) sweepLoop() {
+	defer s.done.Done()
+	t := time.NewTicker(s.opts.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
+			s.Sweep()
+		}
+	}
+}
+
+// Sweep runs one retention pass now: expiry by MaxAge, deletion of delivered events, and the
+// MaxBytes check. It is safe to call at any time; the store calls it every SweepInterval.
+func (s *Store) Sweep() {
+	if s.closed.Load() {
+		return
+	}
+	if s.opts.MaxAge > 0 {
+		s.expire(time.Now().Add(-s.opts.MaxAge))
+	}
+	s.deleteDelivered()
+	if s.opts.MaxBytes > 0 {
+		size := s.Size()
+		was := s.full.Swap(size >= s.opts.MaxBytes)
+		if !was && size >= s.opts.MaxBytes {
+			s.log.Error("storage full: refusing new events until functions drain their queues", "size_bytes", size, "storage.max_bytes", s.opts.MaxBytes)
+		} else if was && size < s.opts.MaxBytes {
+			s.log.Warn("storage below storage.max_bytes again: accepting events", "size_bytes", size)
+		}
+	}
+}
+
+// watermark is the lowest seq any queue or DLQ still refers to: events below it can go.
+func (s *Store) watermark() (uint64, error) {
+	// Read the committed seq before the snapshot: everything at or below it is in the snapshot.
+	low := s.committedSeq.Load() + 1
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
+		defer it.Close()
+		for _, ns := range []byte{nsQueue, nsDead} {
+			it.Seek([]byte{ns})
+			for it.ValidForPrefix([]byte{ns}) {
+				fn, seq, ok := parseFnKey(it.Item().Key())
+				if !ok {
+					it.Next()
+					continue
+				}
+				low = min(low, seq)
+				// Skip to the next function: its prefix sorts right after fn's 0x00 terminator.
+				next := append([]byte{ns}, fn...)
+				it.Seek(append(next, 1))
+			}
+		}
+		return nil
+	})
+	return low, err
+}
+
+// deleteDelivered deletes the events below the watermark.
+func (s *Store) deleteDelivered() {
+	low, err := s.watermark()
+	if err != nil {
+		s.log.Error("storage retention: computing watermark", "err", err)
+		return
+	}
+	n, err := s.deleteEvents(func(seq uint64, _ int64) bool { return seq < low })
+	if err != nil {
+		s.log.Error("storage retention: deleting delivered events", "err", err)
+	}
+	s.m.deleted.Add(n)
+}
+
+// deleteEvents deletes events from the oldest on while keep(seq, commitNanos) is true.
+func (s *Store) deleteEvents(del func(seq uint64, commitNanos int64) bool) (int, error) {
+	total := 0
+	for {
+		var batch []*op
+		err := s.db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{nsEvent}})
+			defer it.Close()
+			for it.Rewind(); it.ValidForPrefix([]byte{nsEvent}) && len(batch) < 10000; it.Next() {
+				k := it.Item().KeyCopy(nil)
+				seq := binary.BigEndian.Uint64(k[1:])
+				var at int64
+				if err := it.Item().Value(func(v []byte) error {
+					if len(v) >= 8 {
+						at = int64(binary.BigEndian.Uint64(v))
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+				if !del(seq, at) {
+					break
+				}
+				batch = append(batch, &op{key: k, delete: true})
+			}
+			return nil
+		})
+		if err != nil || len(batch) == 0 {
+			return total, err
+		}
+		if err := s.write(batch, nil); err != nil {
+			return total, err
+		}
+		total += len(batch)
+		if len(batch) < 10000 {
+			return total, nil
+		}
+	}
+}
+
+// expire applies the max-age safety valve: events committed before cutoff are deleted with
+// their queue entries and dead letters, and this is logged as an error and counted.
+func (s *Store) expire(cutoff time.Time) {
+	// Find the highest seq committed before cutoff.
+	var last uint64
+	found := false
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{nsEvent}})
+		defer it.Close()
+		for it.Rewind(); it.ValidForPrefix([]byte{nsEvent}); it.Next() {
+			var at int64
+			_ = it.Item().Value(func(v []byte) error {
+				if len(v) >= 8 {
+					at = int64(binary.BigEndian.Uint64(v))
+				}
+				return nil
+			})
+			if at >= cutoff.UnixNano() {
+				break
+			}
+			last, found = binary.BigEndian.Uint64(it.Item().Key()[1:]), true
+		}
+		return nil
+	})
+	if err != nil || !found {
+		return
+	}
+	// Drop queue entries and dead letters that refer to them.
+	var ops []*op
+	perFn := map[string]int{}
+	err = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
+		defer it.Close()
+		for _, ns := range []byte{nsQueue, nsDead} {
+			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); it.Next() {
+				fn, seq, ok := parseFnKey(it.Item().Key())
+				if !ok || seq > last {
+					continue
+				}
+				o := &op{key: it.Item().KeyCopy(nil), delete: true, fn: fn}
+				if ns == nsQueue {
+					o.dq = -1
+				} else {
+					o.dd = -1
+				}
+				ops = append(ops, o)
+				perFn[fn]++
+			}
+		}
+		return nil
+	})
+	if err == nil && len(ops) > 0 {
+		err = s.write(ops, nil)
+	}
+	if err != nil && !errors.Is(err, ErrClosed) {
+		s.log.Error("storage max_age: dropping expired queue entries", "err", err)
+		return
+	}
+	n, err := s.deleteEvents(func(seq uint64, _ int64) bool { return seq <= last })
+	if err != nil {
+		s.log.Error("storage max_age: deleting expired events", "err", err)
+	}
+	if n > 0 || len(ops) > 0 {
+		s.m.expired.Add(n)
+		s.log.Error("storage.max_age reached: events were deleted before every function received them",
+			"events", n, "undelivered_per_function", perFn, "cutoff", cutoff.Format(time.RFC3339))
+	}
+}
+
+// gcLoop runs Badger's value-log garbage collection periodically.
+func (s *Store) gcLoop() {
+	defer s.done.Done()
+	t := time.NewTicker(s.opts.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
+			for i := 0; i < 10 && !s.closed.Load(); i++ {
+				if err := s.db.RunValueLogGC(0.5); err != nil {
+					if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+						s.log.Warn("storage: value log GC", "err", err)
+					}
+					break
+				}
+			}
+		}
+	}
+}

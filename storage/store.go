@@ -1,0 +1,654 @@
+// Package storage is fleetgate's durable log on Badger: group-committed appends of events
+// with a queue entry per chosen function, dead letters, retention, and a small KV.
+package storage
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/fleetgate/fleetgate/event"
+)
+
+// Target is one function chosen for an event by a rule.
+type Target struct {
+	Function string
+	Rule     string
+	Data     []byte // the rule's select output; nil means the event's own data
+}
+
+// Entry is one event to append with the functions it must be delivered to.
+type Entry struct {
+	Event          *event.Event
+	Targets        []Target
+	IdempotencyKey string // optional: if an entry with this key was stored within IdempotencyTTL, nothing is stored
+
+	// Seq is set by Append: the commit sequence number, unique and ascending in commit order.
+	Seq uint64
+	// Duplicate is set by Append when IdempotencyKey was seen before: nothing was stored and
+	// Event.ID is set to the id of the event stored the first time.
+	Duplicate bool
+}
+
+// Options configures a Store. Zero values take the defaults documented on each field.
+type Options struct {
+	Dir      string // data directory (required unless InMemory)
+	InMemory bool   // for tests only: nothing survives Close
+
+	MaxPendingBytes int64         // appends waiting for a commit, beyond which Append fails with ErrBusy (default 64 MiB)
+	MaxGroupBytes   int           // bytes per commit group (default 4 MiB)
+	MaxBytes        int64         // refuse appends with ErrFull once the data dir is this large (default 0: no limit)
+	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
+	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
+	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
+	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
+
+	Metrics *metrics.Set
+	Logger  *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxPendingBytes <= 0 {
+		o.MaxPendingBytes = 64 << 20
+	}
+	if o.MaxGroupBytes <= 0 {
+		o.MaxGroupBytes = 4 << 20
+	}
+	if o.IdempotencyTTL <= 0 {
+		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = 5 * time.Second
+	}
+	if o.GCInterval <= 0 {
+		o.GCInterval = time.Minute
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewSet()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// maxRequestBytes bounds one request: Badger refuses transactions much above this.
+const maxRequestBytes = 8 << 20
+
+// Store is the durable log. All methods are safe for concurrent use.
+type Store struct {
+	opts Options
+	db   *badger.DB
+	log  *slog.Logger
+
+	reqs     chan *writeReq
+	pending  atomic.Int64 // bytes in reqs
+	closing  chan struct{}
+	closed   atomic.Bool
+	closeMu  sync.RWMutex // held for reading while sending to reqs; for writing by Close
+	done     sync.WaitGroup
+	full     atomic.Bool // MaxBytes reached (checked by the sweeper)
+	onCommit atomic.Pointer[func([]*Entry)]
+
+	lastSeq      uint64 // highest seq assigned; committer goroutine only
+	committedSeq atomic.Uint64
+
+	depthMu sync.Mutex
+	depth   map[string]*depthCounter
+
+	m storeMetrics
+}
+
+type depthCounter struct{ queue, dead atomic.Int64 }
+
+type storeMetrics struct {
+	appended, duplicates, commits, commitErrors, busy *metrics.Counter
+	expired, deleted                                  *metrics.Counter
+	commitSeconds                                     *metrics.PrometheusHistogram
+	groupEvents                                       *metrics.Histogram
+}
+
+// writeReq is one unit of the group commit: appends and raw operations, committed atomically.
+type writeReq struct {
+	entries []*Entry
+	ops     []*op
+	size    int64
+	done    func(error)
+	after   func() // runs on the committer after a successful commit, before done
+}
+
+// op is one raw write of a request, applied on the committer goroutine.
+type op struct {
+	key, value []byte
+	delete     bool          // delete key (only if it exists, when counted)
+	ttl        time.Duration // set with a TTL
+	moveTo     []byte        // move key's value to moveTo (through wrap); skipped if key is missing
+	wrap       func(old []byte) []byte
+	fn         string // the function whose depths change when the op takes effect
+	dq, dd     int64  // queue and dead-letter depth deltas
+	applied    bool   // set by the committer: the op took effect
+}
+
+// Open opens (or creates) the store in opts.Dir and starts its committer, sweeper and value-log GC.
+func Open(opts Options) (*Store, error) {
+	opts.setDefaults()
+	if opts.Dir == "" && !opts.InMemory {
+		return nil, fmt.Errorf("opening storage: %w: no data directory", ErrInvalid)
+	}
+	bo := badger.DefaultOptions(opts.Dir).
+		WithInMemory(opts.InMemory).
+		WithSyncWrites(true).
+		WithDetectConflicts(false).
+		WithLogger(badgerLogger{opts.Logger}).
+		WithNumVersionsToKeep(1).
+		WithMetricsEnabled(false)
+	if opts.InMemory {
+		bo.Dir, bo.ValueDir = "", ""
+	}
+	db, err := badger.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("opening storage in %q: %w", opts.Dir, err)
+	}
+	s := &Store{
+		opts:    opts,
+		db:      db,
+		log:     opts.Logger,
+		reqs:    make(chan *writeReq, 1<<14),
+		closing: make(chan struct{}),
+		depth:   map[string]*depthCounter{},
+	}
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	ms := opts.Metrics
+	s.m = storeMetrics{
+		appended:      ms.NewCounter("fleetgate_storage_events_appended_total"),
+		duplicates:    ms.NewCounter("fleetgate_storage_duplicates_total"),
+		commits:       ms.NewCounter("fleetgate_storage_commits_total"),
+		commitErrors:  ms.NewCounter("fleetgate_storage_commit_errors_total"),
+		busy:          ms.NewCounter("fleetgate_storage_busy_total"),
+		expired:       ms.NewCounter("fleetgate_storage_expired_events_total"),
+		deleted:       ms.NewCounter("fleetgate_storage_events_deleted_total"),
+		commitSeconds: ms.NewPrometheusHistogram("fleetgate_storage_commit_seconds"),
+		groupEvents:   ms.NewHistogram("fleetgate_storage_commit_group_events"),
+	}
+	ms.NewGauge("fleetgate_storage_pending_bytes", func() float64 { return float64(s.pending.Load()) })
+	ms.NewGauge("fleetgate_storage_disk_bytes", func() float64 { return float64(s.Size()) })
+	ms.NewGauge("fleetgate_storage_full", func() float64 {
+		if s.full.Load() {
+			return 1
+		}
+		return 0
+	})
+	s.done.Add(3)
+	go s.commitLoop()
+	go s.sweepLoop()
+	go s.gcLoop()
+	return s, nil
+}
+
+// load restores the last sequence number and the queue depths.
+func (s *Store) load() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(nsMetaSeq))
+		switch {
+		case err == nil:
+			v, err := item.ValueCopy(nil)
+			if err != nil || len(v) != 8 {
+				return fmt.Errorf("reading sequence number: corrupt value (%v)", err)
+			}
+			s.lastSeq = binary.BigEndian.Uint64(v)
+			s.committedSeq.Store(s.lastSeq)
+		case !errors.Is(err, badger.ErrKeyNotFound):
+			return fmt.Errorf("reading sequence number: %w", err)
+		}
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
+		defer it.Close()
+		for _, ns := range []byte{nsQueue, nsDead} {
+			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); it.Next() {
+				fn, _, ok := parseFnKey(it.Item().Key())
+				if !ok {
+					continue
+				}
+				c := s.counter(fn)
+				if ns == nsQueue {
+					c.queue.Add(1)
+				} else {
+					c.dead.Add(1)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Store) counter(fn string) *depthCounter {
+	s.depthMu.Lock()
+	defer s.depthMu.Unlock()
+	c := s.depth[fn]
+	if c == nil {
+		c = &depthCounter{}
+		s.depth[fn] = c
+	}
+	return c
+}
+
+// SetOnCommit sets the hot-tail hook: after each durable commit, fn is called on the committer
+// goroutine with that commit's new (non-duplicate) entries in Seq order. fn must not block and
+// must not retain the slice (the entries themselves may be kept).
+func (s *Store) SetOnCommit(fn func(committed []*Entry)) {
+	if fn == nil {
+		s.onCommit.Store(nil)
+		return
+	}
+	s.onCommit.Store(&fn)
+}
+
+// Append stores entries durably: it returns nil only after they (and their queue entries) are
+// fsynced, sharing the commit with concurrent callers. Either all entries are stored or none.
+// If ctx ends first, the append may still complete.
+func (s *Store) Append(ctx context.Context, entries []*Entry) error {
+	ch := make(chan error, 1)
+	s.AppendAsync(entries, func(err error) { ch <- err })
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// AppendAsync is Append that calls done exactly once, after the fsync or on failure, instead of
+// blocking. done runs on the committer goroutine and must not block.
+func (s *Store) AppendAsync(entries []*Entry, done func(error)) {
+	var size int64
+	for _, e := range entries {
+		if e.Event == nil {
+			done(fmt.Errorf("appending: %w: entry without event", ErrInvalid))
+			return
+		}
+		for _, t := range e.Targets {
+			if !validFunction(t.Function) {
+				done(fmt.Errorf("appending: %w: function name %q", ErrInvalid, t.Function))
+				return
+			}
+			size += int64(len(t.Function) + len(t.Data) + 24)
+		}
+		size += int64(e.Event.Size())
+	}
+	if s.full.Load() {
+		done(fmt.Errorf("appending: %w: storage.max_bytes (%d bytes) reached; raise it or let functions drain their queues", ErrFull, s.opts.MaxBytes))
+		return
+	}
+	s.submit(&writeReq{entries: entries, size: size, done: done})
+}
+
+// submit hands r to the committer or fails it.
+func (s *Store) submit(r *writeReq) {
+	if r.size > maxRequestBytes {
+		r.done(fmt.Errorf("writing: %w: %d bytes (limit %d)", ErrTooLarge, r.size, maxRequestBytes))
+		return
+	}
+	if s.pending.Add(r.size) > s.opts.MaxPendingBytes {
+		s.pending.Add(-r.size)
+		s.m.busy.Inc()
+		r.done(fmt.Errorf("writing: %w (%d bytes pending)", ErrBusy, s.opts.MaxPendingBytes))
+		return
+	}
+	s.closeMu.RLock()
+	if s.closed.Load() {
+		s.closeMu.RUnlock()
+		s.pending.Add(-r.size)
+		r.done(ErrClosed)
+		return
+	}
+	select {
+	case s.reqs <- r:
+		s.closeMu.RUnlock()
+	default:
+		s.closeMu.RUnlock()
+		s.pending.Add(-r.size)
+		s.m.busy.Inc()
+		r.done(fmt.Errorf("writing: %w (commit queue full)", ErrBusy))
+	}
+}
+
+// write runs ops through the group commit and waits for them to be durable.
+func (s *Store) write(ops []*op, after func()) error {
+	var size int64
+	for _, o := range ops {
+		size += int64(len(o.key) + len(o.value) + 16)
+	}
+	ch := make(chan error, 1)
+	s.submit(&writeReq{ops: ops, size: size, after: after, done: func(err error) { ch <- err }})
+	return <-ch
+}
+
+// maxInflightCommits bounds the groups handed to Badger and not yet completed. Badger's
+// NewTransaction waits until earlier commits are done, so the next group is collected while the
+// previous one is being fsynced: it grows with the load instead of the log idling.
+const maxInflightCommits = 4
+
+// group is one transaction's worth of requests on its way through Badger.
+type group struct {
+	reqs    []*writeReq
+	start   time.Time
+	seq     uint64 // highest seq assigned in the group
+	nEvents int
+	err     chan error
+}
+
+func (s *Store) commitLoop() {
+	defer s.done.Done()
+	inflight := make(chan *group, maxInflightCommits)
+	completed := make(chan struct{})
+	go func() {
+		defer close(completed)
+		for g := range inflight {
+			s.complete(g, <-g.err)
+		}
+	}()
+	defer func() {
+		close(inflight)
+		<-completed
+	}()
+	for {
+		var first *writeReq
+		select {
+		case first = <-s.reqs:
+		case <-s.closing:
+			// Commit what was submitted before Close took the lock.
+			for {
+				select {
+				case r := <-s.reqs:
+					if g := s.begin(nil, []*writeReq{r}); g != nil {
+						inflight <- g
+					}
+				default:
+					return
+				}
+			}
+		}
+		// Opening the transaction waits for the previous commit's fsync; requests arriving
+		// meanwhile join this group.
+		txn := s.db.NewTransaction(true)
+		reqs := []*writeReq{first}
+		bytes := first.size
+	drain:
+		for bytes < int64(s.opts.MaxGroupBytes) {
+			select {
+			case r := <-s.reqs:
+				reqs = append(reqs, r)
+				bytes += r.size
+			default:
+				break drain
+			}
+		}
+		if g := s.begin(txn, reqs); g != nil {
+			inflight <- g
+		}
+	}
+}
+
+// begin writes a group's requests into one transaction and hands it to Badger (one fsync for
+// the whole group). Requests that cannot be applied are failed and left out. It returns nil if
+// no request is left. txn, if not nil, is a fresh update transaction to use.
+func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
+	for {
+		g := &group{reqs: reqs, start: time.Now(), err: make(chan error, 1)}
+		if txn == nil {
+			txn = s.db.NewTransaction(true)
+		}
+		seq := s.lastSeq
+		var buf []byte
+		var groupKeys map[string]*Entry // idempotency keys seen earlier in this group
+		bad := -1
+		var badErr error
+		for i, r := range reqs {
+			if err := s.applyReq(txn, r, &seq, &buf, &groupKeys); err != nil {
+				bad, badErr = i, err
+				break
+			}
+			g.nEvents += len(r.entries)
+		}
+		if bad >= 0 {
+			txn.Discard()
+			txn = nil
+			r := reqs[bad]
+			s.pending.Add(-r.size)
+			r.done(badErr)
+			reqs = append(reqs[:bad:bad], reqs[bad+1:]...)
+			for _, r := range reqs {
+				for _, e := range r.entries {
+					e.Seq, e.Duplicate = 0, false
+				}
+			}
+			if len(reqs) == 0 {
+				return nil
+			}
+			continue
+		}
+		var seqBuf [8]byte
+		binary.BigEndian.PutUint64(seqBuf[:], seq)
+		if err := txn.SetEntry(badger.NewEntry([]byte(nsMetaSeq), seqBuf[:])); err != nil {
+			txn.Discard()
+			g.err <- err
+			return g
+		}
+		s.lastSeq, g.seq = seq, seq
+		txn.CommitWith(func(err error) { g.err <- err })
+		return g
+	}
+}
+
+// complete finishes a group after Badger answered: counters, the hot-tail hook, then the
+// callers. Groups complete in the order they began.
+func (s *Store) complete(g *group, err error) {
+	s.m.commitSeconds.UpdateDuration(g.start)
+	for _, r := range g.reqs {
+		s.pending.Add(-r.size)
+	}
+	if err != nil {
+		s.m.commitErrors.Inc()
+		err = s.classify(err)
+		s.log.Error("storage commit failed", "err", err, "requests", len(g.reqs))
+		for _, r := range g.reqs {
+			r.done(err)
+		}
+		return
+	}
+	s.committedSeq.Store(g.seq)
+	s.m.commits.Inc()
+	s.m.groupEvents.Update(float64(g.nEvents))
+	var committed []*Entry
+	for _, r := range g.reqs {
+		for _, e := range r.entries {
+			if e.Duplicate {
+				s.m.duplicates.Inc()
+				continue
+			}
+			s.m.appended.Inc()
+			committed = append(committed, e)
+			for _, t := range e.Targets {
+				s.counter(t.Function).queue.Add(1)
+			}
+		}
+		for _, o := range r.ops {
+			if o.applied && o.fn != "" {
+				c := s.counter(o.fn)
+				c.queue.Add(o.dq)
+				c.dead.Add(o.dd)
+			}
+		}
+		if r.after != nil {
+			r.after()
+		}
+	}
+	if fn := s.onCommit.Load(); fn != nil && len(committed) > 0 {
+		(*fn)(committed)
+	}
+	for _, r := range g.reqs {
+		r.done(nil)
+	}
+}
+
+func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
+	for _, e := range r.entries {
+		if e.IdempotencyKey != "" {
+			if prev := (*groupKeys)[e.IdempotencyKey]; prev != nil {
+				e.Duplicate, e.Event.ID = true, prev.Event.ID
+				continue
+			}
+			item, err := txn.Get(append([]byte{nsIdem}, e.IdempotencyKey...))
+			if err == nil {
+				v, err := item.ValueCopy(nil)
+				if err == nil && len(v) >= 8 {
+					e.Duplicate, e.Event.ID = true, string(v[8:])
+					continue
+				}
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return fmt.Errorf("checking idempotency key: %w", err)
+			}
+		}
+		*seq++
+		e.Seq = *seq
+		if e.Event.ID == "" {
+			e.Event.ID = event.NewID()
+		}
+		*buf = binary.BigEndian.AppendUint64((*buf)[:0], uint64(time.Now().UnixNano()))
+		*buf = e.Event.AppendBinary(*buf)
+		if err := txn.SetEntry(badger.NewEntry(eventKey(e.Seq), append([]byte(nil), *buf...))); err != nil {
+			return fmt.Errorf("storing event: %w", err)
+		}
+		for _, t := range e.Targets {
+			if err := txn.SetEntry(badger.NewEntry(fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data))); err != nil {
+				return fmt.Errorf("storing queue entry: %w", err)
+			}
+		}
+		if e.IdempotencyKey != "" {
+			v := binary.BigEndian.AppendUint64(nil, e.Seq)
+			v = append(v, e.Event.ID...)
+			if err := txn.SetEntry(badger.NewEntry(append([]byte{nsIdem}, e.IdempotencyKey...), v).WithTTL(s.opts.IdempotencyTTL)); err != nil {
+				return fmt.Errorf("storing idempotency key: %w", err)
+			}
+			if *groupKeys == nil {
+				*groupKeys = map[string]*Entry{}
+			}
+			(*groupKeys)[e.IdempotencyKey] = e
+		}
+	}
+	for _, o := range r.ops {
+		if err := applyOp(txn, o); err != nil {
+			return fmt.Errorf("writing: %w", err)
+		}
+	}
+	return nil
+}
+
+// classify maps Badger and OS errors to the package's sentinels.
+func (s *Store) classify(err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOSPC):
+		return fmt.Errorf("committing: %w: disk full: %v", ErrFull, err)
+	case errors.Is(err, badger.ErrTxnTooBig):
+		return fmt.Errorf("committing: %w: %v", ErrTooLarge, err)
+	case errors.Is(err, badger.ErrDBClosed), errors.Is(err, badger.ErrBlockedWrites):
+		return fmt.Errorf("committing: %w: %v", ErrClosed, err)
+	}
+	return fmt.Errorf("committing: %w", err)
+}
+
+// Close stops accepting writes, commits what was already submitted, and closes Badger.
+// Calls made after Close fail with ErrClosed.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed.Swap(true) {
+		s.closeMu.Unlock()
+		return nil
+	}
+	close(s.closing)
+	s.closeMu.Unlock()
+	s.done.Wait()
+	return s.db.Close()
+}
+
+// Size is the disk space the data directory uses, in bytes (blocks allocated, as du counts).
+func (s *Store) Size() int64 {
+	if s.opts.InMemory {
+		l, v := s.db.Size()
+		return l + v
+	}
+	var total int64
+	_ = filepath.WalkDir(s.opts.Dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				total += st.Blocks * 512
+			} else {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
+}
+
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error("badger: " + fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn("badger: " + fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Infof(f string, a ...any)    {}
+func (b badgerLogger) Debugf(f string, a ...any)   {}
+
+// applyOp applies one raw op inside the group's transaction.
+func applyOp(txn *badger.Txn, o *op) error {
+	o.applied = false
+	counted := o.fn != ""
+	if counted || o.moveTo != nil {
+		item, err := txn.Get(o.key)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if o.moveTo != nil {
+			old, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if err := txn.SetEntry(badger.NewEntry(o.moveTo, o.wrap(old))); err != nil {
+				return err
+			}
+			if err := txn.Delete(o.key); err != nil {
+				return err
+			}
+			o.applied = true
+			return nil
+		}
+	}
+	var err error
+	switch {
+	case o.delete:
+		err = txn.Delete(o.key)
+	case o.ttl > 0:
+		err = txn.SetEntry(badger.NewEntry(o.key, o.value).WithTTL(o.ttl))
+	default:
+		err = txn.SetEntry(badger.NewEntry(o.key, o.value))
+	}
+	o.applied = err == nil
+	return err
+}

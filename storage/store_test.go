@@ -1,0 +1,427 @@
+package storage
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleetgate/fleetgate/event"
+)
+
+func openTest(t testing.TB, dir string, mod ...func(*Options)) *Store {
+	t.Helper()
+	o := Options{Dir: dir, SweepInterval: time.Hour, GCInterval: time.Hour}
+	for _, m := range mod {
+		m(&o)
+	}
+	s, err := Open(o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func newEntry(id string, data string, fns ...string) *Entry {
+	e := &Entry{Event: &event.Event{ID: id, Subject: "dev1", Topic: "devices/dev1/telemetry", Protocol: "mqtt", Data: []byte(data), Time: time.Now()}}
+	for _, f := range fns {
+		e.Targets = append(e.Targets, Target{Function: f, Rule: "r1"})
+	}
+	return e
+}
+
+func TestAppendReadAckReopen(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	entries := []*Entry{newEntry("a", `{"n":1}`, "f1", "f2"), newEntry("b", `{"n":2}`, "f1")}
+	entries[1].Targets[0].Data = []byte(`{"sel":true}`)
+	if err := s.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	if entries[0].Seq == 0 || entries[1].Seq != entries[0].Seq+1 {
+		t.Fatalf("seqs not assigned in order: %d %d", entries[0].Seq, entries[1].Seq)
+	}
+	items, err := s.ReadQueue("f1", 0, 10)
+	if err != nil || len(items) != 2 {
+		t.Fatalf("ReadQueue f1 = %v, %v", items, err)
+	}
+	if items[0].Event.ID != "a" || string(items[0].Data) != `{"n":1}` || items[0].Rule != "r1" {
+		t.Fatalf("item 0 = %+v", items[0])
+	}
+	if string(items[1].Data) != `{"sel":true}` {
+		t.Fatalf("select data not kept: %q", items[1].Data)
+	}
+	if d := s.QueueDepth("f1"); d != 2 {
+		t.Fatalf("depth f1 = %d", d)
+	}
+	if err := s.Ack("f1", items[0].Seq, items[0].Seq); err != nil { // double ack counts once
+		t.Fatal(err)
+	}
+	if d := s.QueueDepth("f1"); d != 1 {
+		t.Fatalf("depth f1 after ack = %d", d)
+	}
+	s.Close()
+	if err := s.Ack("f1", 1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ack after close = %v, want ErrClosed", err)
+	}
+
+	s2 := openTest(t, dir)
+	items, err = s2.ReadQueue("f1", 0, 10)
+	if err != nil || len(items) != 1 || items[0].Event.ID != "b" {
+		t.Fatalf("after reopen f1 = %+v, %v", items, err)
+	}
+	items, _ = s2.ReadQueue("f2", 0, 10)
+	if len(items) != 1 || items[0].Event.ID != "a" {
+		t.Fatalf("after reopen f2 = %+v", items)
+	}
+	if s2.QueueDepth("f1") != 1 || s2.QueueDepth("f2") != 1 {
+		t.Fatalf("depths after reopen: %d %d", s2.QueueDepth("f1"), s2.QueueDepth("f2"))
+	}
+	// Seqs continue after reopen.
+	e := newEntry("c", "x", "f1")
+	if err := s2.Append(context.Background(), []*Entry{e}); err != nil {
+		t.Fatal(err)
+	}
+	if e.Seq <= entries[1].Seq {
+		t.Fatalf("seq went backwards after reopen: %d <= %d", e.Seq, entries[1].Seq)
+	}
+}
+
+func TestReadQueuePaging(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	var entries []*Entry
+	for i := range 25 {
+		entries = append(entries, newEntry(fmt.Sprint(i), "x", "f"))
+	}
+	if err := s.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var after uint64
+	for {
+		items, err := s.ReadQueue("f", after, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) == 0 {
+			break
+		}
+		for _, it := range items {
+			got = append(got, it.Event.ID)
+		}
+		after = items[len(items)-1].Seq
+	}
+	if len(got) != 25 || got[0] != "0" || got[24] != "24" {
+		t.Fatalf("paged = %v", got)
+	}
+}
+
+func TestIdempotency(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	e1 := newEntry("first", "x", "f")
+	e1.IdempotencyKey = "k1"
+	e2 := newEntry("second", "x", "f")
+	e2.IdempotencyKey = "k1" // same key in the same request
+	if err := s.Append(context.Background(), []*Entry{e1, e2}); err != nil {
+		t.Fatal(err)
+	}
+	if e1.Duplicate || !e2.Duplicate || e2.Event.ID != "first" {
+		t.Fatalf("in-request duplicate: e1 dup=%v e2 dup=%v id=%s", e1.Duplicate, e2.Duplicate, e2.Event.ID)
+	}
+	s.Close()
+	s = openTest(t, dir)
+	e3 := newEntry("third", "x", "f")
+	e3.IdempotencyKey = "k1"
+	if err := s.Append(context.Background(), []*Entry{e3}); err != nil {
+		t.Fatal(err)
+	}
+	if !e3.Duplicate || e3.Event.ID != "first" {
+		t.Fatalf("after reopen: dup=%v id=%s", e3.Duplicate, e3.Event.ID)
+	}
+	if d := s.QueueDepth("f"); d != 1 {
+		t.Fatalf("duplicates were queued: depth %d", d)
+	}
+}
+
+func TestDeadLetterAndReplay(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	entries := []*Entry{newEntry("a", "1", "f"), newEntry("b", "2", "f"), newEntry("c", "3", "f")}
+	if err := s.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	err := s.DeadLetter("f", []DeadLetter{
+		{Seq: entries[0].Seq, Attempts: 3, Reason: "HTTP 500: boom"},
+		{Seq: entries[2].Seq, Attempts: 10, Reason: "timeout"},
+		{Seq: 999, Attempts: 1, Reason: "not queued"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.QueueDepth("f") != 1 || s.DeadLetterDepth("f") != 2 {
+		t.Fatalf("depths: queue %d dead %d", s.QueueDepth("f"), s.DeadLetterDepth("f"))
+	}
+	dl, err := s.DeadLetters("f", 0, 0)
+	if err != nil || len(dl) != 2 {
+		t.Fatalf("DeadLetters = %+v, %v", dl, err)
+	}
+	if dl[0].Reason != "HTTP 500: boom" || dl[0].Attempts != 3 || dl[0].Item.Event.ID != "a" || dl[0].Item.Rule != "r1" || dl[0].At.IsZero() {
+		t.Fatalf("dead letter 0 = %+v", dl[0])
+	}
+	// The sweeper must keep dead-lettered events.
+	if err := s.Ack("f", entries[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	s.Sweep()
+	items, err := s.Replay("f", nil)
+	if err != nil || len(items) != 2 || items[0].Event.ID != "a" || items[1].Event.ID != "c" {
+		t.Fatalf("Replay = %+v, %v", items, err)
+	}
+	if s.QueueDepth("f") != 2 || s.DeadLetterDepth("f") != 0 {
+		t.Fatalf("depths after replay: queue %d dead %d", s.QueueDepth("f"), s.DeadLetterDepth("f"))
+	}
+	q, _ := s.ReadQueue("f", 0, 0)
+	if len(q) != 2 || q[0].Rule != "r1" {
+		t.Fatalf("queue after replay = %+v", q)
+	}
+}
+
+func countEvents(t *testing.T, s *Store) int {
+	t.Helper()
+	n := 0
+	for seq := uint64(1); seq <= s.LastSeq(); seq++ {
+		if _, err := s.eventAt(seq); err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRetentionDeletesOnlyDelivered(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	entries := []*Entry{newEntry("a", "1", "f", "g"), newEntry("b", "2", "f"), newEntry("c", "3"), newEntry("d", "4", "g")}
+	if err := s.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	s.Sweep()
+	if n := countEvents(t, s); n != 4 {
+		t.Fatalf("sweep deleted pending events: %d left", n)
+	}
+	_ = s.Ack("f", entries[0].Seq, entries[1].Seq)
+	s.Sweep()
+	if n := countEvents(t, s); n != 4 { // g still needs a (seq 1)
+		t.Fatalf("after f acks: %d events, want 4", n)
+	}
+	_ = s.Ack("g", entries[0].Seq)
+	s.Sweep()
+	if n := countEvents(t, s); n != 1 { // only d (g) remains
+		t.Fatalf("after g ack: %d events, want 1", n)
+	}
+	items, _ := s.ReadQueue("g", 0, 0)
+	if len(items) != 1 || items[0].Event.ID != "d" {
+		t.Fatalf("g queue = %+v", items)
+	}
+}
+
+func TestMaxAgeExpiresLoudly(t *testing.T) {
+	s := openTest(t, t.TempDir(), func(o *Options) { o.MaxAge = time.Hour })
+	old := []*Entry{newEntry("old", "1", "f")}
+	if err := s.Append(context.Background(), old); err != nil {
+		t.Fatal(err)
+	}
+	s.expire(time.Now().Add(time.Second)) // as if an hour had passed
+	if s.QueueDepth("f") != 0 || countEvents(t, s) != 0 {
+		t.Fatalf("expired event still there: depth %d events %d", s.QueueDepth("f"), countEvents(t, s))
+	}
+	if v := s.m.expired.Get(); v != 1 {
+		t.Fatalf("expired counter = %d", v)
+	}
+}
+
+func TestMaxBytesRefusesAppends(t *testing.T) {
+	s := openTest(t, t.TempDir(), func(o *Options) { o.MaxBytes = 1 })
+	if err := s.Append(context.Background(), []*Entry{newEntry("a", "1", "f")}); err != nil {
+		t.Fatal(err)
+	}
+	s.Sweep()
+	err := s.Append(context.Background(), []*Entry{newEntry("b", "1", "f")})
+	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "storage.max_bytes") {
+		t.Fatalf("Append over max_bytes = %v", err)
+	}
+}
+
+func TestBadInputAndClosed(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	if err := s.Append(context.Background(), []*Entry{{Event: &event.Event{}, Targets: []Target{{Function: "a\x00b"}}}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad function name = %v", err)
+	}
+	if err := s.Append(context.Background(), []*Entry{{}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("nil event = %v", err)
+	}
+	big := newEntry("big", strings.Repeat("x", maxRequestBytes+1), "f")
+	if err := s.Append(context.Background(), []*Entry{big}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("huge append = %v", err)
+	}
+	if s.LastSeq() != 0 {
+		t.Fatalf("refused appends stored something: last seq %d", s.LastSeq())
+	}
+	s.Close()
+	if err := s.Append(context.Background(), []*Entry{newEntry("a", "1", "f")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append after close = %v", err)
+	}
+	if _, _, err := s.Get("x"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("get after close = %v", err)
+	}
+}
+
+func TestKV(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	if _, ok, err := s.Get("rules/v/1"); ok || err != nil {
+		t.Fatalf("missing key: ok=%v err=%v", ok, err)
+	}
+	_ = s.Put("rules/v/1", []byte("one"))
+	_ = s.PutMany(map[string][]byte{"rules/v/2": []byte("two"), "other": []byte("x")})
+	s.Close()
+	s = openTest(t, dir)
+	var keys []string
+	err := s.Scan("rules/", func(k string, v []byte) error { keys = append(keys, k+"="+string(v)); return nil })
+	if err != nil || strings.Join(keys, ",") != "rules/v/1=one,rules/v/2=two" {
+		t.Fatalf("Scan = %v, %v", keys, err)
+	}
+	_ = s.Delete("rules/v/1")
+	if _, ok, _ := s.Get("rules/v/1"); ok {
+		t.Fatal("deleted key still there")
+	}
+}
+
+func TestConcurrentAppendsShareCommits(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	var got sync.Map
+	s.SetOnCommit(func(c []*Entry) {
+		for _, e := range c {
+			got.Store(e.Seq, e.Event.ID)
+		}
+	})
+	const writers, per = 16, 50
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				if err := s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("%d-%d", w, i), "x", "f")}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if s.LastSeq() != writers*per {
+		t.Fatalf("last seq %d, want %d", s.LastSeq(), writers*per)
+	}
+	n := 0
+	got.Range(func(_, _ any) bool { n++; return true })
+	if n != writers*per {
+		t.Fatalf("OnCommit saw %d entries, want %d", n, writers*per)
+	}
+	if c := s.m.commits.Get(); c >= writers*per {
+		t.Fatalf("no group commit: %d commits for %d appends", c, writers*per)
+	}
+}
+
+// TestKillDuringAppends runs a child process that appends and prints every acknowledged seq,
+// kills it with SIGKILL mid-stream, reopens the directory and checks every printed seq is there.
+func TestKillDuringAppends(t *testing.T) {
+	if os.Getenv("FLEETGATE_STORAGE_CHILD") != "" {
+		t.Skip("child mode")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestChildAppender$", "-test.v")
+	cmd.Env = append(os.Environ(), "FLEETGATE_STORAGE_CHILD="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	acked := map[string]bool{}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		if id, ok := strings.CutPrefix(line, "ACK "); ok {
+			acked[id] = true
+			if len(acked) == 2000 {
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				break
+			}
+		}
+	}
+	_ = cmd.Wait()
+	if len(acked) < 2000 {
+		t.Fatalf("child acknowledged only %d appends", len(acked))
+	}
+	s := openTest(t, dir)
+	found := map[string]bool{}
+	var after uint64
+	for {
+		items, err := s.ReadQueue("f", after, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) == 0 {
+			break
+		}
+		for _, it := range items {
+			found[it.Event.ID] = true
+		}
+		after = items[len(items)-1].Seq
+	}
+	for id := range acked {
+		if !found[id] {
+			t.Fatalf("acknowledged event %s lost after SIGKILL (%d acked, %d found)", id, len(acked), len(found))
+		}
+	}
+	t.Logf("%d acknowledged, %d found after SIGKILL", len(acked), len(found))
+}
+
+// TestChildAppender is the child of TestKillDuringAppends; it only runs in child mode.
+func TestChildAppender(t *testing.T) {
+	dir := os.Getenv("FLEETGATE_STORAGE_CHILD")
+	if dir == "" {
+		t.Skip("runs only as the child of TestKillDuringAppends")
+	}
+	s, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				id := strconv.Itoa(w) + "-" + strconv.Itoa(i)
+				if err := s.Append(context.Background(), []*Entry{newEntry(id, strings.Repeat("p", 200), "f")}); err != nil {
+					return
+				}
+				mu.Lock()
+				fmt.Println("ACK " + id)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
