@@ -1,0 +1,173 @@
+// Package ingest is fleetgate's front door: Gateway.Accept turns authenticated events into
+// durable log entries routed by the live rules, and the HTTP endpoint feeds it from apps.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/storage"
+)
+
+// Router chooses the functions an event goes to: the live rule set.
+type Router interface {
+	// Route appends the targets for ev to dst and returns it. It must be safe for concurrent use.
+	Route(ev *event.Event, dst []storage.Target) []storage.Target
+}
+
+// RouterFunc adapts a function to Router.
+type RouterFunc func(ev *event.Event, dst []storage.Target) []storage.Target
+
+// Route implements Router.
+func (f RouterFunc) Route(ev *event.Event, dst []storage.Target) []storage.Target { return f(ev, dst) }
+
+// DefaultRouter sends every event to the built-in log function under the rule "default".
+var DefaultRouter = RouterFunc(func(_ *event.Event, dst []storage.Target) []storage.Target {
+	return append(dst, storage.Target{Function: "log", Rule: "default"})
+})
+
+// Options configures a Gateway.
+type Options struct {
+	Store   *storage.Store
+	Router  Router // nil: DefaultRouter
+	Metrics *metrics.Set
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// Gateway accepts authenticated events: it assigns ids, routes them by the live rules, and
+// appends them to the durable log. It is safe for concurrent use.
+type Gateway struct {
+	store  *storage.Store
+	router Router
+	log    *slog.Logger
+	now    func() time.Time
+
+	accepted, duplicates, refused *metrics.Counter
+	appendSeconds                 *metrics.PrometheusHistogram
+}
+
+// New returns a Gateway over opts.Store.
+func New(opts Options) (*Gateway, error) {
+	if opts.Store == nil {
+		return nil, errors.New("ingest: no store")
+	}
+	if opts.Router == nil {
+		opts.Router = DefaultRouter
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.NewSet()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	m := opts.Metrics
+	return &Gateway{
+		store: opts.Store, router: opts.Router, log: opts.Logger, now: opts.Now,
+		accepted:      m.NewCounter("fleetgate_ingest_events_accepted_total"),
+		duplicates:    m.NewCounter("fleetgate_ingest_events_duplicate_total"),
+		refused:       m.NewCounter("fleetgate_ingest_events_refused_total"),
+		appendSeconds: m.NewPrometheusHistogram("fleetgate_ingest_append_seconds"),
+	}, nil
+}
+
+// SetRouter replaces the router (used once at start-up, before traffic).
+func (g *Gateway) SetRouter(r Router) { g.router = r }
+
+// AcceptOptions are per-call options of Accept.
+type AcceptOptions struct {
+	// IdempotencyKey, if set, makes the call idempotent for IdempotencyTTL (24 h): a repeat of a
+	// call with the same key from the same subject is acknowledged again with the ids of the
+	// first time, and nothing is stored twice.
+	IdempotencyKey string
+}
+
+// Accept stores events durably and returns nil only once they are fsynced; then each is
+// delivered at least once to every function the live rules chose for it. Every event gets an
+// ID (a ULID) unless it carries one: an event that carries its own ID and was accepted from
+// the same tenant and subject in the last 24 h is acknowledged again but not stored twice.
+// On error nothing was stored.
+func (g *Gateway) Accept(ctx context.Context, events []*event.Event, opts AcceptOptions) error {
+	ch := make(chan error, 1)
+	g.AcceptAsync(events, opts, func(err error) { ch <- err })
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// AcceptAsync is Accept that calls done exactly once, when the events are durable or have
+// been refused, instead of blocking. done must not block.
+func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done func(error)) {
+	if len(events) == 0 {
+		done(nil)
+		return
+	}
+	start := g.now()
+	entries := make([]*storage.Entry, len(events))
+	backing := make([]storage.Entry, len(events))
+	for i, ev := range events {
+		if ev.Topic == "" {
+			done(fmt.Errorf("%w: event %d has no topic", ErrInvalid, i))
+			return
+		}
+		e := &backing[i]
+		e.Event = ev
+		switch {
+		case opts.IdempotencyKey != "":
+			e.IdempotencyKey = "r\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + opts.IdempotencyKey + "\x00" + strconv.Itoa(i)
+			if ev.ID == "" {
+				ev.ID = event.NewID()
+			}
+		case ev.ID != "":
+			e.IdempotencyKey = "e\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + ev.ID
+		default:
+			ev.ID = event.NewID()
+		}
+		if ev.Time.IsZero() {
+			ev.Time = start
+		}
+		e.Targets = g.router.Route(ev, nil)
+		entries[i] = e
+	}
+	g.store.AppendAsync(entries, func(err error) {
+		if err != nil {
+			g.refused.Add(len(events))
+			done(classify(err))
+			return
+		}
+		g.appendSeconds.UpdateDuration(start)
+		for _, e := range entries {
+			if e.Duplicate {
+				g.duplicates.Inc()
+			} else {
+				g.accepted.Inc()
+			}
+		}
+		done(nil)
+	})
+}
+
+func classify(err error) error {
+	switch {
+	case errors.Is(err, storage.ErrBusy):
+		return fmt.Errorf("%w: %v", ErrBusy, err)
+	case errors.Is(err, storage.ErrFull), errors.Is(err, storage.ErrClosed):
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case errors.Is(err, storage.ErrTooLarge), errors.Is(err, storage.ErrInvalid):
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+}

@@ -1,0 +1,512 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/internal/httpx"
+)
+
+// TLSConfig names the certificate files of a TLS listener.
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// HTTPConfig is the `http:` section of the config file.
+type HTTPConfig struct {
+	Addr            string        `yaml:"addr"`
+	TLS             TLSConfig     `yaml:"tls"`
+	MaxBodyBytes    int           `yaml:"max_body_bytes"`
+	MaxEvents       int           `yaml:"max_events_per_request"`
+	ReadTimeout     time.Duration `yaml:"read_timeout"`
+	WriteTimeout    time.Duration `yaml:"write_timeout"`
+	IdleTimeout     time.Duration `yaml:"idle_timeout"`
+	MaxConnsPerIP   int           `yaml:"max_conns_per_ip"`
+	Concurrency     int           `yaml:"concurrency"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// DefaultHTTPConfig returns the defaults of the `http:` section.
+func DefaultHTTPConfig() HTTPConfig {
+	return HTTPConfig{
+		Addr: ":8080", MaxBodyBytes: 1 << 20, MaxEvents: 10000,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		Concurrency: 256 * 1024, ShutdownTimeout: 20 * time.Second,
+	}
+}
+
+// Validate reports every problem of the section at once.
+func (c *HTTPConfig) Validate() error {
+	var errs []error
+	if c.Addr == "" {
+		errs = append(errs, errors.New("http.addr: empty"))
+	} else if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("http.addr: %q is not host:port", c.Addr))
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("http.tls: cert_file and key_file must be set together"))
+	}
+	if c.MaxBodyBytes <= 0 {
+		errs = append(errs, fmt.Errorf("http.max_body_bytes: must be positive, got %d", c.MaxBodyBytes))
+	}
+	if c.MaxEvents <= 0 {
+		errs = append(errs, fmt.Errorf("http.max_events_per_request: must be positive, got %d", c.MaxEvents))
+	}
+	for name, d := range map[string]time.Duration{"read_timeout": c.ReadTimeout, "write_timeout": c.WriteTimeout, "idle_timeout": c.IdleTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("http.%s: must be positive, got %s", name, d))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Authenticator verifies bearer tokens; *auth.Verifier satisfies it.
+type Authenticator interface {
+	Verify(token string) (*auth.Principal, error)
+}
+
+// ServerOptions configures the HTTP server.
+type ServerOptions struct {
+	Config  HTTPConfig
+	Gateway *Gateway
+	Auth    Authenticator
+	Metrics *metrics.Set // the set written at /metrics (also where the server's own metrics go)
+	Ready   func() error // nil error: /readyz answers 200
+	Logger  *slog.Logger
+}
+
+// Server is the HTTP front door: POST /v1/events/{topic}, health, metrics and the mounted
+// operator APIs under /admin/v1/.
+type Server struct {
+	opts   ServerOptions
+	srv    *fasthttp.Server
+	ln     net.Listener
+	log    *slog.Logger
+	mu     sync.RWMutex
+	mounts []mount
+	ready  atomic.Bool
+
+	byCode   sync.Map // status code → *metrics.Counter
+	requests *metrics.Counter
+}
+
+type mount struct {
+	prefix string
+	h      fasthttp.RequestHandler
+}
+
+// NewServer returns a server; call Start to listen.
+func NewServer(opts ServerOptions) (*Server, error) {
+	if opts.Gateway == nil || opts.Auth == nil {
+		return nil, errors.New("ingest: server needs a gateway and an authenticator")
+	}
+	def := DefaultHTTPConfig()
+	if opts.Config.MaxBodyBytes <= 0 {
+		opts.Config.MaxBodyBytes = def.MaxBodyBytes
+	}
+	if opts.Config.MaxEvents <= 0 {
+		opts.Config.MaxEvents = def.MaxEvents
+	}
+	if opts.Config.ReadTimeout <= 0 {
+		opts.Config.ReadTimeout = def.ReadTimeout
+	}
+	if opts.Config.WriteTimeout <= 0 {
+		opts.Config.WriteTimeout = def.WriteTimeout
+	}
+	if opts.Config.IdleTimeout <= 0 {
+		opts.Config.IdleTimeout = def.IdleTimeout
+	}
+	if opts.Config.Concurrency <= 0 {
+		opts.Config.Concurrency = def.Concurrency
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.NewSet()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{opts: opts, log: opts.Logger}
+	s.requests = opts.Metrics.NewCounter("fleetgate_http_requests_total")
+	s.srv = &fasthttp.Server{
+		Handler:               s.handle,
+		ErrorHandler:          s.handleTransportError,
+		Name:                  "fleetgate",
+		MaxRequestBodySize:    opts.Config.MaxBodyBytes,
+		ReadTimeout:           opts.Config.ReadTimeout,
+		WriteTimeout:          opts.Config.WriteTimeout,
+		IdleTimeout:           opts.Config.IdleTimeout,
+		MaxConnsPerIP:         opts.Config.MaxConnsPerIP,
+		Concurrency:           opts.Config.Concurrency,
+		ReadBufferSize:        16 << 10,
+		NoDefaultServerHeader: false,
+		NoDefaultContentType:  true,
+		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{opts.Logger},
+	}
+	return s, nil
+}
+
+// Mount serves prefix (under /admin/v1/) with h, for operator tokens only.
+func (s *Server) Mount(prefix string, h fasthttp.RequestHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mounts = append(s.mounts, mount{prefix: prefix, h: h})
+}
+
+// Start listens on the configured address (TLS when cert and key are configured) and serves
+// in the background. When it returns nil, the listener accepts connections.
+func (s *Server) Start() error {
+	ln, err := net.Listen("tcp", s.opts.Config.Addr)
+	if err != nil {
+		return fmt.Errorf("http: listening on %s (http.addr): %w", s.opts.Config.Addr, err)
+	}
+	if c := s.opts.Config.TLS; c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("http: loading http.tls.cert_file/key_file: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	}
+	s.ln = ln
+	s.ready.Store(true)
+	go func() {
+		if err := s.srv.Serve(ln); err != nil {
+			s.log.Error("http server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Addr is the address the server listens on (with the real port when configured with :0).
+func (s *Server) Addr() net.Addr {
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Shutdown stops accepting connections and waits for in-flight requests (whose appends then
+// complete) until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.ready.Store(false)
+	return s.srv.ShutdownWithContext(ctx)
+}
+
+var (
+	pathEvents  = []byte("/v1/events/")
+	pathAdmin   = []byte("/admin/v1/")
+	pathHealth  = []byte("/healthz")
+	pathReady   = []byte("/readyz")
+	pathMetrics = []byte("/metrics")
+)
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	s.requests.Inc()
+	path := ctx.Path()
+	switch {
+	case bytes.HasPrefix(path, pathEvents):
+		s.handleEvents(ctx, path[len(pathEvents):])
+	case bytes.HasPrefix(path, pathAdmin):
+		s.handleAdmin(ctx)
+	case bytes.Equal(path, pathHealth):
+		ctx.SetContentType("text/plain")
+		ctx.SetBodyString("ok\n")
+	case bytes.Equal(path, pathReady):
+		s.handleReady(ctx)
+	case bytes.Equal(path, pathMetrics):
+		ctx.SetContentType("text/plain; version=0.0.4")
+		w := ctx.Response.BodyWriter()
+		s.opts.Metrics.WritePrometheus(w)
+		metrics.WriteProcessMetrics(w)
+	default:
+		s.fail(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+string(path))
+	}
+	s.countCode(ctx.Response.StatusCode())
+}
+
+func (s *Server) countCode(code int) {
+	c, ok := s.byCode.Load(code)
+	if !ok {
+		c, _ = s.byCode.LoadOrStore(code, s.opts.Metrics.GetOrCreateCounter(`fleetgate_http_responses_total{code="`+strconv.Itoa(code)+`"}`))
+	}
+	c.(*metrics.Counter).Inc()
+}
+
+func (s *Server) handleReady(ctx *fasthttp.RequestCtx) {
+	var err error
+	if !s.ready.Load() {
+		err = errors.New("http listener not started or shutting down")
+	} else if s.opts.Ready != nil {
+		err = s.opts.Ready()
+	}
+	if err != nil {
+		s.fail(ctx, fasthttp.StatusServiceUnavailable, "not_ready", err.Error())
+		return
+	}
+	ctx.SetContentType("text/plain")
+	ctx.SetBodyString("ready\n")
+}
+
+// handleTransportError answers errors fasthttp meets before the handler runs, such as a body
+// over http.max_body_bytes, in the JSON error format.
+func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large",
+			fmt.Sprintf("request body over http.max_body_bytes (%d bytes)", s.opts.Config.MaxBodyBytes))
+	case isTimeout(err):
+		s.fail(ctx, fasthttp.StatusRequestTimeout, "timeout", "request not received within http.read_timeout")
+	default:
+		s.fail(ctx, fasthttp.StatusBadRequest, "bad_request", "malformed HTTP request: "+err.Error())
+	}
+	s.countCode(ctx.Response.StatusCode())
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (s *Server) fail(ctx *fasthttp.RequestCtx, status int, code, msg string) {
+	httpx.WriteError(ctx, status, code, msg)
+}
+
+// authenticate verifies the bearer token of the request, answering 401 itself on failure.
+func (s *Server) authenticate(ctx *fasthttp.RequestCtx) *auth.Principal {
+	h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
+	token, ok := bytes.CutPrefix(h, []byte("Bearer "))
+	if !ok || len(token) == 0 {
+		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Bearer realm="fleetgate"`)
+		s.fail(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "missing bearer token: send Authorization: Bearer <JWT>")
+		return nil
+	}
+	p, err := s.opts.Auth.Verify(string(bytes.TrimSpace(token)))
+	if err != nil {
+		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Bearer realm="fleetgate", error="invalid_token"`)
+		s.fail(ctx, fasthttp.StatusUnauthorized, "unauthenticated", err.Error())
+		return nil
+	}
+	return p
+}
+
+func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
+	p := s.authenticate(ctx)
+	if p == nil {
+		return
+	}
+	if !p.IsAdmin() {
+		s.fail(ctx, fasthttp.StatusForbidden, "forbidden", "the admin API needs an operator token (a role whose policy has admin: true)")
+		return
+	}
+	ctx.SetUserValue(httpx.PrincipalKey, p)
+	path := string(ctx.Path())
+	s.mu.RLock()
+	var h fasthttp.RequestHandler
+	for _, m := range s.mounts {
+		if path == strings.TrimSuffix(m.prefix, "/") || strings.HasPrefix(path, m.prefix) {
+			h = m.h
+			break
+		}
+	}
+	s.mu.RUnlock()
+	if h == nil {
+		s.fail(ctx, fasthttp.StatusNotFound, "not_found", "no such admin endpoint: "+path)
+		return
+	}
+	h(ctx)
+}
+
+// Metadata headers kept on HTTP events, by meta key.
+var metaHeaders = []struct{ key, header string }{
+	{"user_agent", fasthttp.HeaderUserAgent},
+	{"app_version", "X-App-Version"},
+	{"locale", "X-Locale"},
+	{"accept_language", fasthttp.HeaderAcceptLanguage},
+	{"platform", "X-Platform"},
+	{"os_version", "X-OS-Version"},
+	{"device_model", "X-Device-Model"},
+	{"request_id", "X-Request-Id"},
+}
+
+// Bounds on request metadata taken from headers.
+const (
+	maxMetaValue   = 512
+	maxMetaEntries = 32
+	metaPrefix     = "X-Meta-"
+)
+
+func requestMeta(ctx *fasthttp.RequestCtx) map[string]string {
+	meta := make(map[string]string, 4)
+	for _, m := range metaHeaders {
+		if v := ctx.Request.Header.Peek(m.header); len(v) > 0 {
+			meta[m.key] = clip(v)
+		}
+	}
+	ctx.Request.Header.VisitAll(func(k, v []byte) {
+		if len(meta) >= maxMetaEntries || len(k) <= len(metaPrefix) || !bytes.EqualFold(k[:len(metaPrefix)], []byte(metaPrefix)) {
+			return
+		}
+		meta[strings.ToLower(strings.ReplaceAll(string(k[len(metaPrefix):]), "-", "_"))] = clip(v)
+	})
+	meta["remote_addr"] = ctx.RemoteIP().String()
+	return meta
+}
+
+func clip(v []byte) string {
+	if len(v) > maxMetaValue {
+		v = v[:maxMetaValue]
+	}
+	return string(v)
+}
+
+// validTopic checks an HTTP event topic: the path after /v1/events/.
+func validTopic(topic string) error {
+	switch {
+	case topic == "":
+		return errors.New("empty topic: POST /v1/events/{topic}")
+	case len(topic) > 1024:
+		return errors.New("topic longer than 1024 bytes")
+	case strings.ContainsAny(topic, "+#\x00"):
+		return fmt.Errorf("topic %q: wildcards (+, #) and NUL are not allowed in a published topic", topic)
+	case strings.HasPrefix(topic, "$"):
+		return fmt.Errorf("topic %q: topics starting with $ are reserved", topic)
+	}
+	return nil
+}
+
+func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST")
+		s.fail(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "use POST to send events")
+		return
+	}
+	p := s.authenticate(ctx)
+	if p == nil {
+		return
+	}
+	topic := string(rawTopic)
+	if err := validTopic(topic); err != nil {
+		s.fail(ctx, fasthttp.StatusBadRequest, "bad_topic", err.Error())
+		return
+	}
+	if !p.CanPublish(topic) {
+		s.fail(ctx, fasthttp.StatusForbidden, "forbidden", fmt.Sprintf("the policy of role %q does not allow publishing to %q", p.Role, topic))
+		return
+	}
+	body := ctx.PostBody()
+	parsed, err := parseBody(string(ctx.Request.Header.ContentType()), body, s.opts.Config.MaxEvents)
+	if err != nil {
+		if errors.Is(err, errUnsupportedType) {
+			s.fail(ctx, fasthttp.StatusUnsupportedMediaType, "unsupported_media_type", err.Error())
+		} else if errors.Is(err, errTooMany) {
+			s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, "too_many_events", err.Error())
+		} else {
+			s.fail(ctx, fasthttp.StatusBadRequest, "malformed", err.Error())
+		}
+		return
+	}
+	meta := requestMeta(ctx)
+	now := time.Now().UTC()
+	events := make([]*event.Event, len(parsed))
+	backing := make([]event.Event, len(parsed))
+	// Data is copied once into one buffer: the request body is reused after the handler.
+	var size int
+	for _, b := range parsed {
+		size += len(b.Data)
+	}
+	buf := make([]byte, 0, size)
+	for i, b := range parsed {
+		ev := &backing[i]
+		start := len(buf)
+		buf = append(buf, b.Data...)
+		*ev = event.Event{
+			ID: b.ID, Source: b.Source, Type: b.Type, Subject: p.Subject, Time: b.Time,
+			ContentType: b.ContentType, Data: buf[start:len(buf):len(buf)],
+			Protocol: event.ProtocolHTTP, Topic: topic, Tenant: p.Tenant,
+			Claims: p.Claims, ClaimsJSON: p.ClaimsJSON, Meta: meta,
+		}
+		if ev.Source == "" {
+			ev.Source = "http://" + p.Subject
+		}
+		if ev.Type == "" {
+			ev.Type = "fleetgate.http.event"
+		}
+		if ev.ContentType == "" {
+			ev.ContentType = ctJSON
+		}
+		if ev.Time.IsZero() {
+			ev.Time = now
+		}
+		if b.Subject != "" {
+			// The token's subject is the event's subject; a CloudEvent's own subject is kept as metadata.
+			m := make(map[string]string, len(meta)+1)
+			for k, v := range meta {
+				m[k] = v
+			}
+			m["ce_subject"] = clip([]byte(b.Subject))
+			ev.Meta = m
+		}
+		events[i] = ev
+	}
+	idem := string(ctx.Request.Header.Peek("Idempotency-Key"))
+	if len(idem) > maxIDLength {
+		s.fail(ctx, fasthttp.StatusBadRequest, "bad_idempotency_key", fmt.Sprintf("Idempotency-Key longer than %d bytes", maxIDLength))
+		return
+	}
+	// Wait for the outcome whatever happens to the connection: the answer must say what was stored.
+	if err := s.opts.Gateway.Accept(context.Background(), events, AcceptOptions{IdempotencyKey: idem}); err != nil {
+		switch {
+		case errors.Is(err, ErrBusy):
+			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+			s.fail(ctx, fasthttp.StatusServiceUnavailable, "busy", err.Error())
+		case errors.Is(err, ErrInvalid):
+			s.fail(ctx, fasthttp.StatusBadRequest, "invalid", err.Error())
+		default:
+			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "5")
+			s.fail(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		}
+		return
+	}
+	writeAccepted(ctx, events)
+}
+
+// writeAccepted answers 202 {"accepted":N,"ids":[...]} without reflection.
+func writeAccepted(ctx *fasthttp.RequestCtx, events []*event.Event) {
+	ctx.SetStatusCode(fasthttp.StatusAccepted)
+	ctx.SetContentType("application/json")
+	b := make([]byte, 0, 32+len(events)*30)
+	b = append(b, `{"accepted":`...)
+	b = strconv.AppendInt(b, int64(len(events)), 10)
+	b = append(b, `,"ids":[`...)
+	for i, ev := range events {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendQuote(b, ev.ID)
+	}
+	b = append(b, "]}\n"...)
+	ctx.SetBody(b)
+}
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug("http: " + fmt.Sprintf(format, args...))
+}
