@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/fleetgate/fleetgate/broker"
+	"github.com/fleetgate/fleetgate/functions"
+	"github.com/fleetgate/fleetgate/ingest"
+	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/rules"
+)
+
+// Config is the whole config file. Every key is optional; see DefaultConfig.
+type Config struct {
+	DataDir   string                 `yaml:"data_dir"`
+	MQTT      broker.Config          `yaml:"mqtt"`
+	HTTP      ingest.HTTPConfig      `yaml:"http"`
+	Auth      auth.Config            `yaml:"auth"`
+	Storage   StorageConfig          `yaml:"storage"`
+	Functions []functions.Definition `yaml:"functions"`
+	Rules     []rules.Rule           `yaml:"rules"`
+	Log       LogConfig              `yaml:"log"`
+}
+
+// StorageConfig is the `storage:` section: the safety valves of the durable log.
+type StorageConfig struct {
+	// MaxBytes: new events are refused (HTTP 503, MQTT quota exceeded) while the data dir is
+	// this large; 0 means no limit but the disk's.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// MaxAge: events older than this are deleted even if a function has not received them
+	// (logged as an error and counted); 0 means never.
+	MaxAge time.Duration `yaml:"max_age"`
+	// IdempotencyTTL is how long event ids and Idempotency-Keys are remembered (default 24h).
+	IdempotencyTTL time.Duration `yaml:"idempotency_ttl"`
+}
+
+// LogConfig is the `log:` section: the gateway's own log on stderr.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error (default info)
+	Format string `yaml:"format"` // text | json (default text)
+}
+
+// defaultDataDir is where data goes when neither the config nor --data-dir says.
+const defaultDataDir = "./fleetgate-data"
+
+// DefaultConfig is the embedded configuration `fleetgate serve` runs on without a file.
+func DefaultConfig() Config {
+	return Config{
+		DataDir: defaultDataDir,
+		MQTT:    broker.DefaultConfig(),
+		HTTP:    ingest.DefaultHTTPConfig(),
+		Auth:    auth.DefaultConfig(),
+		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour},
+		Log:     LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// defaultRules is the rule set used when neither the config nor the data dir has one: every
+// event goes to the built-in log function.
+func defaultRules() []rules.Rule {
+	return []rules.Rule{{ID: "default", Description: "every event to the built-in log function", Topic: "#", Functions: []string{functions.LogFunction}}}
+}
+
+// loadConfig reads path (if not empty) over the defaults. Unknown keys and every invalid
+// value are reported together.
+func loadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path == "" {
+		return cfg, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("reading config: %w", err)
+	}
+	if err := decodeConfig(data, &cfg); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// decodeConfig decodes YAML into cfg, refusing unknown keys.
+func decodeConfig(data []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("%d problem(s):\n  %s", len(te.Errors), strings.Join(te.Errors, "\n  "))
+		}
+		return err
+	}
+	return nil
+}
+
+// Validate reports every problem of the configuration at once, each with its path.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir: empty"))
+	}
+	if err := c.MQTT.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.HTTP.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Auth.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Storage.MaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("storage.max_bytes: must not be negative, got %d", c.Storage.MaxBytes))
+	}
+	if c.Storage.MaxAge < 0 {
+		errs = append(errs, fmt.Errorf("storage.max_age: must not be negative, got %s", c.Storage.MaxAge))
+	}
+	if err := functions.ValidateDefinitions(c.Functions); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.Rules) > 0 {
+		if err := rules.Validate(c.Rules, rules.CompileOptions{KnownFunction: c.knownFunction}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Log.Format != "" && c.Log.Format != "text" && c.Log.Format != "json" {
+		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", c.Log.Format))
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return &configError{errs: errs}
+}
+
+// knownFunction reports whether name is configured (or is the built-in log function).
+func (c *Config) knownFunction(name string) bool {
+	if name == functions.LogFunction {
+		return true
+	}
+	for _, d := range c.Functions {
+		if d.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// configError lists every problem of a configuration.
+type configError struct{ errs []error }
+
+func (e *configError) Error() string {
+	var lines []string
+	for _, err := range e.errs {
+		for _, l := range strings.Split(err.Error(), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				lines = append(lines, l)
+			}
+		}
+	}
+	return fmt.Sprintf("invalid configuration, %d problem(s):\n  %s", len(lines), strings.Join(lines, "\n  "))
+}
+
+func (e *configError) Unwrap() []error { return e.errs }

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fleetgate/fleetgate/broker"
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/functions"
+	"github.com/fleetgate/fleetgate/ingest"
+	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/rules"
+	"github.com/fleetgate/fleetgate/storage"
+)
+
+// serverFlags are the flags `serve` and `token` share: they override the config file.
+type serverFlags struct {
+	config, dataDir, mqttAddr, httpAddr string
+}
+
+func (f *serverFlags) register(fs *flag.FlagSet, listeners bool) {
+	fs.StringVar(&f.config, "config", os.Getenv("FLEETGATE_CONFIG"), "config file (YAML; default $FLEETGATE_CONFIG, or the embedded defaults)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "data directory (overrides data_dir; default "+defaultDataDir+")")
+	if listeners {
+		fs.StringVar(&f.mqttAddr, "mqtt-addr", "", "MQTT listen address (overrides mqtt.addr; default :1883)")
+		fs.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen address (overrides http.addr; default :8080)")
+	}
+}
+
+// load reads the config file, applies the flags and validates the result.
+func (f *serverFlags) load() (Config, error) {
+	cfg, err := loadConfig(f.config)
+	if err != nil {
+		return cfg, err
+	}
+	if f.dataDir != "" {
+		cfg.DataDir = f.dataDir
+	}
+	if f.mqttAddr != "" {
+		cfg.MQTT.Addr = f.mqttAddr
+	}
+	if f.httpAddr != "" {
+		cfg.HTTP.Addr = f.httpAddr
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func cmdServe(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fleetgate serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f serverFlags
+	f.register(fs, true)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: fleetgate serve [--config FILE] [--data-dir DIR] [--mqtt-addr HOST:PORT] [--http-addr HOST:PORT]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := f.load()
+	if err != nil {
+		fmt.Fprintln(stderr, "fleetgate:", err)
+		return 2
+	}
+	log := newLogger(cfg.Log, stderr)
+	g, err := startGateway(cfg, log, stdout)
+	if err != nil {
+		log.Error("fleetgate failed to start", "err", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "fleetgate ready: mqtt=%s http=%s data_dir=%s\n", g.broker.Addr(), g.http.Addr(), cfg.DataDir)
+	log.Info("ready", "mqtt", g.broker.Addr().String(), "http", g.http.Addr().String(), "data_dir", cfg.DataDir)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info("shutting down", "signal", s.String())
+	go func() {
+		<-sig
+		log.Error("second signal: exiting now (acknowledged events are safe on disk)")
+		os.Exit(1)
+	}()
+	if err := g.shutdown(cfg.HTTP.ShutdownTimeout); err != nil {
+		log.Error("shutdown", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+// gateway is a running fleetgate: every component, wired.
+type gateway struct {
+	store      *storage.Store
+	verifier   *auth.Verifier
+	ingest     *ingest.Gateway
+	rules      *rules.Engine
+	dispatcher *functions.Dispatcher
+	broker     *broker.Broker
+	http       *ingest.Server
+	metrics    *metrics.Set
+	log        *slog.Logger
+}
+
+// lazyPublisher lets functions publish through the broker, which is created after them.
+type lazyPublisher struct{ b *broker.Broker }
+
+func (p *lazyPublisher) Publish(topic string, payload []byte, qos byte, retain bool) error {
+	if p.b == nil {
+		return errors.New("broker not started")
+	}
+	return p.b.Publish(topic, payload, qos, retain)
+}
+
+// rulesRouter routes events with the live rule set of the engine.
+type rulesRouter struct{ e *rules.Engine }
+
+func (r rulesRouter) Route(ev *event.Event, dst []storage.Target) []storage.Target {
+	var buf [4]rules.Target
+	for _, t := range r.e.Match(ev, buf[:0]) {
+		dst = append(dst, storage.Target{Function: t.Function, Rule: t.Rule, Data: t.Data})
+	}
+	return dst
+}
+
+// startGateway opens storage and starts every component; on error everything opened is closed.
+func startGateway(cfg Config, log *slog.Logger, logOut io.Writer) (g *gateway, err error) {
+	g = &gateway{metrics: metrics.NewSet(), log: log}
+	defer func() {
+		if err != nil {
+			g.shutdown(5 * time.Second)
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data_dir: %w", err)
+	}
+	g.store, err = storage.Open(storage.Options{
+		Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MaxAge: cfg.Storage.MaxAge,
+		IdempotencyTTL: cfg.Storage.IdempotencyTTL, Metrics: g.metrics, Logger: log.With("component", "storage"),
+	})
+	if err != nil {
+		return g, err
+	}
+	g.verifier, err = auth.New(cfg.Auth, auth.Options{DataDir: cfg.DataDir, Metrics: g.metrics, Logger: log.With("component", "auth")})
+	if err != nil {
+		return g, err
+	}
+	g.ingest, err = ingest.New(ingest.Options{Store: g.store, Metrics: g.metrics, Logger: log})
+	if err != nil {
+		return g, err
+	}
+	pub := &lazyPublisher{}
+	g.dispatcher, err = functions.NewDispatcher(functions.Options{
+		Store: g.store, Definitions: cfg.Functions, Publisher: pub,
+		Reingest: func(ctx context.Context, events []*event.Event) error {
+			return g.ingest.Accept(ctx, events, ingest.AcceptOptions{})
+		},
+		DataDir: cfg.DataDir, LogWriter: logOut, Metrics: g.metrics, Logger: log.With("component", "functions"),
+	})
+	if err != nil {
+		return g, err
+	}
+	seed := cfg.Rules
+	if len(seed) == 0 {
+		seed = defaultRules()
+	}
+	g.rules, err = rules.NewEngine(rules.EngineOptions{
+		KV: g.store, Seed: seed, Compile: rules.CompileOptions{KnownFunction: g.dispatcher.Known},
+		Metrics: g.metrics, Logger: log.With("component", "rules"),
+	})
+	if err != nil {
+		return g, err
+	}
+	g.ingest.SetRouter(rulesRouter{g.rules})
+	g.broker, err = broker.New(broker.Options{
+		Config: cfg.MQTT, Gateway: g.ingest, Auth: g.verifier, Store: g.store,
+		Metrics: g.metrics, Logger: log.With("component", "mqtt"),
+	})
+	if err != nil {
+		return g, err
+	}
+	pub.b = g.broker
+	if err := g.dispatcher.Start(); err != nil {
+		return g, err
+	}
+	if err := g.broker.Start(); err != nil {
+		return g, err
+	}
+	g.http, err = ingest.NewServer(ingest.ServerOptions{
+		Config: cfg.HTTP, Gateway: g.ingest, Auth: g.verifier, Metrics: g.metrics, Logger: log.With("component", "http"),
+		Ready: func() error {
+			if _, _, err := g.store.Get("readyz"); err != nil {
+				return fmt.Errorf("storage: %w", err)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return g, err
+	}
+	g.http.Mount(rules.AdminPrefix+"/", g.rules.AdminHandler())
+	fh := g.dispatcher.AdminHandler()
+	g.http.Mount("/admin/v1/functions/", fh)
+	g.http.Mount("/admin/v1/dlq/", fh)
+	g.http.Mount("/admin/v1/publish/", g.broker.AdminHandler())
+	if err := g.http.Start(); err != nil {
+		return g, err
+	}
+	return g, nil
+}
+
+// shutdown stops taking new work, lets in-flight appends and batches finish within timeout,
+// and closes storage last.
+func (g *gateway) shutdown(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var errs []error
+	if g.http != nil {
+		if err := g.http.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http: %w", err))
+		}
+	}
+	if g.broker != nil {
+		if err := g.broker.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("mqtt: %w", err))
+		}
+	}
+	if g.dispatcher != nil {
+		if err := g.dispatcher.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("functions: %w", err))
+		}
+	}
+	if g.store != nil {
+		if err := g.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("storage: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
