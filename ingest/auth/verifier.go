@@ -156,13 +156,13 @@ func New(cfg Config, opts Options) (*Verifier, error) {
 		set = metrics.NewSet()
 	}
 	v.results = map[string]*metrics.Counter{}
-	for _, r := range append(resultLabels, struct {
-		err   error
-		label string
-	}{nil, "ok"}) {
+	for _, label := range []string{"ok", "cached"} {
+		v.results[label] = set.GetOrCreateCounter(`fleetgate_auth_verifications_total{result="` + label + `"}`)
+	}
+	for _, r := range resultLabels {
 		v.results[r.label] = set.GetOrCreateCounter(`fleetgate_auth_verifications_total{result="` + r.label + `"}`)
 	}
-	v.cached = set.GetOrCreateCounter(`fleetgate_auth_verifications_total{result="cached"}`)
+	v.cached = v.results["cached"]
 	v.duration = set.GetOrCreatePrometheusHistogram("fleetgate_auth_verify_duration_seconds")
 	set.GetOrCreateGauge("fleetgate_auth_cache_entries", func() float64 { return float64(v.cache.len()) })
 	return v, nil
