@@ -167,7 +167,11 @@ start_fleetgate() { # [sink-port]
 			echo "rules:"
 			echo "  - {id: all, topic: \"#\", functions: [sink]}"
 		else
-			echo "rules: []"
+			# Store only: a rule no topic matches keeps the embedded default (every event to
+			# the log function) out, so the load measures ingest + durable storage, as the
+			# brokers' runs measure their ingest with no subscriber.
+			echo "rules:"
+			echo "  - {id: none, topic: \"loadtest/never\", functions: [log]}"
 		fi
 	} >"$dir/config.yaml"
 	start_server "$dir/log" "$BIN/fleetgate" serve --config "$dir/config.yaml" --data-dir "$dir/data" \
