@@ -1,0 +1,392 @@
+// Package broker is fleetgate's embedded MQTT 3.1.1/5 broker (mochi-mqtt): listeners, JWT
+// authentication and topic policies, durable ingest of every publish with acks only after fsync,
+// downlink publishing, and retained messages and sessions kept in the gateway's store.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/ingest"
+	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/storage"
+)
+
+// Authenticator verifies the JWT a client sends as its CONNECT password.
+type Authenticator interface {
+	Verify(token string) (*auth.Principal, error)
+}
+
+// Acceptor takes events into the gateway durably (ingest.Gateway satisfies it).
+type Acceptor interface {
+	// Accept returns after the events are durable, or with an error and nothing acknowledged.
+	Accept(ctx context.Context, events []*event.Event, opts ingest.AcceptOptions) error
+	// AcceptAsync calls done exactly once: after the events are durable, or with the error.
+	// done must not block.
+	AcceptAsync(events []*event.Event, opts ingest.AcceptOptions, done func(error))
+}
+
+var (
+	_ Authenticator = (*auth.Verifier)(nil)
+	_ mqtt.Hook     = (*authHook)(nil)
+	_ mqtt.Hook     = (*persistHook)(nil)
+)
+
+// Options are the dependencies of a Broker.
+type Options struct {
+	Config  Config
+	Gateway Acceptor      // required: where publishes go
+	Auth    Authenticator // required: verifies CONNECT passwords
+	// Store keeps retained messages and persistent sessions (its small KV, keys "mqtt/...").
+	// nil keeps them in memory only.
+	Store   *storage.Store
+	Metrics *metrics.Set // nil: a private set
+	Logger  *slog.Logger // nil: slog.Default()
+}
+
+// Broker is the embedded MQTT broker. Create it with New, then Start; Close stops it.
+type Broker struct {
+	cfg    Config
+	gw     Acceptor
+	auth   Authenticator
+	store  *storage.Store
+	log    *slog.Logger
+	server *mqtt.Server
+	inline *mqtt.Client // our own inline client: delivery of committed publishes and downlink
+	hooks  []mqtt.Hook  // every hook added to server, in order
+
+	sessions sync.Map // *mqtt.Client → *session
+
+	listeners []*listener
+	openConns atomic.Int64 // connections open on all listeners, CONNECT phase included
+	started   atomic.Bool
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+
+	pending sync.WaitGroup // AcceptAsync calls whose done has not run yet, and running drains
+
+	// stored sessions read at start: client id → principal re-verified from the stored token
+	restoredMu sync.Mutex
+	restored   map[string]*auth.Principal
+
+	m brokerMetrics
+}
+
+type brokerMetrics struct {
+	set                                         *metrics.Set
+	connectOK, connectBadToken, connectDenied   *metrics.Counter
+	connectFull, connectTimeouts                *metrics.Counter
+	pubAccepted, pubRefused, pubFailed, pubQoS0 *metrics.Counter
+	pubPaced                                    *metrics.Counter
+	expired                                     *metrics.Counter
+	downlink                                    *metrics.Counter
+	ackLatency                                  *metrics.PrometheusHistogram
+	inflight                                    atomic.Int64
+	persistErrors                               *metrics.Counter
+}
+
+// New checks the options and builds a broker; nothing listens until Start.
+func New(opts Options) (*Broker, error) {
+	if err := opts.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Gateway == nil {
+		return nil, fmt.Errorf("%w: Options.Gateway is required", ErrInvalidConfig)
+	}
+	if opts.Auth == nil {
+		return nil, fmt.Errorf("%w: Options.Auth is required", ErrInvalidConfig)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.NewSet()
+	}
+	b := &Broker{
+		cfg:      opts.Config,
+		gw:       opts.Gateway,
+		auth:     opts.Auth,
+		store:    opts.Store,
+		log:      opts.Logger.With("component", "mqtt"),
+		restored: map[string]*auth.Principal{},
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClients = int64(b.cfg.MaxClients)
+	caps.MaximumPacketSize = uint32(b.cfg.MaxPacketBytes)
+	caps.ReceiveMaximum = uint16(b.cfg.ReceiveMaximum)
+	caps.MaximumClientWritesPending = int32(b.cfg.OutboundQueue)
+	// Messages kept for an offline persistent session, per session (and the cap on a client's
+	// announced receive maximum).
+	caps.MaximumInflight = 1024
+	// Retained messages and offline messages expire only by their own message expiry interval,
+	// not after a broker-wide day.
+	caps.MaximumMessageExpiryInterval = 0
+	b.server = mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		Logger:                   slog.New(minLevel{h: b.log.Handler(), min: slog.LevelWarn}),
+		SysTopicResendInterval:   60,
+		ClientNetReadBufferSize:  2048,
+		ClientNetWriteBufferSize: 2048,
+	})
+	b.inline = b.server.NewClient(nil, mqtt.LocalListener, "fleetgate", true)
+	b.inline.Properties.ProtocolVersion = 5
+
+	b.initMetrics(opts.Metrics)
+	if err := b.addHook(&authHook{b: b}); err != nil {
+		return nil, err
+	}
+	if b.store != nil {
+		if err := b.addHook(&persistHook{b: b, store: b.store}); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// addHook is the only way hooks reach the mochi server, so that checkHooks sees them all.
+func (b *Broker) addHook(h mqtt.Hook) error {
+	if err := b.server.AddHook(h, nil); err != nil {
+		return fmt.Errorf("adding mqtt hook %s: %w", h.ID(), err)
+	}
+	b.hooks = append(b.hooks, h)
+	return nil
+}
+
+func (b *Broker) initMetrics(set *metrics.Set) {
+	m := &b.m
+	m.set = set
+	m.connectOK = set.NewCounter(`fleetgate_mqtt_connects_total{result="ok"}`)
+	m.connectBadToken = set.NewCounter(`fleetgate_mqtt_connects_total{result="bad_token"}`)
+	m.connectDenied = set.NewCounter(`fleetgate_mqtt_connects_total{result="not_authorized"}`)
+	m.connectFull = set.NewCounter(`fleetgate_mqtt_connects_total{result="max_clients"}`)
+	m.connectTimeouts = set.NewCounter(`fleetgate_mqtt_connects_total{result="timeout"}`)
+	m.pubAccepted = set.NewCounter(`fleetgate_mqtt_publishes_total{result="accepted"}`)
+	m.pubRefused = set.NewCounter(`fleetgate_mqtt_publishes_total{result="not_authorized"}`)
+	m.pubFailed = set.NewCounter(`fleetgate_mqtt_publishes_total{result="store_failed"}`)
+	m.pubQoS0 = set.NewCounter(`fleetgate_mqtt_publishes_qos0_total`)
+	m.pubPaced = set.NewCounter(`fleetgate_mqtt_publish_rate_waits_total`)
+	m.expired = set.NewCounter(`fleetgate_mqtt_token_expiry_disconnects_total`)
+	m.downlink = set.NewCounter(`fleetgate_mqtt_downlink_publishes_total`)
+	m.persistErrors = set.NewCounter(`fleetgate_mqtt_session_store_errors_total`)
+	m.ackLatency = set.NewPrometheusHistogram(`fleetgate_mqtt_publish_ack_seconds`)
+	set.NewGauge(`fleetgate_mqtt_publishes_inflight`, func() float64 { return float64(m.inflight.Load()) })
+	info := b.server.Info
+	set.NewGauge(`fleetgate_mqtt_clients_connected`, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) })
+	set.NewGauge(`fleetgate_mqtt_retained_messages`, func() float64 { return float64(atomic.LoadInt64(&info.Retained)) })
+	set.NewGauge(`fleetgate_mqtt_subscriptions`, func() float64 { return float64(atomic.LoadInt64(&info.Subscriptions)) })
+	set.NewGauge(`fleetgate_mqtt_deliveries_dropped_total`, func() float64 { return float64(atomic.LoadInt64(&info.MessagesDropped)) })
+	set.NewGauge(`fleetgate_mqtt_deliveries_inflight_dropped_total`, func() float64 {
+		return float64(atomic.LoadInt64(&info.InflightDropped))
+	})
+}
+
+// Start opens every configured listener, restores retained messages and persistent sessions,
+// and begins serving. When it returns without error, every listener accepts connections.
+func (b *Broker) Start() error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if !b.started.CompareAndSwap(false, true) {
+		return errors.New("broker: already started")
+	}
+	if err := b.checkHooks(); err != nil {
+		return err
+	}
+	tlsCfg, err := b.cfg.TLS.load()
+	if err != nil {
+		return err
+	}
+	var specs []listenerSpec
+	switch {
+	case tlsCfg != nil && b.cfg.TLSAddr == "":
+		if b.cfg.Addr != "" {
+			specs = append(specs, listenerSpec{id: "tls", addr: b.cfg.Addr, tls: tlsCfg})
+		}
+	default:
+		if b.cfg.Addr != "" {
+			specs = append(specs, listenerSpec{id: "tcp", addr: b.cfg.Addr})
+		}
+		if tlsCfg != nil {
+			specs = append(specs, listenerSpec{id: "tls", addr: b.cfg.TLSAddr, tls: tlsCfg})
+		}
+	}
+	if b.cfg.WSAddr != "" {
+		specs = append(specs, listenerSpec{id: "ws", addr: b.cfg.WSAddr, ws: true})
+	}
+	for _, sp := range specs {
+		l, err := b.listen(sp)
+		if err != nil {
+			b.closeListeners()
+			return err
+		}
+		b.listeners = append(b.listeners, l)
+	}
+	for _, l := range b.listeners {
+		if err := b.server.AddListener(l); err != nil {
+			b.closeListeners()
+			return fmt.Errorf("adding listener %s: %w", l.id, err)
+		}
+	}
+	if err := b.server.Serve(); err != nil {
+		b.closeListeners()
+		return fmt.Errorf("starting mqtt server: %w", err)
+	}
+	for _, l := range b.listeners {
+		b.log.Info("mqtt listening", "listener", l.id, "addr", l.Address())
+	}
+	return nil
+}
+
+// checkHooks enforces exactly one authority: mochi allows a CONNECT or an ACL check when ANY
+// hook allows it, so a second hook providing either would silently widen access.
+func (b *Broker) checkHooks() error {
+	var authn, acl int
+	for _, h := range b.hooks {
+		if h.Provides(mqtt.OnConnectAuthenticate) {
+			authn++
+		}
+		if h.Provides(mqtt.OnACLCheck) {
+			acl++
+		}
+	}
+	if authn != 1 || acl != 1 {
+		return fmt.Errorf("%w: %d answer CONNECT authentication and %d answer ACL checks, want 1 each",
+			ErrHookConflict, authn, acl)
+	}
+	return nil
+}
+
+func (b *Broker) closeListeners() {
+	for _, l := range b.listeners {
+		l.Close(func(string) {})
+	}
+	b.listeners = nil
+}
+
+// Addr returns the address of the plain TCP listener (or of the TLS one on addr when TLS
+// replaces it): with "127.0.0.1:0" configured, the port chosen. nil before Start or when
+// no such listener is configured.
+func (b *Broker) Addr() net.Addr { return b.listenerAddr("tcp", "tls") }
+
+// TLSAddr returns the address of the TLS listener, or nil.
+func (b *Broker) TLSAddr() net.Addr { return b.listenerAddr("tls") }
+
+// WSAddr returns the address of the WebSocket listener, or nil.
+func (b *Broker) WSAddr() net.Addr { return b.listenerAddr("ws") }
+
+func (b *Broker) listenerAddr(ids ...string) net.Addr {
+	for _, id := range ids {
+		for _, l := range b.listeners {
+			if l.id == id {
+				return l.ln.Addr()
+			}
+		}
+	}
+	return nil
+}
+
+// Publish sends a message to the subscribers of topic (downlink: commands to devices, outputs of
+// functions). Each subscriber receives it only if its policy lets it subscribe to topic.
+// retain keeps it (durably, when a Store is configured) for future subscribers; an empty payload
+// with retain clears the retained message. Delivery to a QoS 1/2 subscriber is at least once
+// while its session lives, which for persistent sessions includes broker restarts.
+// It does not go through ingest: downlink messages are not events.
+func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if !b.started.Load() {
+		return ErrNotStarted
+	}
+	if topic == "" || !mqtt.IsValidFilter(topic, true) {
+		return fmt.Errorf("publishing to %q: %w", topic, ErrInvalidTopic)
+	}
+	if qos > 2 {
+		return fmt.Errorf("publishing to %q: %w: %d", topic, ErrInvalidQoS, qos)
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
+		TopicName:   topic,
+		Payload:     payload,
+	}
+	if qos > 0 {
+		pk.PacketID = 1 // required by validation; the inline client never acks
+	}
+	if err := b.server.InjectPacket(b.inline, pk); err != nil {
+		return fmt.Errorf("publishing to %q: %w", topic, err)
+	}
+	b.m.downlink.Inc()
+	return nil
+}
+
+// Close stops accepting connections, disconnects every client (MQTT 5: "server shutting
+// down"), waits up to 5 s for publishes already handed to the gateway to be answered, and
+// releases the listeners. It does not close the Gateway or the Store.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.closed.Store(true)
+		if !b.started.Load() {
+			return
+		}
+		b.closeErr = b.server.Close()
+		done := make(chan struct{})
+		go func() { b.pending.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			b.log.Warn("mqtt close: publishes still waiting for the gateway after 5s")
+		}
+		b.sessions.Range(func(k, v any) bool {
+			v.(*session).stopTimer()
+			return true
+		})
+	})
+	return b.closeErr
+}
+
+// session is the broker's state for one client: its principal, and its pipeline of publishes
+// waiting for their commit.
+func (b *Broker) session(cl *mqtt.Client) *session {
+	v, ok := b.sessions.Load(cl)
+	if !ok {
+		return nil
+	}
+	return v.(*session)
+}
+
+// minLevel drops records below min: mochi logs every connection at Info and every refused packet at Warn.
+type minLevel struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.h.Enabled(ctx, l)
+}
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
+func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h: m.h.WithAttrs(a), min: m.min}
+}
+func (m minLevel) WithGroup(g string) slog.Handler { return minLevel{h: m.h.WithGroup(g), min: m.min} }
+
+// ackCode maps a failed append to the MQTT 5 reason code of its PUBACK/PUBREC.
+func ackCode(err error) packets.Code {
+	// storage.ErrFull is told apart from a closed store once ingest wraps the storage error with %w.
+	if errors.Is(err, ingest.ErrBusy) || errors.Is(err, storage.ErrBusy) || errors.Is(err, storage.ErrFull) {
+		return packets.ErrQuotaExceeded
+	}
+	return packets.ErrUnspecifiedError
+}

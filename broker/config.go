@@ -1,0 +1,128 @@
+package broker
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// TLSConfig is mqtt.tls in the config file.
+//
+// With CertFile and KeyFile set the broker serves MQTT over TLS: on TLSAddr when it is set
+// (plain MQTT stays on Addr), otherwise on Addr itself (no plain listener then).
+// With ClientCAFile set as well, TLS clients must present a certificate signed by one of its
+// CAs (mTLS). Certificate → subject mapping: the certificate's Subject Common Name is the
+// device's identity, and the password JWT is still required (it carries role, tenant and
+// claims); the token's "sub" must equal the Common Name, otherwise the CONNECT is refused
+// with "not authorized" (3.1.1: 0x05, 5: 0x87).
+type TLSConfig struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLSConfig) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// Config is the mqtt section of the config file.
+type Config struct {
+	// Addr is the plain MQTT (TCP) listen address; "" disables it (then TLSAddr or WSAddr must be set).
+	// When TLS is configured and TLSAddr is empty, Addr serves TLS.
+	Addr string `yaml:"addr"`
+	// WSAddr is the MQTT-over-WebSocket listen address (plain ws, path "/"; terminate TLS in a
+	// proxy); "" disables it.
+	WSAddr string `yaml:"ws_addr"`
+	// TLS configures TLS and mTLS; see TLSConfig.
+	TLS TLSConfig `yaml:"tls"`
+	// TLSAddr is an optional separate TLS listen address.
+	TLSAddr string `yaml:"tls_addr"`
+
+	// MaxClients bounds connected clients; one more CONNECT gets "server unavailable"
+	// (3.1.1: 0x03, 5: 0x89). Connections that have not sent CONNECT yet are bounded too.
+	MaxClients int `yaml:"max_clients"`
+	// MaxPacketBytes bounds any packet a client sends, CONNECT included; a bigger one closes the connection.
+	MaxPacketBytes int `yaml:"max_packet_bytes"`
+	// ConnectTimeout is how long a new connection may take to complete TLS and send CONNECT.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// ReceiveMaximum is the number of QoS 1/2 publishes a client may have unacknowledged
+	// (announced to MQTT 5 clients, which are disconnected with 0x93 beyond it; a 3.1.1
+	// client beyond it is simply not read from until acks catch up).
+	ReceiveMaximum int `yaml:"receive_maximum"`
+	// OutboundQueue bounds the packets waiting to be written to one client; beyond it
+	// deliveries to that client are dropped (and counted).
+	OutboundQueue int `yaml:"outbound_queue"`
+	// PublishRate limits the publishes one connection may send, per second (burst of one
+	// second's worth); 0 means unlimited. A client above it is paced: the broker stops
+	// reading from it until it is within the rate again, so nothing is lost.
+	PublishRate float64 `yaml:"publish_rate"`
+}
+
+// DefaultConfig returns the embedded defaults.
+func DefaultConfig() Config {
+	return Config{
+		Addr:           ":1883",
+		MaxClients:     100000,
+		MaxPacketBytes: 262144,
+		ConnectTimeout: 10 * time.Second,
+		ReceiveMaximum: 1024,
+		OutboundQueue:  64,
+	}
+}
+
+// Validate reports every problem of c at once, each with its field path, wrapping ErrInvalidConfig.
+func (c *Config) Validate() error {
+	var probs []string
+	add := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
+	checkAddr := func(field, v string) {
+		if v == "" {
+			return
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			add("mqtt.%s: %q is not host:port (%v)", field, v, err)
+		}
+	}
+	checkAddr("addr", c.Addr)
+	checkAddr("ws_addr", c.WSAddr)
+	checkAddr("tls_addr", c.TLSAddr)
+	if c.Addr == "" && c.WSAddr == "" && c.TLSAddr == "" {
+		add("mqtt.addr: no listener configured: set addr, tls_addr or ws_addr")
+	}
+	if c.Addr != "" && c.Addr == c.WSAddr {
+		add("mqtt.ws_addr: same as mqtt.addr %q", c.Addr)
+	}
+	if c.TLSAddr != "" && (c.TLSAddr == c.Addr || c.TLSAddr == c.WSAddr) {
+		add("mqtt.tls_addr: %q is already used by another mqtt listener", c.TLSAddr)
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		add("mqtt.tls: cert_file and key_file must be set together")
+	}
+	if c.TLS.ClientCAFile != "" && !c.TLS.Enabled() {
+		add("mqtt.tls.client_ca_file: needs mqtt.tls.cert_file and key_file")
+	}
+	if c.TLSAddr != "" && !c.TLS.Enabled() {
+		add("mqtt.tls_addr: needs mqtt.tls.cert_file and key_file")
+	}
+	if c.MaxClients <= 0 {
+		add("mqtt.max_clients: must be > 0, got %d", c.MaxClients)
+	}
+	if c.MaxPacketBytes < 64 || c.MaxPacketBytes > 268435455 {
+		add("mqtt.max_packet_bytes: must be in [64, 268435455], got %d", c.MaxPacketBytes)
+	}
+	if c.ConnectTimeout <= 0 {
+		add("mqtt.connect_timeout: must be > 0, got %s", c.ConnectTimeout)
+	}
+	if c.ReceiveMaximum < 1 || c.ReceiveMaximum > 65535 {
+		add("mqtt.receive_maximum: must be in [1, 65535], got %d", c.ReceiveMaximum)
+	}
+	if c.OutboundQueue < 1 || c.OutboundQueue > 1<<20 {
+		add("mqtt.outbound_queue: must be in [1, 1048576], got %d", c.OutboundQueue)
+	}
+	if c.PublishRate < 0 {
+		add("mqtt.publish_rate: must be >= 0 (0 = unlimited), got %g", c.PublishRate)
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(probs, "; "))
+}

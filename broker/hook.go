@@ -1,0 +1,247 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/ingest/auth"
+)
+
+// authHook is the broker's single authority: it authenticates CONNECT (JWT password, client
+// id, mTLS certificate, will topic), answers every ACL check from the client's policy, and
+// takes over every PUBLISH a client sends (see takePublish) so that acks follow the commit.
+type authHook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *authHook) ID() string { return "fleetgate-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSessionEstablish,
+		mqtt.OnPacketRead,
+		mqtt.OnPublish,
+		mqtt.OnQosComplete,
+		mqtt.OnQosDropped,
+		mqtt.OnDisconnect,
+		mqtt.OnClientExpired,
+	}, []byte{b})
+}
+
+// connackRefusal holds the CONNACK codes of one kind of refusal, per protocol version.
+type connackRefusal struct {
+	v5, v3 byte
+	reason string
+}
+
+var (
+	refuseBadToken = connackRefusal{v5: packets.ErrBadUsernameOrPassword.Code, v3: packets.ErrMalformedUsernameOrPassword.Code, reason: "bad username or password"}
+	refuseDenied   = connackRefusal{v5: packets.ErrNotAuthorized.Code, v3: packets.Err3NotAuthorized.Code, reason: "not authorized"}
+)
+
+// OnConnect authenticates the client. mochi has already read and validated the CONNECT; a
+// refusal writes its own CONNACK (mochi only knows one refusal code) and ends the connection.
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	b := h.b
+	p, err := b.auth.Verify(string(pk.Connect.Password))
+	if err != nil {
+		b.m.connectBadToken.Inc()
+		return b.refuseConnect(cl, refuseBadToken, fmt.Errorf("client %q: %w", cl.ID, err))
+	}
+	if reason := admit(cl, pk, p); reason != "" {
+		b.m.connectDenied.Inc()
+		return b.refuseConnect(cl, refuseDenied, fmt.Errorf("client %q subject %q: %s", cl.ID, p.Subject, reason))
+	}
+	s := newSession(b, cl, p)
+	b.sessions.Store(cl, s)
+	s.armExpiry()
+	b.m.connectOK.Inc()
+	return nil
+}
+
+// admit applies the policy to an authenticated CONNECT; it returns why the client may not
+// connect, or "".
+func admit(cl *mqtt.Client, pk packets.Packet, p *auth.Principal) string {
+	if !p.ClientIDAllowed(pk.Connect.ClientIdentifier) {
+		return fmt.Sprintf("client id %q not allowed (must equal the token subject)", pk.Connect.ClientIdentifier)
+	}
+	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 && certs[0].Subject.CommonName != p.Subject {
+			return fmt.Sprintf("client certificate CN %q is not the token subject", certs[0].Subject.CommonName)
+		}
+	}
+	if pk.Connect.WillFlag && !p.CanPublish(pk.Connect.WillTopic) {
+		return fmt.Sprintf("will topic %q not allowed", pk.Connect.WillTopic)
+	}
+	return ""
+}
+
+func (b *Broker) refuseConnect(cl *mqtt.Client, r connackRefusal, err error) error {
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: r.v3}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = r.v5
+		ack.Properties.ReasonString = r.reason
+	}
+	_ = cl.WritePacket(ack)
+	b.log.Debug("mqtt connect refused", "remote", cl.Net.Remote, "error", err)
+	return err
+}
+
+// OnConnectAuthenticate admits exactly the clients OnConnect authenticated.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	return h.b.session(cl) != nil
+}
+
+// OnACLCheck answers from the client's policy: write is a publish topic (never reached for
+// network clients, whose publishes takePublish judges; kept for defence), read is a subscribe
+// filter or, on delivery, the topic of the message.
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl == h.b.inline {
+		return true
+	}
+	s := h.b.session(cl)
+	if s == nil {
+		return false
+	}
+	if write {
+		return s.p.CanPublish(topic)
+	}
+	return s.p.CanSubscribe(topic)
+}
+
+// OnSessionEstablish runs before mochi takes over an existing session with the same client id:
+// the old connection's state is dropped here (its pipeline keeps running on its own).
+func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if old, ok := h.b.server.Clients.Get(cl.ID); ok && old != cl {
+		if s := h.b.session(old); s != nil {
+			s.stopTimer()
+		}
+		h.b.sessions.Delete(old)
+	}
+}
+
+// OnPacketRead takes over PUBLISH packets; everything else is left to mochi.
+func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return pk, nil
+	}
+	s := h.b.session(cl)
+	if s == nil {
+		return pk, packets.ErrRejectPacket
+	}
+	if err := s.takePublish(pk); err != nil {
+		return pk, err
+	}
+	return noopPacket, nil
+}
+
+// noopPacket is what mochi processes in place of a publish takePublish took over: a PUBACK for
+// packet id 0, which no inflight message ever has, so mochi ignores it.
+var noopPacket = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}}
+
+// OnPublish sees only the broker's own inline publishes (deliveries of committed publishes and
+// downlink): it restores the original sender as the packet's origin, for MQTT 5 no-local.
+func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl != h.b.inline {
+		return pk, packets.ErrRejectPacket // unreachable: network publishes never reach processPublish
+	}
+	if pk.Connect.ClientIdentifier != "" {
+		pk.Origin = pk.Connect.ClientIdentifier
+		pk.Connect.ClientIdentifier = ""
+	}
+	return pk, nil
+}
+
+// OnQosComplete releases the receive-maximum slot of an inbound QoS 2 publish when its PUBREL
+// has been answered.
+func (h *authHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type == packets.Pubrel {
+		if s := h.b.session(cl); s != nil {
+			s.releaseQuota()
+		}
+	}
+}
+
+// OnQosDropped releases the slot of an inbound QoS 2 publish dropped before its PUBREL.
+func (h *authHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type == packets.Pubrec {
+		if s := h.b.session(cl); s != nil {
+			s.releaseQuota()
+		}
+	}
+}
+
+// OnDisconnect forgets a session that ends with its connection; a persistent one stays, so
+// that messages for it are still judged by its policy while it is away.
+func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	b := h.b
+	if cl.Net.Conn == nil { // a persistent session restored from the store at start
+		b.restoredMu.Lock()
+		p := b.restored[cl.ID]
+		delete(b.restored, cl.ID)
+		b.restoredMu.Unlock()
+		if p != nil && !expire {
+			b.sessions.Store(cl, newSession(b, cl, p))
+		}
+		return
+	}
+	s := b.session(cl)
+	if s == nil {
+		return
+	}
+	s.stopTimer()
+	if expire || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
+		b.sessions.Delete(cl)
+	}
+}
+
+// OnClientExpired forgets an expired persistent session, and its subscriptions (mochi keeps
+// them in its topic index otherwise).
+func (h *authHook) OnClientExpired(cl *mqtt.Client) {
+	h.b.sessions.Delete(cl)
+	h.b.server.UnsubscribeClient(cl)
+}
+
+// expire closes a connection whose token has expired: MQTT 5 gets DISCONNECT 0xA0
+// (maximum connect time), 3.1.1 a closed connection.
+func (s *session) expire() {
+	b := s.b
+	if s.cl.Closed() {
+		return
+	}
+	b.m.expired.Inc()
+	b.log.Info("mqtt token expired, disconnecting", "client", s.cl.ID, "subject", s.p.Subject)
+	if s.cl.Properties.ProtocolVersion == 5 {
+		_ = b.server.DisconnectClient(s.cl, packets.ErrMaxConnectTime)
+		return
+	}
+	s.cl.Stop(ErrTokenExpired)
+}
+
+func (s *session) armExpiry() {
+	if s.p.ExpiresAt.IsZero() {
+		return
+	}
+	s.mu.Lock()
+	s.timer = time.AfterFunc(time.Until(s.p.ExpiresAt), s.expire)
+	s.mu.Unlock()
+}
+
+func (s *session) stopTimer() {
+	s.mu.Lock()
+	t := s.timer
+	s.mu.Unlock()
+	if t != nil {
+		t.Stop()
+	}
+}

@@ -1,0 +1,256 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+var _ listeners.Listener = (*listener)(nil)
+
+type listenerSpec struct {
+	id   string
+	addr string
+	tls  *tls.Config
+	ws   bool
+}
+
+// listener is a mochi listener that does what mochi's do not: every new connection gets a
+// deadline for TLS and CONNECT (mochi's first read has none, so an idle TCP connection would
+// stay forever), and connections beyond max_clients plus a margin for handshakes are closed at once.
+type listener struct {
+	id        string
+	ln        net.Listener
+	ws        *http.Server
+	b         *Broker
+	log       *slog.Logger
+	open      *atomic.Int64 // connections open on all listeners
+	establish atomic.Pointer[listeners.EstablishFn]
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // open connections, so that Close can end them all
+	cwg   sync.WaitGroup        // serveConn calls running
+	wg        sync.WaitGroup
+	done      atomic.Bool
+}
+
+// connectMargin is how many connections beyond max_clients may be in their CONNECT phase.
+const connectMargin = 1024
+
+func (b *Broker) listen(sp listenerSpec) (*listener, error) {
+	ln, err := net.Listen("tcp", sp.addr)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt listener %s on %s: %w", sp.id, sp.addr, err)
+	}
+	if sp.tls != nil {
+		ln = tls.NewListener(ln, sp.tls)
+	}
+	l := &listener{id: sp.id, ln: ln, b: b, open: &b.openConns}
+	if sp.ws {
+		up := &websocket.Upgrader{
+			Subprotocols:    []string{"mqtt"},
+			CheckOrigin:     func(*http.Request) bool { return true },
+			ReadBufferSize:  1024,
+			WriteBufferSize: 1024,
+		}
+		l.ws = &http.Server{
+			ReadHeaderTimeout: b.cfg.ConnectTimeout,
+			ErrorLog:          nil,
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				c, err := up.Upgrade(w, r, nil)
+				if err != nil {
+					return
+				}
+				l.serveConn(&wsConn{Conn: c.UnderlyingConn(), c: c})
+			}),
+		}
+	}
+	return l, nil
+}
+
+func (l *listener) ID() string       { return l.id }
+func (l *listener) Address() string  { return l.ln.Addr().String() }
+func (l *listener) Protocol() string { return l.id }
+
+func (l *listener) Init(log *slog.Logger) error {
+	l.log = log
+	return nil
+}
+
+// Serve accepts connections until Close.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	l.wg.Add(1)
+	defer l.wg.Done()
+	l.establish.Store(&establish)
+	if l.ws != nil {
+		if err := l.ws.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.done.Load() {
+			l.b.log.Error("mqtt websocket listener stopped", "listener", l.id, "error", err)
+		}
+		return
+	}
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if l.done.Load() {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			l.b.log.Error("mqtt listener stopped", "listener", l.id, "error", err)
+			return
+		}
+		go l.serveConn(conn)
+	}
+}
+
+// serveConn runs one connection through mochi (blocking until it ends).
+func (l *listener) serveConn(conn net.Conn) {
+	b := l.b
+	if n := l.open.Add(1); n > int64(b.cfg.MaxClients)+connectMargin {
+		l.open.Add(-1)
+		b.m.connectFull.Inc()
+		_ = conn.Close()
+		return
+	}
+	defer l.open.Add(-1)
+	l.mu.Lock()
+	if l.done.Load() {
+		l.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	if l.conns == nil {
+		l.conns = map[net.Conn]struct{}{}
+	}
+	l.conns[conn] = struct{}{}
+	l.cwg.Add(1)
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.conns, conn)
+		l.mu.Unlock()
+		l.cwg.Done()
+	}()
+	// mochi replaces this deadline with the keepalive once CONNECT is accepted.
+	_ = conn.SetDeadline(time.Now().Add(b.cfg.ConnectTimeout))
+	est := l.establish.Load()
+	if est == nil {
+		_ = conn.Close()
+		return
+	}
+	err := (*est)(l.id, conn)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			b.m.connectTimeouts.Inc()
+		}
+		b.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr().String(), "error", err)
+	}
+	_ = conn.Close()
+}
+
+// Close stops accepting, disconnects this listener's clients (mochi's closeClients: MQTT 5
+// gets "server shutting down"), closes connections still in their CONNECT phase, and waits
+// until every connection has ended. (mochi's CloseAll then waits on a WaitGroup its
+// connections Add to; no connection may start after that.)
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	first := l.done.CompareAndSwap(false, true)
+	l.mu.Unlock()
+	if first {
+		if l.ws != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = l.ws.Shutdown(ctx)
+			cancel()
+		}
+		_ = l.ln.Close()
+	}
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	l.cwg.Wait()
+}
+
+// load reads the certificate and client CAs; nil when TLS is not configured.
+func (t TLSConfig) load() (*tls.Config, error) {
+	if !t.Enabled() {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: mqtt.tls: loading cert_file/key_file: %w", ErrInvalidConfig, err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile != "" {
+		pem, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: mqtt.tls.client_ca_file: %w", ErrInvalidConfig, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: mqtt.tls.client_ca_file: no PEM certificate in %s", ErrInvalidConfig, t.ClientCAFile)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// wsConn carries MQTT over binary WebSocket messages; deadlines apply to the underlying conn.
+type wsConn struct {
+	net.Conn
+	c *websocket.Conn
+	r io.Reader
+}
+
+var errWSMessage = errors.New("websocket message is not binary")
+
+func (ws *wsConn) Read(p []byte) (int, error) {
+	for {
+		if ws.r == nil {
+			op, r, err := ws.c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if op != websocket.BinaryMessage {
+				return 0, errWSMessage
+			}
+			ws.r = r
+		}
+		n, err := ws.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			ws.r = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+func (ws *wsConn) Write(p []byte) (int, error) {
+	if err := ws.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

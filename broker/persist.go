@@ -1,0 +1,372 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	mstorage "github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/storage"
+)
+
+// Keys of the broker's state in the store's small KV. Values are mochi's storage records as JSON.
+//
+//	mqtt/cl/<client id>                      persistent session (storedClient: mochi's record + the token)
+//	mqtt/sub/<client id> 0x00 <filter>        its subscriptions
+//	mqtt/ifm/<client id> 0x00 <packet id>     QoS 1/2 messages sent to it and not yet acknowledged
+//	mqtt/ret/<topic>                          retained messages
+const (
+	keyClient   = "mqtt/cl/"
+	keySub      = "mqtt/sub/"
+	keyInflight = "mqtt/ifm/"
+	keyRetained = "mqtt/ret/"
+)
+
+// persistHook implements mochi's storage hook on the gateway's Store, so that retained messages
+// and persistent sessions (3.1.1 clean session false, 5 session expiry > 0) survive restarts in
+// the same Badger as the events. Only persistent sessions are written: a clean session costs
+// no store write at all.
+type persistHook struct {
+	mqtt.HookBase
+	b     *Broker
+	store *storage.Store
+
+	mu        sync.Mutex
+	persisted map[string]bool // client ids with a stored session
+}
+
+// storedClient is a persistent session's record: mochi's, plus the token it connected with,
+// re-verified at start so that messages for it are judged by its policy while it is away.
+type storedClient struct {
+	mstorage.Client
+	Token string `json:"token,omitempty"`
+}
+
+func (h *persistHook) ID() string { return "fleetgate-sessions" }
+
+func (h *persistHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnSubscribed,
+		mqtt.OnUnsubscribed,
+		mqtt.OnRetainMessage,
+		mqtt.OnQosPublish,
+		mqtt.OnQosComplete,
+		mqtt.OnQosDropped,
+		mqtt.OnClientExpired,
+		mqtt.OnRetainedExpired,
+		mqtt.StoredClients,
+		mqtt.StoredSubscriptions,
+		mqtt.StoredInflightMessages,
+		mqtt.StoredRetainedMessages,
+	}, []byte{b})
+}
+
+// Stop does not close the store: it belongs to the gateway.
+func (h *persistHook) Stop() error { return nil }
+
+// persistent reports whether cl's session outlives its connection.
+func persistent(cl *mqtt.Client) bool {
+	if cl.Net.Inline {
+		return false
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
+}
+
+func (h *persistHook) isPersisted(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.persisted[id]
+}
+
+func (h *persistHook) setPersisted(id string, v bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.persisted == nil {
+		h.persisted = map[string]bool{}
+	}
+	if v {
+		h.persisted[id] = true
+	} else {
+		delete(h.persisted, id)
+	}
+}
+
+func (h *persistHook) fail(what string, err error) {
+	if err == nil {
+		return
+	}
+	h.b.m.persistErrors.Inc()
+	h.b.log.Error("mqtt session store: "+what, "error", err)
+}
+
+func (h *persistHook) put(key string, v any) {
+	data, err := json.Marshal(v)
+	if err == nil {
+		err = h.store.Put(key, data)
+	}
+	h.fail("writing "+key, err)
+}
+
+func (h *persistHook) del(key string) { h.fail("deleting "+key, h.store.Delete(key)) }
+
+// deleteSession removes everything stored for client id.
+func (h *persistHook) deleteSession(id string) {
+	h.del(keyClient + id)
+	for _, prefix := range []string{keySub + id + "\x00", keyInflight + id + "\x00"} {
+		var keys []string
+		err := h.store.Scan(prefix, func(k string, _ []byte) error {
+			keys = append(keys, k)
+			return nil
+		})
+		h.fail("listing "+prefix, err)
+		for _, k := range keys {
+			h.del(k)
+		}
+	}
+	h.setPersisted(id, false)
+}
+
+func (h *persistHook) writeClient(cl *mqtt.Client) {
+	rec := storedClient{Client: mstorage.Client{
+		ID:              cl.ID,
+		T:               mstorage.ClientKey,
+		Remote:          cl.Net.Remote,
+		Listener:        cl.Net.Listener,
+		Username:        cl.Properties.Username,
+		Clean:           cl.Properties.Clean,
+		ProtocolVersion: cl.Properties.ProtocolVersion,
+		Properties: mstorage.ClientProperties{
+			SessionExpiryInterval:     cl.Properties.Props.SessionExpiryInterval,
+			SessionExpiryIntervalFlag: cl.Properties.Props.SessionExpiryIntervalFlag,
+			RequestProblemInfo:        cl.Properties.Props.RequestProblemInfo,
+			RequestProblemInfoFlag:    cl.Properties.Props.RequestProblemInfoFlag,
+			RequestResponseInfo:       cl.Properties.Props.RequestResponseInfo,
+			ReceiveMaximum:            cl.Properties.Props.ReceiveMaximum,
+			TopicAliasMaximum:         cl.Properties.Props.TopicAliasMaximum,
+			MaximumPacketSize:         cl.Properties.Props.MaximumPacketSize,
+			User:                      cl.Properties.Props.User,
+		},
+		Will: mstorage.ClientWill(cl.Properties.Will),
+	}}
+	if s := h.b.session(cl); s != nil {
+		rec.Token = s.p.Token
+	}
+	h.put(keyClient+cl.ID, rec)
+	h.setPersisted(cl.ID, true)
+}
+
+// OnSessionEstablished stores a persistent session, or removes a stored one the client now
+// starts clean.
+func (h *persistHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	switch {
+	case persistent(cl):
+		h.writeClient(cl)
+	case h.isPersisted(cl.ID):
+		h.deleteSession(cl.ID)
+	}
+}
+
+// OnDisconnect refreshes a persistent session's record (MQTT 5 may change the expiry on
+// DISCONNECT) or removes it when the session ends with the connection.
+func (h *persistHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if cl.Net.Conn == nil { // restored at start, not a connection
+		return
+	}
+	switch {
+	case expire && errors.Is(cl.StopCause(), packets.ErrSessionTakenOver):
+	case expire && h.isPersisted(cl.ID):
+		h.deleteSession(cl.ID)
+	case !expire && persistent(cl):
+		h.writeClient(cl)
+	}
+}
+
+func subKey(id, filter string) string { return keySub + id + "\x00" + filter }
+
+func inflightKey(id string, packetID uint16) string {
+	return fmt.Sprintf("%s%s\x00%05d", keyInflight, id, packetID)
+}
+
+// OnSubscribed stores the granted subscriptions of a persistent session.
+func (h *persistHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if !persistent(cl) {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i >= len(codes) || codes[i] >= packets.ErrUnspecifiedError.Code {
+			continue
+		}
+		h.put(subKey(cl.ID, f.Filter), mstorage.Subscription{
+			ID:                subKey(cl.ID, f.Filter),
+			T:                 mstorage.SubscriptionKey,
+			Client:            cl.ID,
+			Filter:            f.Filter,
+			Qos:               codes[i],
+			Identifier:        f.Identifier,
+			NoLocal:           f.NoLocal,
+			RetainHandling:    f.RetainHandling,
+			RetainAsPublished: f.RetainAsPublished,
+		})
+	}
+}
+
+// OnUnsubscribed removes stored subscriptions.
+func (h *persistHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if !persistent(cl) && !h.isPersisted(cl.ID) {
+		return
+	}
+	for _, f := range pk.Filters {
+		h.del(subKey(cl.ID, f.Filter))
+	}
+}
+
+func message(t, id, client string, pk packets.Packet, sent int64) mstorage.Message {
+	return mstorage.Message{
+		ID:          id,
+		T:           t,
+		Client:      client,
+		Origin:      pk.Origin,
+		PacketID:    pk.PacketID,
+		FixedHeader: pk.FixedHeader,
+		TopicName:   pk.TopicName,
+		Payload:     pk.Payload,
+		Created:     pk.Created,
+		Sent:        sent,
+		Properties: mstorage.MessageProperties{
+			PayloadFormat:          pk.Properties.PayloadFormat,
+			PayloadFormatFlag:      pk.Properties.PayloadFormatFlag,
+			MessageExpiryInterval:  pk.Properties.MessageExpiryInterval,
+			ContentType:            pk.Properties.ContentType,
+			ResponseTopic:          pk.Properties.ResponseTopic,
+			CorrelationData:        pk.Properties.CorrelationData,
+			SubscriptionIdentifier: pk.Properties.SubscriptionIdentifier,
+			User:                   pk.Properties.User,
+		},
+	}
+}
+
+// OnRetainMessage stores (or, for an empty payload, deletes) a retained message.
+func (h *persistHook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	key := keyRetained + pk.TopicName
+	if r == -1 {
+		h.del(key)
+		return
+	}
+	h.put(key, message(mstorage.RetainedKey, key, cl.ID, pk, 0))
+}
+
+// OnRetainedExpired deletes an expired retained message.
+func (h *persistHook) OnRetainedExpired(topic string) { h.del(keyRetained + topic) }
+
+// OnQosPublish stores a QoS 1/2 message sent (or queued) to a persistent session.
+func (h *persistHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, _ int) {
+	if pk.FixedHeader.Type != packets.Publish || !persistent(cl) {
+		return
+	}
+	key := inflightKey(cl.ID, pk.PacketID)
+	h.put(key, message(mstorage.InflightKey, key, cl.ID, pk, sent))
+}
+
+// OnQosComplete deletes a message the persistent session acknowledged.
+func (h *persistHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	t := pk.FixedHeader.Type
+	if (t != packets.Puback && t != packets.Pubcomp) || !persistent(cl) {
+		return
+	}
+	h.del(inflightKey(cl.ID, pk.PacketID))
+}
+
+// OnQosDropped deletes a message mochi gave up on (expired, session cleared).
+func (h *persistHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type == packets.Pubrec || !persistent(cl) {
+		return // an inbound QoS 2 flow: never stored
+	}
+	h.del(inflightKey(cl.ID, pk.PacketID))
+}
+
+// OnClientExpired deletes an expired session.
+func (h *persistHook) OnClientExpired(cl *mqtt.Client) {
+	if h.isPersisted(cl.ID) {
+		h.deleteSession(cl.ID)
+	}
+}
+
+func scanJSON[T any](h *persistHook, prefix string, keep func(key string, v *T)) error {
+	return h.store.Scan(prefix, func(key string, value []byte) error {
+		v := new(T)
+		if err := json.Unmarshal(value, v); err != nil {
+			h.fail("decoding "+key, err) // a bad record is skipped, not fatal
+			return nil
+		}
+		keep(key, v)
+		return nil
+	})
+}
+
+// StoredClients returns the persistent sessions, re-verifying the token each was stored with.
+func (h *persistHook) StoredClients() ([]mstorage.Client, error) {
+	var out []mstorage.Client
+	err := scanJSON(h, keyClient, func(_ string, c *storedClient) {
+		out = append(out, c.Client)
+		h.setPersisted(c.ID, true)
+		p, err := h.b.auth.Verify(c.Token)
+		if err != nil {
+			h.b.log.Info("mqtt stored session's token no longer valid: nothing is delivered to it until it reconnects",
+				"client", c.ID, "error", err)
+			return
+		}
+		h.b.restoredMu.Lock()
+		h.b.restored[c.ID] = p
+		h.b.restoredMu.Unlock()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading stored mqtt sessions: %w", err)
+	}
+	return out, nil
+}
+
+// StoredSubscriptions returns the subscriptions of persistent sessions.
+func (h *persistHook) StoredSubscriptions() ([]mstorage.Subscription, error) {
+	var out []mstorage.Subscription
+	err := scanJSON(h, keySub, func(_ string, s *mstorage.Subscription) { out = append(out, *s) })
+	if err != nil {
+		return nil, fmt.Errorf("reading stored mqtt subscriptions: %w", err)
+	}
+	return out, nil
+}
+
+// StoredInflightMessages returns the unacknowledged messages of persistent sessions.
+func (h *persistHook) StoredInflightMessages() ([]mstorage.Message, error) {
+	var out []mstorage.Message
+	err := scanJSON(h, keyInflight, func(_ string, m *mstorage.Message) { out = append(out, *m) })
+	if err != nil {
+		return nil, fmt.Errorf("reading stored mqtt inflight messages: %w", err)
+	}
+	return out, nil
+}
+
+// StoredRetainedMessages returns the retained messages.
+func (h *persistHook) StoredRetainedMessages() ([]mstorage.Message, error) {
+	var out []mstorage.Message
+	err := scanJSON(h, keyRetained, func(key string, m *mstorage.Message) {
+		if m.TopicName == "" {
+			m.TopicName = strings.TrimPrefix(key, keyRetained)
+		}
+		out = append(out, *m)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading stored retained messages: %w", err)
+	}
+	return out, nil
+}

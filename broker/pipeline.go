@@ -1,0 +1,392 @@
+package broker
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/ingest"
+	"github.com/fleetgate/fleetgate/ingest/auth"
+)
+
+// The ack pipeline.
+//
+// mochi reads a connection's packets on one goroutine and, for a PUBLISH, calls the hooks and
+// then writes the PUBACK. Waiting there for the commit would be correct but caps a connection
+// at one commit latency per QoS 1 message. Instead takePublish (on the read goroutine, from
+// OnPacketRead) checks the publish, appends a pipeline entry, hands the event to
+// Gateway.AcceptAsync and returns at once, so the reader goes on to the next packet while the
+// commit is pending. When an entry's commit completes, the entries at the head of the pipeline
+// that are complete are popped in order by a short-lived drain goroutine, which writes their
+// PUBACK / PUBREC through mochi's client write path and then delivers the message to MQTT
+// subscribers. So acks leave in the order the publishes arrived, each only after its event is
+// durable, and many commits of one connection overlap (and share fsyncs in the store's group
+// commit). No goroutine exists per idle connection.
+//
+// Bounds: the pipeline holds at most receive_maximum entries; the reader waits (stops reading
+// the socket: TCP backpressure) while it is full. MQTT 5 clients are told receive_maximum in
+// CONNACK and are disconnected with 0x93 when they exceed it, counting a QoS 2 publish until
+// its PUBREL is answered.
+
+// session is the broker's state for one client.
+type session struct {
+	b      *Broker
+	cl     *mqtt.Client
+	p      *auth.Principal
+	v5     bool
+	source string // event source: "mqtt://<client id>"
+
+	mu       sync.Mutex
+	timer    *time.Timer // token expiry
+	queue    []*entry    // pipeline, oldest first, from queue[head]
+	head     int
+	draining bool // a drain goroutine is running
+	waiting  bool // the reader waits for room in the pipeline
+	room     chan struct{}
+	quota    int // MQTT 5: QoS>0 publishes not yet complete (receive maximum)
+
+	// publish rate limit, read goroutine only
+	tokens float64
+	last   time.Time
+}
+
+// entry is one publish in the pipeline.
+type entry struct {
+	pk      packets.Packet // for delivery; TopicName resolved, alias cleared
+	qos     byte
+	id      uint16
+	code    byte // PUBACK/PUBREC reason when refused before ingest; 0 otherwise
+	ackOnly bool // a QoS 2 resend already acknowledged: ack again, do not ingest
+	done    bool
+	err     error // from the gateway
+	start   time.Time
+}
+
+func newSession(b *Broker, cl *mqtt.Client, p *auth.Principal) *session {
+	return &session{
+		b:      b,
+		cl:     cl,
+		p:      p,
+		v5:     cl.Properties.ProtocolVersion == 5,
+		source: "mqtt://" + cl.ID,
+		tokens: b.cfg.PublishRate,
+	}
+}
+
+// takePublish handles a PUBLISH on the connection's read goroutine. A nil error means the
+// packet is handled (refused or in the pipeline); an error wrapping packets.ErrRejectPacket
+// closes the connection.
+func (s *session) takePublish(pk packets.Packet) error {
+	b, cl := s.b, s.cl
+	qos := pk.FixedHeader.Qos
+	refused := false
+	switch code := pk.PublishValidate(b.server.Options.Capabilities.TopicAliasMaximum); code {
+	case packets.CodeSuccess:
+	case packets.ErrProtocolViolationSurplusWildcard:
+		refused = true // judged as a policy refusal, like any topic the client may not publish to
+	default:
+		return s.protocolError(code)
+	}
+	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 {
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		pk.Properties.TopicAlias = 0
+		pk.Properties.TopicAliasFlag = false
+		if pk.TopicName == "" {
+			return s.protocolError(packets.ErrTopicAliasInvalid)
+		}
+	}
+	if !refused && !s.p.CanPublish(pk.TopicName) {
+		refused = true
+	}
+	if refused {
+		b.m.pubRefused.Inc()
+		switch {
+		case qos == 0:
+			return nil // nothing to answer
+		case !s.v5:
+			return fmt.Errorf("client %q publish to %q: %w", cl.ID, pk.TopicName, packets.ErrRejectPacket)
+		}
+	}
+	s.pace()
+
+	e := &entry{pk: pk, qos: qos, id: pk.PacketID, start: time.Now()}
+	if refused {
+		e.code = packets.ErrNotAuthorized.Code
+		e.done = true
+	} else if qos == 2 {
+		if in, ok := cl.State.Inflight.Get(pk.PacketID); ok && in.FixedHeader.Type == packets.Pubrec {
+			e.ackOnly, e.done = true, true // resent before our PUBREC arrived: already durable
+		}
+	}
+	if err := s.enqueue(e); err != nil {
+		return err
+	}
+	if e.done {
+		s.complete(e, nil)
+		return nil
+	}
+	if qos == 0 {
+		b.m.pubQoS0.Inc()
+	}
+	ev := s.event(&pk)
+	b.pending.Add(1)
+	b.m.inflight.Add(1)
+	b.gw.AcceptAsync([]*event.Event{ev}, ingest.AcceptOptions{}, func(err error) {
+		s.complete(e, err)
+		b.m.inflight.Add(-1)
+		b.pending.Done()
+	})
+	return nil
+}
+
+// protocolError ends a connection that sent a malformed publish (MQTT 5: DISCONNECT with code).
+func (s *session) protocolError(code packets.Code) error {
+	if s.v5 {
+		_ = s.b.server.DisconnectClient(s.cl, code)
+	}
+	return fmt.Errorf("client %q: %s: %w", s.cl.ID, code.Reason, packets.ErrRejectPacket)
+}
+
+// event builds the event of an accepted publish.
+func (s *session) event(pk *packets.Packet) *event.Event {
+	meta := make(map[string]string, 1+len(pk.Properties.User))
+	for _, u := range pk.Properties.User {
+		meta[u.Key] = u.Val
+	}
+	meta["client_id"] = s.cl.ID
+	return &event.Event{
+		Source:      s.source,
+		Type:        "fleetgate.mqtt.publish",
+		Subject:     s.p.Subject,
+		Time:        time.Now(),
+		ContentType: pk.Properties.ContentType,
+		Data:        pk.Payload,
+		Protocol:    event.ProtocolMQTT,
+		Topic:       pk.TopicName,
+		Tenant:      s.p.Tenant,
+		Claims:      s.p.Claims,
+		ClaimsJSON:  s.p.ClaimsJSON,
+		Meta:        meta,
+		QoS:         pk.FixedHeader.Qos,
+		Retain:      pk.FixedHeader.Retain,
+	}
+}
+
+// enqueue appends e to the pipeline, waiting while it is full. For MQTT 5 it enforces the
+// receive maximum.
+func (s *session) enqueue(e *entry) error {
+	limit := s.b.cfg.ReceiveMaximum
+	for {
+		s.mu.Lock()
+		if s.v5 && e.qos > 0 && !e.ackOnly {
+			if s.quota >= limit {
+				s.mu.Unlock()
+				_ = s.b.server.DisconnectClient(s.cl, packets.ErrReceiveMaximum)
+				return fmt.Errorf("client %q: %w", s.cl.ID, packets.ErrRejectPacket)
+			}
+		}
+		if len(s.queue)-s.head < limit {
+			if s.v5 && e.qos > 0 && !e.ackOnly {
+				s.quota++
+			}
+			if s.head > 0 && len(s.queue) == cap(s.queue) { // compact instead of growing
+				n := copy(s.queue, s.queue[s.head:])
+				clear(s.queue[n:])
+				s.queue, s.head = s.queue[:n], 0
+			}
+			s.queue = append(s.queue, e)
+			s.mu.Unlock()
+			return nil
+		}
+		if s.room == nil {
+			s.room = make(chan struct{}, 1)
+		}
+		s.waiting = true
+		room := s.room
+		s.mu.Unlock()
+		select {
+		case <-room:
+		case <-time.After(100 * time.Millisecond):
+		}
+		if s.cl.Closed() {
+			return fmt.Errorf("client %q closed while waiting: %w", s.cl.ID, packets.ErrRejectPacket)
+		}
+		s.extendDeadline()
+	}
+}
+
+// extendDeadline gives a connection whose reader waited (full pipeline, rate limit) its
+// keepalive again: mochi sets one deadline for reads and writes before each packet, and the
+// acks written meanwhile must not hit it.
+func (s *session) extendDeadline() {
+	if ka := s.cl.State.Keepalive; ka > 0 && s.cl.Net.Conn != nil {
+		_ = s.cl.Net.Conn.SetDeadline(time.Now().Add(time.Duration(ka+ka/2) * time.Second))
+	}
+}
+
+// pace applies the per-connection publish rate limit (token bucket, burst of one second).
+func (s *session) pace() {
+	rate := s.b.cfg.PublishRate
+	if rate <= 0 {
+		return
+	}
+	now := time.Now()
+	if !s.last.IsZero() {
+		s.tokens += now.Sub(s.last).Seconds() * rate
+	}
+	if burst := max(rate, 1); s.tokens > burst {
+		s.tokens = burst
+	}
+	s.last = now
+	if s.tokens >= 1 {
+		s.tokens--
+		return
+	}
+	s.b.m.pubPaced.Inc()
+	wait := time.Duration((1 - s.tokens) / rate * float64(time.Second))
+	for wait > 0 && !s.cl.Closed() {
+		step := min(wait, time.Second)
+		time.Sleep(step)
+		wait -= step
+		s.extendDeadline()
+	}
+	s.tokens = 0
+	s.last = time.Now()
+}
+
+// complete marks e done (err from the gateway) and starts a drain if the pipeline's head is done.
+// It never blocks: it runs on the store's commit goroutine.
+func (s *session) complete(e *entry, err error) {
+	s.mu.Lock()
+	e.done, e.err = true, err
+	if s.draining || s.head == len(s.queue) || !s.queue[s.head].done {
+		s.mu.Unlock()
+		return
+	}
+	s.draining = true
+	s.mu.Unlock()
+	s.b.pending.Add(1)
+	go s.drain()
+}
+
+// drain answers and delivers the done entries at the head of the pipeline, in order.
+func (s *session) drain() {
+	defer s.b.pending.Done()
+	var batch []*entry
+	for {
+		s.mu.Lock()
+		end := s.head
+		for end < len(s.queue) && s.queue[end].done {
+			end++
+		}
+		if end == s.head {
+			s.draining = false
+			s.mu.Unlock()
+			return
+		}
+		batch = append(batch[:0], s.queue[s.head:end]...)
+		clear(s.queue[s.head:end])
+		s.head = end
+		if s.head == len(s.queue) {
+			s.queue, s.head = s.queue[:0], 0
+		}
+		if s.waiting {
+			s.waiting = false
+			select {
+			case s.room <- struct{}{}:
+			default:
+			}
+		}
+		s.mu.Unlock()
+		for _, e := range batch {
+			s.finish(e)
+		}
+	}
+}
+
+// finish answers one entry and, if its event is durable, delivers it to subscribers.
+func (s *session) finish(e *entry) {
+	b := s.b
+	stored := e.err == nil && e.code == 0 && !e.ackOnly
+	switch {
+	case e.err != nil:
+		b.m.pubFailed.Inc()
+		if e.qos > 0 && !s.v5 {
+			// 3.1.1 has no negative ack: close so that the client publishes again.
+			if !s.cl.Closed() {
+				b.log.Warn("mqtt publish not stored, disconnecting 3.1.1 client", "client", s.cl.ID, "error", e.err)
+			}
+			s.cl.Stop(fmt.Errorf("%w: %w", ErrAppendFailed, e.err))
+			return
+		}
+		e.code = ackCode(e.err).Code
+	case stored:
+		b.m.pubAccepted.Inc()
+	}
+	if e.qos > 0 {
+		s.ack(e)
+		b.m.ackLatency.UpdateDuration(e.start)
+	}
+	if stored {
+		s.deliver(e)
+	}
+}
+
+// ack writes the PUBACK (QoS 1) or PUBREC (QoS 2) of e.
+func (s *session) ack(e *entry) {
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: e.id, ReasonCode: e.code}
+	if e.qos == 2 {
+		ack.FixedHeader.Type = packets.Pubrec
+	}
+	if e.code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = reasonOf(e.code)
+	}
+	if e.qos == 2 && e.code < packets.ErrUnspecifiedError.Code {
+		// mochi completes the flow: PUBREL → PUBCOMP, then OnQosComplete releases the quota.
+		ack.Created = time.Now().Unix()
+		s.cl.State.Inflight.Set(ack)
+	} else if !e.ackOnly {
+		s.releaseQuota()
+	}
+	_ = s.cl.WritePacket(ack)
+}
+
+func (s *session) releaseQuota() {
+	if !s.v5 {
+		return
+	}
+	s.mu.Lock()
+	if s.quota > 0 {
+		s.quota--
+	}
+	s.mu.Unlock()
+}
+
+// deliver hands a committed publish to mochi for its subscribers (and the retained store),
+// through the broker's inline client, with the sender as origin.
+func (s *session) deliver(e *entry) {
+	pk := e.pk
+	pk.Connect.ClientIdentifier = s.cl.ID // restored as Origin by OnPublish
+	if pk.FixedHeader.Qos == 0 {
+		pk.PacketID = 0
+	}
+	pk.FixedHeader.Dup = false
+	if err := s.b.server.InjectPacket(s.b.inline, pk); err != nil {
+		s.b.log.Debug("mqtt delivery failed", "client", s.cl.ID, "topic", pk.TopicName, "error", err)
+	}
+}
+
+func reasonOf(code byte) string {
+	switch code {
+	case packets.ErrNotAuthorized.Code:
+		return packets.ErrNotAuthorized.Reason
+	case packets.ErrQuotaExceeded.Code:
+		return packets.ErrQuotaExceeded.Reason
+	default:
+		return packets.ErrUnspecifiedError.Reason
+	}
+}
