@@ -114,8 +114,7 @@ func (st *matchState) prepare(need varMask) error {
 		st.env.Now = time.Now()
 	}
 	if missing&varPayload != 0 {
-		var v any
-		if len(ev.Data) > 0 && json.Unmarshal(ev.Data, &v) == nil {
+		if v, err := parsePayload(ev.Data); err == nil {
 			st.env.Payload, st.payload = v, payloadOK
 		} else {
 			st.payload = payloadInvalid

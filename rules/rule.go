@@ -168,6 +168,12 @@ func validID(id string) bool {
 type compiler struct {
 	opts     CompileOptions
 	problems []Problem
+	cache    map[exprKey]*program // identical expressions compile once per set
+}
+
+type exprKey struct {
+	src     string
+	boolean bool
 }
 
 func (c *compiler) add(idx int, id, field, format string, args ...any) {
@@ -177,7 +183,7 @@ func (c *compiler) add(idx int, id, field, format string, args ...any) {
 // Compile validates rules and builds an immutable Set. If anything is wrong it returns a
 // *ValidationError listing every problem (each with rule id, field and reason) and no Set.
 func Compile(rules []Rule, opts CompileOptions) (*Set, error) {
-	c := &compiler{opts: opts.withDefaults()}
+	c := &compiler{opts: opts.withDefaults(), cache: make(map[exprKey]*program)}
 	if len(rules) > c.opts.MaxRules {
 		c.add(-1, "", "", "too many rules: %d, at most %d are allowed (raise the max rules limit or merge rules)", len(rules), c.opts.MaxRules)
 		return nil, &ValidationError{Problems: c.problems}
@@ -296,11 +302,15 @@ func (c *compiler) expr(i int, id, field, src string, boolean bool) *program {
 		c.add(i, id, field, "expression too long: %d characters, at most %d", n, c.opts.MaxExprLen)
 		return nil
 	}
+	if p, ok := c.cache[exprKey{src, boolean}]; ok {
+		return p
+	}
 	p, err := compileExpr(src, boolean)
 	if err != nil {
 		c.add(i, id, field, "%v", err)
 		return nil
 	}
+	c.cache[exprKey{src, boolean}] = p
 	return p
 }
 
