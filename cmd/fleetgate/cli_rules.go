@@ -317,4 +317,3 @@ func printTestResult(w io.Writer, topic string, res rules.TestResult) {
 		fmt.Fprintf(w, "  %s: %s\n", r.Rule, r.Reason)
 	}
 }
-
