@@ -786,3 +786,8 @@ func TestCleanSessionsWriteNothing(t *testing.T) {
 		t.Fatalf("%d session keys stored for a clean session", n)
 	}
 }
+
+type (
+	paho3Client  = paho3.Client
+	paho3Message = paho3.Message
+)

@@ -88,10 +88,10 @@ func (c *Config) Validate() error {
 	if c.Addr == "" && c.WSAddr == "" && c.TLSAddr == "" {
 		add("mqtt.addr: no listener configured: set addr, tls_addr or ws_addr")
 	}
-	if c.Addr != "" && c.Addr == c.WSAddr {
+	if c.Addr != "" && c.Addr == c.WSAddr && !anyPort(c.Addr) {
 		add("mqtt.ws_addr: same as mqtt.addr %q", c.Addr)
 	}
-	if c.TLSAddr != "" && (c.TLSAddr == c.Addr || c.TLSAddr == c.WSAddr) {
+	if c.TLSAddr != "" && !anyPort(c.TLSAddr) && (c.TLSAddr == c.Addr || c.TLSAddr == c.WSAddr) {
 		add("mqtt.tls_addr: %q is already used by another mqtt listener", c.TLSAddr)
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
@@ -125,4 +125,10 @@ func (c *Config) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(probs, "; "))
+}
+
+// anyPort reports whether addr asks for a port chosen by the system (":0").
+func anyPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
 }

@@ -338,3 +338,14 @@ func newVerifierIn(dir string) (*auth.Verifier, error) {
 func mintDevice(sub string, ttl time.Duration) map[string]any {
 	return auth.MintClaims(sub, "acme", "device", nil, ttl, time.Now())
 }
+
+func subscribePacket(filter string, qos byte) packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: filter, Qos: qos}}}
+}
+
+func pubackPacket(id uint16) packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id}
+}
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

@@ -43,8 +43,8 @@ type listener struct {
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // open connections, so that Close can end them all
 	cwg   sync.WaitGroup        // serveConn calls running
-	wg        sync.WaitGroup
-	done      atomic.Bool
+	wg    sync.WaitGroup
+	done  atomic.Bool
 }
 
 // connectMargin is how many connections beyond max_clients may be in their CONNECT phase.

@@ -1,0 +1,217 @@
+package broker
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+type testPKI struct {
+	caPool            *x509.CertPool
+	caFile            string
+	certFile, keyFile string // server
+	clientD1, clientX tls.Certificate
+	untrustedClientD1 tls.Certificate
+}
+
+func newCert(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, isCA bool) (*x509.Certificate, *ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		IsCA:         isCA, BasicConstraintsValid: true,
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key, der
+}
+
+func tlsCert(t *testing.T, der []byte, key *ecdsa.PrivateKey) tls.Certificate {
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tls.X509KeyPair(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newPKI(t *testing.T) *testPKI {
+	dir := t.TempDir()
+	ca, caKey, caDER := newCert(t, "test CA", nil, nil, true)
+	_, srvKey, srvDER := newCert(t, "fleetgate", ca, caKey, false)
+	write := func(name string, blocks ...*pem.Block) string {
+		var out []byte
+		for _, b := range blocks {
+			out = append(out, pem.EncodeToMemory(b)...)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	kb, _ := x509.MarshalECPrivateKey(srvKey)
+	p := &testPKI{caPool: x509.NewCertPool()}
+	p.caPool.AddCert(ca)
+	p.caFile = write("ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	p.certFile = write("server.pem", &pem.Block{Type: "CERTIFICATE", Bytes: srvDER})
+	p.keyFile = write("server.key", &pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
+	_, k1, d1 := newCert(t, "d1", ca, caKey, false)
+	p.clientD1 = tlsCert(t, d1, k1)
+	_, kx, dx := newCert(t, "someone-else", ca, caKey, false)
+	p.clientX = tlsCert(t, dx, kx)
+	_, ku, du := newCert(t, "d1", nil, nil, false) // self-signed: not from the client CA
+	p.untrustedClientD1 = tlsCert(t, du, ku)
+	return p
+}
+
+func TestMutualTLS(t *testing.T) {
+	pki := newPKI(t)
+	e := newEnv(t, "", func(c *Config, _ *Options) {
+		c.TLSAddr = "127.0.0.1:0"
+		c.TLS = TLSConfig{CertFile: pki.certFile, KeyFile: pki.keyFile, ClientCAFile: pki.caFile}
+	})
+	tlsAddr := e.broker.TLSAddr().String()
+	tok := e.token("d1", "device", time.Hour)
+
+	dial := func(cert *tls.Certificate) (*rawClient, error) {
+		cfg := &tls.Config{RootCAs: pki.caPool, ServerName: "127.0.0.1"}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		c, err := tls.Dial("tcp", tlsAddr, cfg)
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		rc := &rawClient{t: t, c: c, v: 4}
+		rc.r = newReader(c)
+		return rc, nil
+	}
+
+	// Certificate CN d1 + token of d1: accepted, and publishes are stored.
+	rc, err := dial(&pki.clientD1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack := rc.connect("d1", tok, true, nil); ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	rc.send(publishPacket("devices/d1/t", 1, 1, []byte("over tls")))
+	if pk, err := rc.read(); err != nil || pk.FixedHeader.Type != packets.Puback || pk.ReasonCode != 0 {
+		t.Fatalf("PUBACK %+v %v", pk, err)
+	}
+	// A certificate for another subject: not authorized.
+	rc, err = dial(&pki.clientX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack := rc.connect("d1", tok, true, nil); ack.ReasonCode != 0x05 {
+		t.Fatalf("CN mismatch: CONNACK %#x, want 0x05", ack.ReasonCode)
+	}
+	// No certificate, or one from another CA: the handshake fails.
+	for name, cert := range map[string]*tls.Certificate{"no certificate": nil, "untrusted certificate": &pki.untrustedClientD1} {
+		rc, err := dial(cert)
+		if err == nil {
+			// TLS 1.3 reports the client certificate refusal on the first read.
+			rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+				ClientIdentifier: "d1", Clean: true, PasswordFlag: true, Password: []byte(tok)}})
+			if _, err = rc.read(); err == nil {
+				t.Fatalf("%s: connection accepted", name)
+			}
+		}
+	}
+	// Plain TCP stays available on addr.
+	if ack := dialRaw(t, e.addr, 4).connect("d1", tok, true, nil); ack.ReasonCode != 0 {
+		t.Fatalf("plain CONNACK %#x", ack.ReasonCode)
+	}
+	if got := len(e.stored()); got != 1 {
+		t.Fatalf("%d stored", got)
+	}
+}
+
+func TestTLSOnAddr(t *testing.T) {
+	pki := newPKI(t)
+	e := newEnv(t, "", func(c *Config, _ *Options) {
+		c.TLS = TLSConfig{CertFile: pki.certFile, KeyFile: pki.keyFile}
+	})
+	if e.broker.TLSAddr() == nil || e.broker.Addr().String() != e.broker.TLSAddr().String() {
+		t.Fatalf("addr %v tls %v: want TLS on addr", e.broker.Addr(), e.broker.TLSAddr())
+	}
+	c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: pki.caPool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc := &rawClient{t: t, c: c, v: 5, r: newReader(c)}
+	if ack := rc.connect("d1", e.token("d1", "device", time.Hour), true, nil); ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+}
+
+func TestWebSocket(t *testing.T) {
+	e := newEnv(t, "", func(c *Config, _ *Options) { c.WSAddr = "127.0.0.1:0" })
+	opts := paho3Options("", "d1", e.token("d1", "device", time.Hour))
+	opts.Servers = nil
+	opts.AddBroker("ws://" + e.broker.WSAddr().String() + "/mqtt")
+	c, code, err := connect3(t, opts)
+	if code != 0 || err != nil {
+		t.Fatalf("connect over websocket: %#x %v", code, err)
+	}
+	got := make(chan string, 1)
+	if tok := c.Subscribe("devices/d1/cmd", 1, func(_ paho3Client, m paho3Message) { got <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := c.Publish("devices/d1/t", 1, false, "over ws"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if err := e.broker.Publish("devices/d1/cmd", []byte("down"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-got:
+		if p != "down" {
+			t.Fatalf("received %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("downlink not received over websocket")
+	}
+	if items := e.stored(); len(items) != 1 || string(items[0].Event.Data) != "over ws" {
+		t.Fatalf("stored %+v", items)
+	}
+	// An idle WebSocket is closed by the CONNECT deadline too (checked on TCP in detail).
+}
