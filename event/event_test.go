@@ -23,10 +23,10 @@ func sample() *Event {
 
 func TestCodecRoundTrip(t *testing.T) {
 	cases := map[string]*Event{
-		"full":  sample(),
-		"empty": {},
+		"full":                 sample(),
+		"empty":                {},
 		"no meta, binary data": {ID: "x", Data: []byte{0, 1, 2, 255}, Protocol: ProtocolHTTP, Topic: "apps/a"},
-		"unicode": {ID: "é", Topic: "devices/ü/t", Meta: map[string]string{"k": "日本"}},
+		"unicode":              {ID: "é", Topic: "devices/ü/t", Meta: map[string]string{"k": "日本"}},
 	}
 	for name, in := range cases {
 		t.Run(name, func(t *testing.T) {

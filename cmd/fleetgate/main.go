@@ -43,7 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "token":
 		return cmdToken(rest, stdout, stderr)
 	case "rules":
-		return cmdRules(rest, stdout, stderr)
+		return rulesCmd(rest, stdout, stderr)
 	case "dlq":
 		return cmdDLQ(rest, stdout, stderr)
 	case "version", "--version", "-version":
