@@ -22,7 +22,7 @@ SCALE=${BENCH_SCALE:-1}
 PEERS=${BENCH_PEERS:-"fleetgate mosquitto nats"}
 REPEAT=${BENCH_REPEAT:-3}
 NATS_VERSION=v2.15.2
-SECRET="bench-$(date +%s)-$RANDOM$RANDOM"
+SECRET=$(od -An -tx1 -N24 /dev/urandom | tr -d " \n") # 48 hex characters: HS256 wants at least 32 bytes
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { printf '[bench-peers] %s\n' "$*" >&2; }
@@ -57,6 +57,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleetgate-bench.XXXXXX")
 OUT="$WORK/results.jsonl"
 : >"$OUT"
 SERVER_PID=""
+SERVER_LOG=/dev/null
 cleanup() {
 	stop_server
 	rm -rf "$WORK"
@@ -100,6 +101,7 @@ wait_log() { # file pattern seconds
 start_server() {
 	local logf=$1
 	shift
+	SERVER_LOG=$logf
 	"$@" >"$logf" 2>&1 &
 	SERVER_PID=$!
 }
@@ -136,6 +138,15 @@ measure() {
 	res=$(timeout 60 "$LT" "$@" --json --progress 0 2>"$WORK/lt.err") || rc=$?
 	if [ -z "$res" ]; then
 		log "  $peer/$case: no result (exit $rc): $(tail -n 3 "$WORK/lt.err" | tr '\n' ' ')"
+		return 0
+	fi
+	if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+		# The server died during the run: say so, keep its log, and record no CPU/RSS.
+		log "  $peer/$case: the server exited during the run; its log: .cache/bench-logs/$peer-$case.log"
+		mkdir -p "$CACHE/bench-logs"
+		cp "$SERVER_LOG" "$CACHE/bench-logs/$peer-$case.log" 2>/dev/null || true
+		printf '{"peer":"%s","case":"%s","version":"%s","exit":%d,"server_died":true,"cpu_seconds":0,"peak_rss_kb":0,"result":%s}\n' \
+			"$peer" "$case" "$version" "$rc" "$res" >>"$OUT"
 		return 0
 	fi
 	after=$(cpu_ticks)

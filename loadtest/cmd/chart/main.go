@@ -35,6 +35,7 @@ type record struct {
 	Case       string  `json:"case"`
 	Version    string  `json:"version"`
 	Exit       int     `json:"exit"`
+	ServerDied bool    `json:"server_died"`
 	CPUSeconds float64 `json:"cpu_seconds"`
 	PeakRSSKB  float64 `json:"peak_rss_kb"`
 	Result     result  `json:"result"`
@@ -169,13 +170,16 @@ func readRecords(path string) ([]record, error) {
 	return recs, sc.Err()
 }
 
-// medians keeps, for every (peer, case), the run with the median throughput (the lower
+// medians keeps, for every (peer, case), among the runs whose server survived, the run with the median throughput (the lower
 // middle one for an even count), noting how many runs there were and their range.
 func medians(all []record) []record {
 	type key struct{ peer, c string }
 	groups := map[key][]record{}
 	var order []key
 	for _, r := range all {
+		if r.ServerDied {
+			continue // listed under errors; its CPU and memory are unknown
+		}
 		k := key{r.Peer, r.Case}
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)
@@ -308,7 +312,9 @@ func writeReport(w io.Writer, recs, all []record, pngName string, notes []byte) 
 
 	var failed []string
 	for _, r := range all {
-		if r.Result.FirstError != "" || r.Exit != 0 {
+		if r.ServerDied {
+			failed = append(failed, fmt.Sprintf("- %s / %s: the server exited during the run (%d of %d acknowledged)", r.Peer, r.Case, r.Result.Acked, r.Result.Sent))
+		} else if r.Result.FirstError != "" || r.Exit != 0 {
 			failed = append(failed, fmt.Sprintf("- %s / %s (exit %d): %s", r.Peer, r.Case, r.Exit, r.Result.FirstError))
 		}
 	}
