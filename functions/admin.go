@@ -117,7 +117,7 @@ func (d *Dispatcher) AdminHandler() fasthttp.RequestHandler {
 			return
 		}
 		switch {
-		case rest == "functions":
+		case rest == "functions" || rest == "functions/":
 			if !ctx.IsGet() {
 				methodNotAllowed(ctx, "GET")
 				return
