@@ -257,7 +257,7 @@ rules:
 	op := token(t, data, cfg, "--subject", "ops", "--role", "operator")
 
 	received := make(chan mqtt.Message, 16)
-	opts := mqtt.NewClientOptions().AddBroker("tcp://"+p.mqttAddr).SetClientID("dev-1").
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + p.mqttAddr).SetClientID("dev-1").
 		SetUsername("dev-1").SetPassword(devTok).SetAutoReconnect(false)
 	c := mqtt.NewClient(opts)
 	if tk := c.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
