@@ -11,6 +11,7 @@
 #   BENCH_SCALE   multiply message counts by this factor [1]
 #   BENCH_PEERS   which peers to run [fleetgate mosquitto nats]
 #   BENCH_REPEAT  runs per case, each on a fresh server; the report shows the median [3]
+#   BENCH_CASES   a regular expression: run only the cases it matches [.]
 #   BENCH_SKIP_BUILD=1  use the binaries in bin/ as they are
 set -euo pipefail
 
@@ -21,6 +22,7 @@ BIN="$REPO/bin"
 SCALE=${BENCH_SCALE:-1}
 PEERS=${BENCH_PEERS:-"fleetgate mosquitto nats"}
 REPEAT=${BENCH_REPEAT:-3}
+CASES=${BENCH_CASES:-.}
 NATS_VERSION=v2.15.2
 SECRET=$(od -An -tx1 -N24 /dev/urandom | tr -d " \n") # 48 hex characters: HS256 wants at least 32 bytes
 CLK_TCK=$(getconf CLK_TCK)
@@ -53,7 +55,7 @@ fi
 LT="$BIN/fleetgate-loadtest"
 [ -x "$LT" ] || die "no $LT"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleetgate-bench.XXXXXX")
+WORK=$(mktemp -d -t fleetgate-bench.XXXXXX)
 OUT="$WORK/results.jsonl"
 : >"$OUT"
 SERVER_PID=""
@@ -70,7 +72,7 @@ trap 'exit 130' INT TERM
 free_port() {
 	local p
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % 20000)) # below the ephemeral range, where client sockets live
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return
@@ -120,7 +122,7 @@ stop_server() {
 
 cpu_ticks() { # utime+stime of SERVER_PID in clock ticks (fields 14 and 15 of /proc/PID/stat)
 	local stat
-	stat=$(cat "/proc/$SERVER_PID/stat")
+	stat=$(cat "/proc/$SERVER_PID/stat" 2>/dev/null) || return 1
 	stat=${stat##*) } # drop "pid (comm) ": comm may hold spaces
 	set -- $stat
 	echo $((${12} + ${13}))
@@ -133,14 +135,16 @@ peak_rss_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status"; }
 measure() {
 	local peer=$1 case=$2 version=$3
 	shift 4
-	local before after res rc=0
-	before=$(cpu_ticks)
+	local before res rc=0
+	before=$(cpu_ticks) || { log "  $peer/$case: the server is gone before the run"; return 0; }
 	res=$(timeout 60 "$LT" "$@" --json --progress 0 2>"$WORK/lt.err") || rc=$?
 	if [ -z "$res" ]; then
 		log "  $peer/$case: no result (exit $rc): $(tail -n 3 "$WORK/lt.err" | tr '\n' ' ')"
 		return 0
 	fi
-	if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+	local after="" rss=""
+	after=$(cpu_ticks) && rss=$(peak_rss_kb 2>/dev/null) || true
+	if [ -z "$after" ] || [ -z "$rss" ]; then
 		# The server died during the run: say so, keep its log, and record no CPU/RSS.
 		log "  $peer/$case: the server exited during the run; its log: .cache/bench-logs/$peer-$case.log"
 		mkdir -p "$CACHE/bench-logs"
@@ -149,10 +153,8 @@ measure() {
 			"$peer" "$case" "$version" "$rc" "$res" >>"$OUT"
 		return 0
 	fi
-	after=$(cpu_ticks)
-	local cpu rss
+	local cpu
 	cpu=$(awk -v a="$before" -v b="$after" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}')
-	rss=$(peak_rss_kb)
 	printf '{"peer":"%s","case":"%s","version":"%s","exit":%d,"cpu_seconds":%s,"peak_rss_kb":%s,"result":%s}\n' \
 		"$peer" "$case" "$version" "$rc" "$cpu" "$rss" "$res" >>"$OUT"
 	log "  $peer/$case: $(echo "$res" | grep -o '"\(msgs\|events\)_per_sec":[0-9.]*') cpu=${cpu}s rss=${rss}kB exit=$rc"
@@ -187,7 +189,7 @@ start_fleetgate() { # [sink-port]
 	} >"$dir/config.yaml"
 	start_server "$dir/log" "$BIN/fleetgate" serve --config "$dir/config.yaml" --data-dir "$dir/data" \
 		--mqtt-addr "127.0.0.1:$MQTT_PORT" --http-addr "127.0.0.1:$HTTP_PORT"
-	wait_log "$dir/log" ready 30 || { tail -n 20 "$dir/log" >&2; die "fleetgate did not print ready"; }
+	wait_log "$dir/log" ready 30 || { tail -n 5 "$dir/log" >&2; log "fleetgate did not print ready"; return 1; }
 	VERSION=$FLEETGATE_VERSION
 }
 
@@ -197,7 +199,7 @@ start_mosquitto() {
 	MQTT_PORT=$(free_port)
 	printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MQTT_PORT" >"$dir/mosquitto.conf"
 	start_server "$dir/log" "$MOSQUITTO" -c "$dir/mosquitto.conf"
-	wait_port "$MQTT_PORT" 15 || { tail -n 20 "$dir/log" >&2; die "mosquitto did not start"; }
+	wait_port "$MQTT_PORT" 15 || { tail -n 5 "$dir/log" >&2; log "mosquitto did not start"; return 1; }
 	VERSION=$({ "$MOSQUITTO" -h 2>/dev/null || true; } | head -n 1 | sed 's/ is an.*//')
 }
 
@@ -214,14 +216,14 @@ jetstream { store_dir: "$dir/js" }
 mqtt { listen: 127.0.0.1:$MQTT_PORT }
 EOF
 	start_server "$dir/log" "$NATS" -c "$dir/nats.conf"
-	wait_port "$MQTT_PORT" 30 || { tail -n 20 "$dir/log" >&2; die "nats-server did not start"; }
+	wait_port "$MQTT_PORT" 30 || { tail -n 5 "$dir/log" >&2; log "nats-server did not start"; return 1; }
 	VERSION="nats-server $({ "$NATS" --version 2>/dev/null || true; } | sed 's/.*v/v/')"
 }
 
 start_bare() {
 	HTTP_PORT=$(free_port)
 	start_server "$WORK/bare.log" "$LT" bare-http --addr "127.0.0.1:$HTTP_PORT"
-	wait_port "$HTTP_PORT" 15 || die "bare-http did not start"
+	wait_port "$HTTP_PORT" 15 || { log "bare-http did not start"; return 1; }
 	VERSION="fasthttp handler, no storage"
 }
 
@@ -239,9 +241,16 @@ COMMON=(--size 128 --duration 30s --drain-timeout 10s --client-prefix bench-)
 run_case() {
 	local peer=$1 case=$2 rep sink a
 	shift 3
+	[[ "$case" =~ $CASES ]] || return 0
 	for rep in $(seq 1 "$REPEAT"); do
 		sink=$(free_port)
-		if [[ "$case" == e2e-* ]]; then "start_$peer" "$sink"; else "start_$peer"; fi
+		local try ok=""
+		for try in 1 2 3; do # a port taken between choosing and binding: choose again
+			if [[ "$case" == e2e-* ]]; then "start_$peer" "$sink" && ok=1; else "start_$peer" && ok=1; fi
+			[ -n "$ok" ] && break
+			stop_server
+		done
+		[ -n "$ok" ] || die "$peer would not start"
 		local args=()
 		for a in "$@"; do
 			a=${a//@MQTT@/$MQTT_PORT}

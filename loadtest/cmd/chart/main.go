@@ -236,14 +236,21 @@ func describe(r *record) string {
 	x := r.Result
 	switch {
 	case x.Mode == "http":
-		return fmt.Sprintf("%d connections, %d events per request, %d B each", x.Concurrency, x.Batch, x.Size)
+		return fmt.Sprintf("%s, %s per request, %d B each", plural(x.Concurrency, "connection"), plural(x.Batch, "event"), x.Size)
 	case x.Rate > 0:
-		return fmt.Sprintf("%d connections, QoS %d, open loop at %.0f msgs/s, %d B", x.Clients, x.QoS, x.Rate, x.Size)
+		return fmt.Sprintf("%s, QoS %d, open loop at %.0f msgs/s, %d B", plural(x.Clients, "connection"), x.QoS, x.Rate, x.Size)
 	case x.QoS == 0:
-		return fmt.Sprintf("%d connections, QoS 0, %d B", x.Clients, x.Size)
+		return fmt.Sprintf("%s, QoS 0, %d B", plural(x.Clients, "connection"), x.Size)
 	default:
-		return fmt.Sprintf("%d connections, QoS %d, %d in flight per connection, %d B", x.Clients, x.QoS, x.Inflight, x.Size)
+		return fmt.Sprintf("%s, QoS %d, %d in flight per connection, %d B", plural(x.Clients, "connection"), x.QoS, x.Inflight, x.Size)
 	}
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func writeReport(w io.Writer, recs, all []record, pngName string, notes []byte) {
@@ -395,8 +402,13 @@ func writeChart(path string, recs []record) error {
 			p.Legend.Add(peer, bars)
 		}
 		p.Y.Min = 0
-		p.Y.Max *= 1.25 // room for the legend
+		p.Y.Max *= 1.4 // room for the legend
 		grid[i/cols] = append(grid[i/cols], p)
+	}
+	if e2e, err := e2ePanel(recs); err != nil {
+		return err
+	} else if e2e != nil {
+		grid[rows-1] = append(grid[rows-1], e2e)
 	}
 	for len(grid[rows-1]) < cols {
 		grid[rows-1] = append(grid[rows-1], nil) // an empty tile
@@ -426,6 +438,35 @@ func writeChart(path string, recs []record) error {
 		return fmt.Errorf("writing chart: %w", err)
 	}
 	return f.Close()
+}
+
+// e2ePanel charts the end-to-end latency percentiles of the first end-to-end record, or
+// returns nil when there is none.
+func e2ePanel(recs []record) (*plot.Plot, error) {
+	var r *record
+	for i := range recs {
+		if recs[i].Result.E2E != nil {
+			r = &recs[i]
+			break
+		}
+	}
+	if r == nil {
+		return nil, nil
+	}
+	l := r.Result.E2E.Latency
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("%s: ack → function invocation (%s)", r.Peer, describe(r))
+	p.Y.Label.Text = "ms"
+	p.NominalX("p50", "p90", "p99", "max")
+	bars, err := plotter.NewBarChart(plotter.Values{l.P50, l.P90, l.P99, l.Max}, vg.Points(24))
+	if err != nil {
+		return nil, fmt.Errorf("chart end to end: %w", err)
+	}
+	bars.Color = peerColor(r.Peer)
+	bars.LineStyle.Width = 0
+	p.Add(bars)
+	p.Y.Min = 0
+	return p, nil
 }
 
 func peerColor(peer string) color.Color {
