@@ -33,6 +33,9 @@ test: vet build examples test-unit test-race fuzz
 
 test-unit:
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -E '/(storage|ingest|broker|functions|rules|event)(/|$$)')
+	# The wasm tests that build the Go example skip themselves under -race (wazero compiles a
+	# Go-built module far too slowly with the race detector): run them here without it.
+	$(GO) test -count=1 -timeout 5m -run 'Threshold|WASM' ./functions/
 
 test-race:
 	$(GO) test -race -count=1 -timeout 12m $(RACE_PKGS)

@@ -5,15 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-3s}
 status=0
+log=$(mktemp)
 while IFS= read -r file; do
   dir=$(dirname "$file")
   for target in $(grep -oE '^func (Fuzz[A-Za-z0-9_]+)' "$file" | awk '{print $2}'); do
     echo "fuzz ${dir}: ${target} (${FUZZTIME})"
-    if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "./${dir}" > /tmp/fuzz.$$.log 2>&1; then
-      cat /tmp/fuzz.$$.log
+    if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "./${dir}" > "$log" 2>&1; then
+      cat "$log"
       status=1
     fi
   done
 done < <(git ls-files '*_test.go' | xargs grep -l '^func Fuzz' | sort)
-rm -f /tmp/fuzz.$$.log
+rm -f "$log"
 exit $status
