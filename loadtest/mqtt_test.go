@@ -148,3 +148,18 @@ func TestMQTTConfigValidateReportsEverything(t *testing.T) {
 		t.Errorf("defaults: %v", err)
 	}
 }
+
+// Ramp-up spreads the connection attempts: 4 clients over 200 ms take at least 150 ms
+// (the last one starts at 3/4 of the ramp), and publishing waits for all of them.
+func TestRunMQTTRampUp(t *testing.T) {
+	broker, _ := startBroker(t)
+	cfg := quickMQTT(broker)
+	cfg.Messages, cfg.RampUp = 10, 200*time.Millisecond
+	res, err := RunMQTT(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ConnectSeconds < 0.15 || res.Acked != 40 {
+		t.Fatalf("connect took %.3fs, acked %d", res.ConnectSeconds, res.Acked)
+	}
+}
