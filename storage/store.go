@@ -53,6 +53,8 @@ type Options struct {
 	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
 	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
 	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
+	MemTableBytes   int64         // Badger memtable size (default 64 MiB); one commit may use 15% of it
+	BlockCacheBytes int64         // Badger block cache (default 64 MiB: the log is read back only to catch up)
 
 	Metrics *metrics.Set
 	Logger  *slog.Logger
@@ -63,7 +65,7 @@ func (o *Options) setDefaults() {
 		o.MaxPendingBytes = 64 << 20
 	}
 	if o.MaxGroupBytes <= 0 {
-		o.MaxGroupBytes = 4 << 20
+		o.MaxGroupBytes = 2 << 20
 	}
 	if o.IdempotencyTTL <= 0 {
 		o.IdempotencyTTL = 24 * time.Hour
@@ -74,6 +76,12 @@ func (o *Options) setDefaults() {
 	if o.GCInterval <= 0 {
 		o.GCInterval = time.Minute
 	}
+	if o.MemTableBytes <= 0 {
+		o.MemTableBytes = 64 << 20
+	}
+	if o.BlockCacheBytes <= 0 {
+		o.BlockCacheBytes = 64 << 20
+	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.NewSet()
 	}
@@ -82,8 +90,13 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// maxRequestBytes bounds one request: Badger refuses transactions much above this.
-const maxRequestBytes = 8 << 20
+// Bounds of one request and one group: Badger refuses a transaction over 15% of the memtable
+// in bytes (9.6 MiB by default) or about 100k entries.
+const (
+	maxRequestBytes   = 4 << 20
+	maxRequestEntries = 60000
+	maxGroupEntries   = 40000
+)
 
 // Store is the durable log. All methods are safe for concurrent use.
 type Store struct {
@@ -123,6 +136,7 @@ type writeReq struct {
 	entries []*Entry
 	ops     []*op
 	size    int64
+	count   int // Badger entries the request writes
 	done    func(error)
 	after   func() // runs on the committer after a successful commit, before done
 }
@@ -151,6 +165,8 @@ func Open(opts Options) (*Store, error) {
 		WithDetectConflicts(false).
 		WithLogger(badgerLogger{opts.Logger}).
 		WithNumVersionsToKeep(1).
+		WithMemTableSize(opts.MemTableBytes).
+		WithBlockCacheSize(opts.BlockCacheBytes).
 		WithMetricsEnabled(false)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
@@ -273,7 +289,9 @@ func (s *Store) Append(ctx context.Context, entries []*Entry) error {
 // blocking. done runs on the committer goroutine and must not block.
 func (s *Store) AppendAsync(entries []*Entry, done func(error)) {
 	var size int64
+	count := 0
 	for _, e := range entries {
+		count += 2 + len(e.Targets)
 		if e.Event == nil {
 			done(fmt.Errorf("appending: %w: entry without event", ErrInvalid))
 			return
@@ -291,13 +309,14 @@ func (s *Store) AppendAsync(entries []*Entry, done func(error)) {
 		done(fmt.Errorf("appending: %w: storage.max_bytes (%d bytes) reached; raise it or let functions drain their queues", ErrFull, s.opts.MaxBytes))
 		return
 	}
-	s.submit(&writeReq{entries: entries, size: size, done: done})
+	s.submit(&writeReq{entries: entries, size: size, count: count, done: done})
 }
 
 // submit hands r to the committer or fails it.
 func (s *Store) submit(r *writeReq) {
-	if r.size > maxRequestBytes {
-		r.done(fmt.Errorf("writing: %w: %d bytes (limit %d)", ErrTooLarge, r.size, maxRequestBytes))
+	r.count += len(r.ops)
+	if r.size > maxRequestBytes || r.count > maxRequestEntries {
+		r.done(fmt.Errorf("writing: %w: %d bytes, %d entries (limits %d bytes, %d entries)", ErrTooLarge, r.size, r.count, maxRequestBytes, maxRequestEntries))
 		return
 	}
 	if s.pending.Add(r.size) > s.opts.MaxPendingBytes {
@@ -363,20 +382,24 @@ func (s *Store) commitLoop() {
 		close(inflight)
 		<-completed
 	}()
+	var carry *writeReq // a request that did not fit in the previous group
 	for {
-		var first *writeReq
-		select {
-		case first = <-s.reqs:
-		case <-s.closing:
-			// Commit what was submitted before Close took the lock.
-			for {
-				select {
-				case r := <-s.reqs:
-					if g := s.begin(nil, []*writeReq{r}); g != nil {
-						inflight <- g
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case first = <-s.reqs:
+			case <-s.closing:
+				// Commit what was submitted before Close took the lock.
+				for {
+					select {
+					case r := <-s.reqs:
+						if g := s.begin(nil, []*writeReq{r}); g != nil {
+							inflight <- g
+						}
+					default:
+						return
 					}
-				default:
-					return
 				}
 			}
 		}
@@ -384,13 +407,18 @@ func (s *Store) commitLoop() {
 		// meanwhile join this group.
 		txn := s.db.NewTransaction(true)
 		reqs := []*writeReq{first}
-		bytes := first.size
+		bytes, count := first.size, first.count
 	drain:
-		for bytes < int64(s.opts.MaxGroupBytes) {
+		for bytes < int64(s.opts.MaxGroupBytes) && count < maxGroupEntries {
 			select {
 			case r := <-s.reqs:
+				if bytes+r.size > 2*maxRequestBytes || count+r.count > 90000 {
+					carry = r // Badger's transaction limits: it starts the next group
+					break drain
+				}
 				reqs = append(reqs, r)
 				bytes += r.size
+				count += r.count
 			default:
 				break drain
 			}

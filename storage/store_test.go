@@ -425,3 +425,35 @@ func TestChildAppender(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestLargeConcurrentRequestsSplitIntoGroups: requests that together exceed one Badger
+// transaction are committed in several groups, none failing; one request over the limit is refused.
+func TestLargeConcurrentRequestsSplitIntoGroups(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	var wg sync.WaitGroup
+	sizes := []int{4000, 11000, 11000} // 20k, 55k and 55k Badger entries
+	for r, n := range sizes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			entries := make([]*Entry, n)
+			for i := range entries {
+				entries[i] = newEntry(fmt.Sprintf("%d-%d", r, i), "x", "f", "g", "h")
+			}
+			if err := s.Append(context.Background(), entries); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if d := s.QueueDepth("g"); d != 26000 {
+		t.Fatalf("queue depth %d, want 26000", d)
+	}
+	tooMany := make([]*Entry, 20000)
+	for i := range tooMany {
+		tooMany[i] = newEntry(fmt.Sprint(i), "x", "f", "g", "h")
+	}
+	if err := s.Append(context.Background(), tooMany); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("append of 100k entries = %v, want ErrTooLarge", err)
+	}
+}
