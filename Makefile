@@ -49,7 +49,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./event/ ./storage/ ./ingest/... ./rules/ ./functions/ ./broker/
 
 bench-peers: build
-	bash loadtest/bench-peers.sh
+	BENCH_SKIP_BUILD=1 bash loadtest/bench-peers.sh
 
 clean:
 	rm -rf $(BIN)
