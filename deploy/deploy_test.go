@@ -812,6 +812,32 @@ func TestSystemdUnit(t *testing.T) {
 	if len(fields) < 2 || fields[1] != "serve" || !strings.Contains(exe, "--config") || !strings.Contains(exe, "--data-dir "+dataDir) {
 		t.Errorf("ExecStart=%q: want fleetgate serve --config ... --data-dir %s", exe, dataDir)
 	}
+	if !strings.Contains(exe, "--config "+configPath) {
+		t.Errorf("ExecStart=%q: want --config %s", exe, configPath)
+	}
+
+	// The sample config of the unit: key files come in as credentials.
+	data, err := os.ReadFile(filepath.Join("systemd", "fleetgate.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseGatewayConfig(t, "systemd/fleetgate.yaml", data)
+	const credDir = "/run/credentials/fleetgate.service/"
+	var creds []string
+	for _, lc := range u["Service"]["LoadCredential"] {
+		name, src, _ := strings.Cut(lc, ":")
+		creds = append(creds, name)
+		if !strings.HasPrefix(src, "/etc/fleetgate/") {
+			t.Errorf("LoadCredential=%s: keep key files under /etc/fleetgate", lc)
+		}
+	}
+	for _, f := range cfg.keyFiles() {
+		name, ok := strings.CutPrefix(f, credDir)
+		if !ok || !slices.Contains(creds, name) {
+			t.Errorf("config key file %s is not a credential the unit loads (LoadCredential=%v)", f, creds)
+		}
+	}
+
 	if wb, _ := u.last("Install", "WantedBy"); wb != "multi-user.target" {
 		t.Errorf("WantedBy=%q", wb)
 	}
@@ -825,7 +851,7 @@ func TestSystemdUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, _ := os.ReadFile(path)
+	data, _ = os.ReadFile(path)
 	tmp := filepath.Join(t.TempDir(), "fleetgate.service")
 	if err := os.WriteFile(tmp, bytes.ReplaceAll(data, []byte(fields[0]), []byte(self)), 0o644); err != nil {
 		t.Fatal(err)
