@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,48 +103,89 @@ func BenchmarkAppendCloudEvents100(b *testing.B) {
 	}
 }
 
-func benchWASM(b *testing.B, n int) {
-	mod := thresholdModule(b)
-	def := Definition{Name: "threshold", Type: TypeWASM, Module: mod, Env: map[string]string{"THRESHOLD": "50"}}.WithDefaults()
-	inv, err := newWASMInvoker(def, Env{Logger: quietLogger(), DataDir: sharedDataDir()})
-	if err != nil {
+// WASM benchmarks: reactor (pooled instances, the default build) against command (one
+// instance per batch) as the peer. Per op = one batch; ns/event divides by the batch size.
+
+func benchWASMInvoke(b *testing.B, mod string, n int) {
+	def := Definition{Name: "threshold", Type: TypeWASM, Module: mod, Env: map[string]string{"THRESHOLD": "50"}, Concurrency: 1}
+	w := newTestWASM(b, def, nil)
+	batch := &Batch{Function: "threshold", Items: thresholdItems(n, func(i int) int { return i })}
+	if _, err := w.Invoke(context.Background(), batch); err != nil { // warm: started, first batch served
 		b.Fatal(err)
 	}
-	defer inv.(*wasmInvoker).Close()
-	batch := &Batch{Function: "threshold", Items: thresholdItems(n, func(i int) int { return i })}
+	b.SetBytes(int64(len(AppendCloudEvents(nil, batch))))
 	b.ReportAllocs()
 	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := inv.Invoke(context.Background(), batch); err != nil {
+	for b.Loop() {
+		if _, err := w.Invoke(context.Background(), batch); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*max(n, 1)), "ns/event")
 }
 
-// BenchmarkWASMThreshold1 is the call overhead of one batch (of one event).
-func BenchmarkWASMThreshold1(b *testing.B) { benchWASM(b, 1) }
-
-// BenchmarkWASMThreshold100 gives the cost per event at batches of 100 (half are alerts).
-func BenchmarkWASMThreshold100(b *testing.B) { benchWASM(b, 100) }
-
-// BenchmarkWASMInstantiate is the time to start one pooled instance (instantiate, not run).
-func BenchmarkWASMInstantiate(b *testing.B) {
-	mod := thresholdModule(b)
-	def := Definition{Name: "threshold", Type: TypeWASM, Module: mod, Concurrency: 1}.WithDefaults()
-	inv, err := newWASMInvoker(def, Env{Logger: quietLogger(), DataDir: sharedDataDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	w := inv.(*wasmInvoker)
-	defer w.Close()
+// benchWASMStart is the time to start one pooled instance: instantiate, plus _initialize for a
+// reactor (the Go runtime and package init); a command instance starts its runtime per batch.
+func benchWASMStart(b *testing.B, mod string) {
+	w := newTestWASM(b, Definition{Name: "threshold", Type: TypeWASM, Module: mod, Concurrency: 1}, nil)
+	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		inst, err := w.instantiate(context.Background())
+	for b.Loop() {
+		if w.abi == abiReactor {
+			inst, err := w.startReactor(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			inst.mod.Close(ctx)
+			continue
+		}
+		inst, err := w.instantiate(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
-		inst.mod.Close(context.Background())
+		inst.mod.Close(ctx)
 	}
 }
+
+// trivialReactor answers every batch with success (no JSON decoding in the guest): the host's
+// own overhead per call (encode the batch, alloc, copy, handle, read the answer).
+var trivialReactor = asmModule{memPages: 1, funcs: []asmFunc{
+	{export: exportAlloc, params: []byte{wI32}, results: []byte{wI32}, body: opI32(batchAt)},
+	{export: exportHandle, params: []byte{wI32, wI32}, results: []byte{wI64}, body: opI64(0)},
+}}
+
+func writeBenchModule(b *testing.B, code []byte) string {
+	p := filepath.Join(b.TempDir(), "m.wasm")
+	if err := os.WriteFile(p, code, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// BenchmarkWASMReactorTrivial1: call overhead per batch of one event, host side only.
+func BenchmarkWASMReactorTrivial1(b *testing.B) {
+	benchWASMInvoke(b, writeBenchModule(b, trivialReactor.bytes()), 1)
+}
+
+// BenchmarkWASMReactorThreshold1: call overhead per batch of one, with the Go sdk decoding it.
+func BenchmarkWASMReactorThreshold1(b *testing.B) { benchWASMInvoke(b, thresholdModule(b), 1) }
+
+// BenchmarkWASMReactorThreshold100: cost per event of the threshold example at batches of 100
+// (half of them alerts).
+func BenchmarkWASMReactorThreshold100(b *testing.B) { benchWASMInvoke(b, thresholdModule(b), 100) }
+
+// BenchmarkWASMReactorStart: time to start one pooled reactor instance.
+func BenchmarkWASMReactorStart(b *testing.B) { benchWASMStart(b, thresholdModule(b)) }
+
+// BenchmarkWASMCommandThreshold1 is the peer of ReactorThreshold1: a command module, one
+// instance (one Go runtime start) per batch.
+func BenchmarkWASMCommandThreshold1(b *testing.B) { benchWASMInvoke(b, thresholdCommandModule(b), 1) }
+
+// BenchmarkWASMCommandThreshold100 is the peer of ReactorThreshold100.
+func BenchmarkWASMCommandThreshold100(b *testing.B) {
+	benchWASMInvoke(b, thresholdCommandModule(b), 100)
+}
+
+// BenchmarkWASMCommandStart is the peer of ReactorStart: instantiate a command (not run it).
+func BenchmarkWASMCommandStart(b *testing.B) { benchWASMStart(b, thresholdCommandModule(b)) }

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,23 +20,55 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 )
 
-// The wasm ABI (see also package sdk, which implements the module side):
+// The wasm ABIs (functions/README.md and package sdk document them for function authors).
 //
-// A function is a WASI preview 1 command module (GOOS=wasip1 GOARCH=wasm go build). For each
-// batch the gateway runs the module's _start with:
-//   - stdin: the batch, exactly the JSON an http function receives (a CloudEvents 1.0 array);
-//   - stdout: the answer, exactly the JSON an http function answers with:
-//     {"failed":["id",...],"publish":[{"topic":"...","payload":...,"qos":1}]} (empty = success);
-//   - stderr: free text, logged line by line under the function's name;
-//   - environment: the definition's env; arguments: the function's name.
+// A module is compiled once per invoker (with a compilation cache under DataDir/wasm-cache) in
+// a runtime whose memory limit is memory_limit_mb. Its ABI is told by its exports:
 //
-// Exit status 0 is success; any other exit status, a trap, running past the timeout or
-// past memory_limit_mb fails the whole batch (it is retried, then bisected, then dead-lettered).
-// Instances are single-use (a command runs once), so a pool keeps up to `concurrency`
-// instances instantiated ahead of need, off the batch's critical path.
+//   - Reactor (exports memory, fleetgate_alloc(i32) i32 and fleetgate_handle(i32, i32) i64, and
+//     no _start; GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared): up to `concurrency`
+//     live instances, each started once (_initialize) and then serving one batch at a time:
+//     fleetgate_alloc(len) gives the address where the batch goes, fleetgate_handle(addr, len)
+//     returns answerAddr<<32 | answerLen. See invoker_wasm_reactor.go.
+//   - Command (exports _start; plain GOOS=wasip1 GOARCH=wasm go build): one instance per batch,
+//     the batch on stdin, the answer on stdout, exit status 0 for success.
+//
+// Either way the batch is exactly the JSON an http function receives (a CloudEvents 1.0 array)
+// and the answer the JSON an http function answers with:
+// {"failed":["id",...],"publish":[{"topic":"...","payload":...,"qos":1}]} (empty = success).
+// The environment is the definition's env, the only argument the function's name, stdout and
+// stderr (a command's stderr only) are logged line by line under the function's name. A trap,
+// an exit, running past the timeout or past memory_limit_mb fails the whole batch (it is
+// retried, then bisected, then dead-lettered) and the instance is discarded, never reused.
+
+// wasmABI is how the gateway talks to a module.
+type wasmABI int
+
+const (
+	abiCommand wasmABI = iota + 1
+	abiReactor
+)
+
+func (a wasmABI) String() string {
+	if a == abiReactor {
+		return "reactor"
+	}
+	return "command"
+}
+
+// Reactor ABI export names.
+const (
+	exportAlloc  = "fleetgate_alloc"
+	exportHandle = "fleetgate_handle"
+	exportMemory = "memory"
+)
+
+// maxKeptBatchBuffer is the largest encoded-batch buffer a reactor instance keeps between batches.
+const maxKeptBatchBuffer = 4 << 20
 
 type wasmInvoker struct {
 	name     string
+	abi      wasmABI
 	timeout  time.Duration
 	logger   *slog.Logger
 	rt       wazero.Runtime
@@ -42,15 +76,21 @@ type wasmInvoker struct {
 	compiled wazero.CompiledModule
 	env      [][2]string
 
-	pool    chan *wasmInstance
 	mu      sync.Mutex
 	closed  bool
 	filling sync.WaitGroup
+
+	// command: instantiated, not yet started instances.
+	pool chan *wasmInstance
+
+	// reactor: idle started instances; slots holds one token per live or starting instance.
+	idle  chan *reactorInstance
+	slots chan struct{}
 }
 
 var _ Invoker = (*wasmInvoker)(nil)
 
-// wasmInstance is an instantiated, not yet started module with its own stdio.
+// wasmInstance is an instantiated, not yet started command module with its own stdio.
 type wasmInstance struct {
 	mod    api.Module
 	stdin  bytes.Reader
@@ -92,19 +132,20 @@ func newWASMInvoker(def Definition, env Env) (Invoker, error) {
 	}
 	compiled, err := rt.CompileModule(ctx, code)
 	if err != nil {
-		return fail(fmt.Errorf("compiling %s: %w", def.Module, err))
+		return fail(fmt.Errorf("compiling %s (memory_limit_mb %d): %w", def.Module, def.MemoryLimitMB, err))
 	}
-	if compiled.ExportedFunctions()["_start"] == nil {
-		return fail(fmt.Errorf("module %s exports no _start: build it as a WASI command (GOOS=wasip1 GOARCH=wasm go build)", def.Module))
+	abi, err := detectABI(compiled)
+	if err != nil {
+		return fail(fmt.Errorf("module %s: %w", def.Module, err))
 	}
 	w := &wasmInvoker{
 		name:     def.Name,
+		abi:      abi,
 		timeout:  def.Timeout,
 		logger:   logger.With("function", def.Name),
 		rt:       rt,
 		cache:    cache,
 		compiled: compiled,
-		pool:     make(chan *wasmInstance, def.Concurrency),
 	}
 	keys := make([]string, 0, len(def.Env))
 	for k := range def.Env {
@@ -114,33 +155,101 @@ func newWASMInvoker(def Definition, env Env) (Invoker, error) {
 	for _, k := range keys {
 		w.env = append(w.env, [2]string{k, def.Env[k]})
 	}
-	// Instantiate one now so that a module that cannot even be instantiated fails at load.
-	inst, err := w.instantiate(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	w.pool <- inst
-	for i := 1; i < def.Concurrency; i++ {
-		w.refill()
+	// Start one instance now so that a module that cannot even start fails at load; warm the
+	// rest of the pool in the background.
+	switch abi {
+	case abiReactor:
+		w.idle = make(chan *reactorInstance, def.Concurrency)
+		w.slots = make(chan struct{}, def.Concurrency)
+		w.slots <- struct{}{}
+		inst, err := w.startReactor(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		w.idle <- inst
+		for i := 1; i < def.Concurrency; i++ {
+			w.warm()
+		}
+	default:
+		w.pool = make(chan *wasmInstance, def.Concurrency)
+		inst, err := w.instantiate(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		w.pool <- inst
+		for i := 1; i < def.Concurrency; i++ {
+			w.refill()
+		}
 	}
 	return w, nil
 }
 
-func (w *wasmInvoker) instantiate(ctx context.Context) (*wasmInstance, error) {
-	inst := &wasmInstance{stderr: &lineLogger{logger: w.logger, stream: "stderr"}}
-	inst.stdout.max = maxResponseBytes
+// detectABI tells the module's ABI from its exports.
+func detectABI(m wazero.CompiledModule) (wasmABI, error) {
+	fns := m.ExportedFunctions()
+	_, start := fns["_start"]
+	alloc, hasAlloc := fns[exportAlloc]
+	handle, hasHandle := fns[exportHandle]
+	if start {
+		// A command built with package sdk also exports the reactor functions, but calling
+		// them is only valid in a reactor (a command's runtime is gone once _start returns).
+		return abiCommand, nil
+	}
+	if !hasAlloc && !hasHandle {
+		return 0, fmt.Errorf("%w: it exports neither _start (a WASI command: GOOS=wasip1 GOARCH=wasm go build) nor %s and %s (a reactor: add -buildmode=c-shared and call sdk.Register)", ErrInvalidConfig, exportHandle, exportAlloc)
+	}
+	var problems []string
+	check := func(name string, ok bool, d api.FunctionDefinition, params, results []api.ValueType) {
+		switch {
+		case !ok:
+			problems = append(problems, "no export "+name)
+		case !slices.Equal(d.ParamTypes(), params) || !slices.Equal(d.ResultTypes(), results):
+			problems = append(problems, fmt.Sprintf("%s has type %v -> %v, want %v -> %v", name,
+				valueTypeNames(d.ParamTypes()), valueTypeNames(d.ResultTypes()), valueTypeNames(params), valueTypeNames(results)))
+		}
+	}
+	i32, i64 := api.ValueTypeI32, api.ValueTypeI64
+	check(exportAlloc, hasAlloc, alloc, []api.ValueType{i32}, []api.ValueType{i32})
+	check(exportHandle, hasHandle, handle, []api.ValueType{i32, i32}, []api.ValueType{i64})
+	if _, ok := m.ExportedMemories()[exportMemory]; !ok {
+		problems = append(problems, "no exported memory named "+exportMemory)
+	}
+	if len(problems) > 0 {
+		return 0, fmt.Errorf("%w: reactor ABI: %s", ErrInvalidConfig, strings.Join(problems, "; "))
+	}
+	return abiReactor, nil
+}
+
+func valueTypeNames(ts []api.ValueType) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = api.ValueTypeName(t)
+	}
+	return out
+}
+
+// moduleConfig is the configuration of every instance: the function's name as its only
+// argument, its env, clocks, a cryptographic random source, and the given stdio.
+func (w *wasmInvoker) moduleConfig() wazero.ModuleConfig {
 	cfg := wazero.NewModuleConfig().
 		WithName("").
-		WithStartFunctions(). // started per batch
 		WithArgs(w.name).
-		WithStdin(&inst.stdin).
-		WithStdout(&inst.stdout).
-		WithStderr(inst.stderr).
 		WithSysWalltime().WithSysNanotime().WithSysNanosleep().
 		WithRandSource(cryptoRand{})
 	for _, kv := range w.env {
 		cfg = cfg.WithEnv(kv[0], kv[1])
 	}
+	return cfg
+}
+
+func (w *wasmInvoker) instantiate(ctx context.Context) (*wasmInstance, error) {
+	inst := &wasmInstance{stderr: &lineLogger{logger: w.logger, stream: "stderr"}}
+	inst.stdout.max = maxResponseBytes
+	cfg := w.moduleConfig().
+		WithStartFunctions(). // started per batch
+		WithStdin(&inst.stdin).
+		WithStdout(&inst.stdout).
+		WithStderr(inst.stderr)
 	mod, err := w.rt.InstantiateModule(ctx, w.compiled, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("instantiating module: %w", err)
@@ -149,7 +258,8 @@ func (w *wasmInvoker) instantiate(ctx context.Context) (*wasmInstance, error) {
 	return inst, nil
 }
 
-// refill instantiates one instance into the pool in the background, unless it is full or closed.
+// refill instantiates one command instance into the pool in the background, unless it is full
+// or closed.
 func (w *wasmInvoker) refill() {
 	w.mu.Lock()
 	if w.closed {
@@ -173,7 +283,7 @@ func (w *wasmInvoker) refill() {
 	}()
 }
 
-// take returns a ready instance: from the pool, or a fresh one when the pool is empty.
+// take returns a ready command instance: from the pool, or a fresh one when the pool is empty.
 func (w *wasmInvoker) take(ctx context.Context) (*wasmInstance, error) {
 	select {
 	case inst := <-w.pool:
@@ -188,9 +298,13 @@ func (w *wasmInvoker) take(ctx context.Context) (*wasmInstance, error) {
 	return inst, err
 }
 
+// Invoke runs the module on b: a pooled reactor instance, or a fresh command instance.
 func (w *wasmInvoker) Invoke(ctx context.Context, b *Batch) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.timeout)
 	defer cancel()
+	if w.abi == abiReactor {
+		return w.invokeReactor(ctx, b)
+	}
 	inst, err := w.take(ctx)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %v", ErrRetryable, err)
@@ -200,15 +314,8 @@ func (w *wasmInvoker) Invoke(ctx context.Context, b *Batch) (Result, error) {
 	inst.stdin.Reset(AppendCloudEvents(nil, b))
 	_, err = inst.mod.ExportedFunction("_start").Call(ctx)
 	var exit *sys.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit) && exit.ExitCode() == 0:
-	case errors.As(err, &exit) && (exit.ExitCode() == sys.ExitCodeDeadlineExceeded || exit.ExitCode() == sys.ExitCodeContextCanceled):
-		return Result{}, fmt.Errorf("%w: wasm function %s: %v (timeout %v)", ErrRetryable, w.name, err, w.timeout)
-	case errors.As(err, &exit):
-		return Result{}, fmt.Errorf("%w: wasm function %s exited with status %d: %s", ErrRetryable, w.name, exit.ExitCode(), inst.stderr.Tail())
-	default:
-		return Result{}, fmt.Errorf("%w: wasm function %s trapped: %v", ErrRetryable, w.name, err)
+	if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 0) {
+		return Result{}, w.callError(err, "_start", inst.stderr)
 	}
 	if inst.stdout.overflow {
 		return Result{}, fmt.Errorf("wasm function %s: %w: output above %d bytes", w.name, ErrBadResponse, maxResponseBytes)
@@ -220,7 +327,28 @@ func (w *wasmInvoker) Invoke(ctx context.Context, b *Batch) (Result, error) {
 	return r, nil
 }
 
-// Close releases the runtime, its instances and the compilation cache.
+// callError describes a failed call into a module; every such failure is retryable.
+func (w *wasmInvoker) callError(err error, fn string, stderr *lineLogger) error {
+	var exit *sys.ExitError
+	switch {
+	case errors.As(err, &exit) && (exit.ExitCode() == sys.ExitCodeDeadlineExceeded || exit.ExitCode() == sys.ExitCodeContextCanceled):
+		return fmt.Errorf("%w: wasm function %s: %s interrupted: %v (timeout %v)", ErrRetryable, w.name, fn, err, w.timeout)
+	case errors.As(err, &exit):
+		return fmt.Errorf("%w: wasm function %s exited with status %d in %s: %s", ErrRetryable, w.name, exit.ExitCode(), fn, stderr.Tail())
+	default:
+		msg := err.Error()
+		if len(msg) > 2048 {
+			msg = msg[:2048] + "..."
+		}
+		if tail := stderr.Tail(); tail != "" {
+			msg += " (stderr: " + tail + ")"
+		}
+		return fmt.Errorf("%w: wasm function %s trapped in %s: %s", ErrRetryable, w.name, fn, msg)
+	}
+}
+
+// Close releases the runtime, its instances and the compilation cache. It must not be called
+// while batches are being invoked.
 func (w *wasmInvoker) Close() error {
 	w.mu.Lock()
 	w.closed = true
@@ -294,6 +422,13 @@ func (l *lineLogger) Flush() {
 		l.emit(string(l.buf))
 		l.buf = l.buf[:0]
 	}
+}
+
+// Forget drops the kept lines, so that Tail speaks of the next batch only.
+func (l *lineLogger) Forget() {
+	l.mu.Lock()
+	l.tail = l.tail[:0]
+	l.mu.Unlock()
 }
 
 // Tail returns the last lines written, joined, for an error message.

@@ -1,12 +1,46 @@
-// Package sdk lets a fleetgate wasm function be a plain Go func: write
+// Package sdk lets a fleetgate wasm function be a plain Go func (a Handler) and implements the
+// module side of the gateway's wasm ABI; it depends on the standard library only. Write
 //
-//	func main() { sdk.Run(handle) }
+//	func init() { sdk.Register(handle) } // reactor: one instance serves many batches
+//	func main() { sdk.Run(handle) }      // command: used only when built without -buildmode=c-shared
 //
-// and build with GOOS=wasip1 GOARCH=wasm go build. The gateway runs the module once per batch,
-// with the batch (a JSON array of CloudEvents 1.0, the same body an http function receives) on
-// stdin; Run decodes it, calls the handler, and writes the answer ({"failed":[...],"publish":[...]})
-// on stdout. Anything the handler prints (fmt.Println, log) goes to stderr, which the gateway
-// logs under the function's name. The package has no dependency outside the standard library.
+// and build a reactor (the fast way: the gateway keeps instances alive and calls them per batch):
+//
+//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o f.wasm .
+//
+// or, the slow way, a command (the Go runtime starts on every batch):
+//
+//	GOOS=wasip1 GOARCH=wasm go build -o f.wasm .
+//
+// Both receive a batch as the JSON array of CloudEvents 1.0 an http function receives and answer
+// with the JSON an http function answers with ({"failed":[...],"publish":[...]}).
+//
+// # Reactor ABI (version 1)
+//
+// A reactor module exports its linear memory as "memory", "_initialize" (run once by the gateway
+// when it starts an instance; Go runs package init functions there, so Register is called) and:
+//
+//	fleetgate_alloc(size u32) u32
+//	    returns the address of a guest buffer of at least size bytes; the guest keeps it alive.
+//	    The gateway calls it before every batch and writes the batch (size bytes) there.
+//	fleetgate_handle(ptr u32, len u32) u64
+//	    handles the batch at ptr..ptr+len and returns addr<<32 | n: the answer is the n bytes at
+//	    addr, valid until the next call into the module. n == 0 means every event succeeded.
+//	    The answer is a result object {"failed":[ids],"publish":[outputs]}, or {"error":"..."}
+//	    to fail the whole batch (it is retried, later bisected and dead-lettered).
+//
+// Calls into one instance never overlap; one instance serves many batches, one at a time, so
+// package-level state survives between batches (but instances come and go: never rely on it
+// for correctness). A trap, a proc_exit, running past the function's timeout or growing memory
+// past memory_limit_mb fails the batch, and the gateway discards that instance. The module's
+// stdout and stderr are logged by the gateway under the function's name; environment variables
+// come from the function's env. Handler panics are recovered and fail only their batch.
+//
+// # Command ABI
+//
+// A command module (exports _start) is instantiated for each batch: the batch on stdin, the
+// answer on stdout, the handler's prints (Run redirects os.Stdout) and errors on stderr; exit
+// status 0 is success, anything else fails the batch.
 package sdk
 
 import (
@@ -96,6 +130,11 @@ func Handle(in io.Reader, out io.Writer, h Handler) error {
 	_, err = out.Write(b)
 	return err
 }
+
+// Register makes h the module's handler for the reactor ABI (fleetgate_handle). Call it from an
+// init function: when the module is built with -buildmode=c-shared, main is never run.
+// A later call replaces the handler.
+func Register(h Handler) { registered = h }
 
 // Run is a function's main: it serves one batch from stdin to stdout and exits with status 0,
 // or 1 (with the error on stderr) when h or the I/O failed, which fails the batch.

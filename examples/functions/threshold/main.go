@@ -1,8 +1,12 @@
 // Command threshold is an example fleetgate wasm function: for each event whose "temp"
 // exceeds the THRESHOLD environment variable (default 50) it publishes the event's fields plus
-// "alert":"overheat" to devices/<subject>/alerts. Build it with
+// "alert":"overheat" to devices/<subject>/alerts. Build it as a reactor (one instance serves
+// many batches) with
 //
-//	GOOS=wasip1 GOARCH=wasm go build -o bin/functions/threshold.wasm ./examples/functions/threshold
+//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o bin/functions/threshold.wasm ./examples/functions/threshold
+//
+// Built without -buildmode=c-shared it is a command module (one Go start per batch), which the
+// gateway also runs, only slower.
 package main
 
 import (
@@ -13,6 +17,10 @@ import (
 	"github.com/fleetgate/fleetgate/sdk"
 )
 
+// init registers the handler for the reactor ABI: a reactor never runs main.
+func init() { sdk.Register(handle) }
+
+// main serves one batch when the module is built as a command.
 func main() { sdk.Run(handle) }
 
 func handle(events []sdk.Event) (sdk.Result, error) {
