@@ -138,7 +138,7 @@ func New(opts Options) (*Broker, error) {
 		Capabilities:             caps,
 		Logger:                   slog.New(minLevel{h: b.log.Handler(), min: slog.LevelWarn}),
 		SysTopicResendInterval:   60,
-		ClientNetReadBufferSize:  2048,
+		ClientNetReadBufferSize:  1024, // per connection; larger packets are read past it
 		ClientNetWriteBufferSize: 2048,
 	})
 	b.inline = b.server.NewClient(nil, mqtt.LocalListener, "fleetgate", true)
