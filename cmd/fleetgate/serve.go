@@ -40,6 +40,18 @@ func (f *serverFlags) register(fs *flag.FlagSet, listeners bool) {
 
 // load reads the config file, applies the flags and validates the result.
 func (f *serverFlags) load() (Config, error) {
+	cfg, err := f.read()
+	if err != nil {
+		return cfg, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// read reads the config file and applies the flags, without validating.
+func (f *serverFlags) read() (Config, error) {
 	cfg, err := loadConfig(f.config)
 	if err != nil {
 		return cfg, err
@@ -52,9 +64,6 @@ func (f *serverFlags) load() (Config, error) {
 	}
 	if f.httpAddr != "" {
 		cfg.HTTP.Addr = f.httpAddr
-	}
-	if err := cfg.Validate(); err != nil {
-		return cfg, err
 	}
 	return cfg, nil
 }
