@@ -119,7 +119,7 @@ func New(opts Options) (*Broker, error) {
 		gw:       opts.Gateway,
 		auth:     opts.Auth,
 		store:    opts.Store,
-		log:      opts.Logger.With("component", "mqtt"),
+		log:      opts.Logger,
 		restored: map[string]*auth.Principal{},
 	}
 
