@@ -161,13 +161,15 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 }
 
 func classify(err error) error {
+	// Both sentinels stay visible: callers that care (the broker: disk full → quota exceeded)
+	// can still tell storage.ErrFull from storage.ErrClosed.
 	switch {
 	case errors.Is(err, storage.ErrBusy):
-		return fmt.Errorf("%w: %v", ErrBusy, err)
+		return fmt.Errorf("%w: %w", ErrBusy, err)
 	case errors.Is(err, storage.ErrFull), errors.Is(err, storage.ErrClosed):
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case errors.Is(err, storage.ErrTooLarge), errors.Is(err, storage.ErrInvalid):
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }

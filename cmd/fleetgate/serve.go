@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -91,8 +92,16 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		log.Error("fleetgate failed to start", "err", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "fleetgate ready: mqtt=%s http=%s data_dir=%s\n", g.broker.Addr(), g.http.Addr(), cfg.DataDir)
-	log.Info("ready", "mqtt", g.broker.Addr().String(), "http", g.http.Addr().String(), "data_dir", cfg.DataDir)
+	mqttAddr := "off"
+	for _, a := range []net.Addr{g.broker.Addr(), g.broker.TLSAddr(), g.broker.WSAddr()} {
+		if a != nil {
+			mqttAddr = a.String()
+			break
+		}
+	}
+	fmt.Fprintf(stdout, "fleetgate ready: mqtt=%s http=%s data_dir=%s\n", mqttAddr, g.http.Addr(), cfg.DataDir)
+	log.Info("ready", "mqtt", mqttAddr, "mqtt_tls", addrString(g.broker.TLSAddr()), "mqtt_ws", addrString(g.broker.WSAddr()),
+		"http", g.http.Addr().String(), "data_dir", cfg.DataDir)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -109,6 +118,13 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return "off"
+	}
+	return a.String()
 }
 
 // gateway is a running fleetgate: every component, wired.
