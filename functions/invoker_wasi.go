@@ -336,7 +336,11 @@ func (w *wasmInvoker) callError(err error, fn string, stderr *lineLogger) error 
 	case errors.As(err, &exit):
 		return fmt.Errorf("%w: wasm function %s exited with status %d in %s: %s", ErrRetryable, w.name, exit.ExitCode(), fn, stderr.Tail())
 	default:
+		// wazero's message, then the wasm stack trace: keep the top frames.
 		msg := err.Error()
+		if lines := strings.SplitN(msg, "\n", 10); len(lines) == 10 {
+			msg = strings.Join(lines[:9], "\n") + "\n\t..."
+		}
 		if len(msg) > 2048 {
 			msg = msg[:2048] + "..."
 		}
@@ -377,15 +381,23 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 	return l.Buffer.Write(p)
 }
 
-// lineLogger logs what a module writes, one record per line, and keeps the last lines for
-// error messages.
+// lineLogger logs what a module writes, one record per line, and keeps the first and last
+// lines (since Forget) for error messages: a Go runtime's "fatal error: ..." comes first, the
+// goroutine dump after it.
 type lineLogger struct {
 	logger *slog.Logger
 	stream string
 	mu     sync.Mutex
 	buf    []byte
-	tail   []string
+	head   []string // the first lines
+	tail   []string // the last lines after head
+	lines  int      // lines since Forget
 }
+
+const (
+	keepHead = 2
+	keepTail = 3
+)
 
 func (l *lineLogger) Write(p []byte) (int, error) {
 	l.mu.Lock()
@@ -408,8 +420,13 @@ func (l *lineLogger) Write(p []byte) (int, error) {
 
 func (l *lineLogger) emit(line string) {
 	l.logger.Info("wasm function output", "stream", l.stream, "line", line)
+	l.lines++
+	if len(l.head) < keepHead {
+		l.head = append(l.head, line)
+		return
+	}
 	l.tail = append(l.tail, line)
-	if len(l.tail) > 5 {
+	if len(l.tail) > keepTail {
 		l.tail = l.tail[1:]
 	}
 }
@@ -427,24 +444,23 @@ func (l *lineLogger) Flush() {
 // Forget drops the kept lines, so that Tail speaks of the next batch only.
 func (l *lineLogger) Forget() {
 	l.mu.Lock()
-	l.tail = l.tail[:0]
+	l.head, l.tail, l.lines = l.head[:0], l.tail[:0], 0
 	l.mu.Unlock()
 }
 
-// Tail returns the last lines written, joined, for an error message.
+// Tail returns the first and last lines written, joined, for an error message.
 func (l *lineLogger) Tail() string {
 	l.Flush()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := ""
-	for i, t := range l.tail {
-		if i > 0 {
-			s += " | "
-		}
-		s += t
+	parts := append([]string(nil), l.head...)
+	if l.lines > len(l.head)+len(l.tail) {
+		parts = append(parts, "…")
 	}
+	parts = append(parts, l.tail...)
+	s := strings.Join(parts, " | ")
 	if len(s) > 1024 {
-		s = s[len(s)-1024:]
+		s = s[:1024] + "…"
 	}
 	return s
 }

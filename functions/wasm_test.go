@@ -455,6 +455,22 @@ func TestWASMThresholdMemoryCapRefusedAtLoad(t *testing.T) {
 	}
 }
 
+func TestWASMThresholdMemoryCapFailsOnlyItsBatch(t *testing.T) {
+	w := newTestWASM(t, Definition{Name: "threshold", Module: thresholdModule(t), MemoryLimitMB: 6, Concurrency: 1}, nil)
+	if _, err := invokeN(w, 1); err != nil {
+		t.Fatal(err)
+	}
+	_, err := invokeN(w, 1000) // its decoding and outputs need more than 6 MiB
+	t.Logf("out of memory: %v", err)
+	if !errors.Is(err, ErrRetryable) || !strings.Contains(err.Error(), "fatal error: out of memory") {
+		t.Fatalf("err = %v, want the Go runtime's out of memory", err)
+	}
+	res, err := w.Invoke(context.Background(), &Batch{Function: "threshold", Items: thresholdItems(2, func(i int) int { return 60 + i })})
+	if err != nil || len(res.Publish) != 2 {
+		t.Fatalf("next batch on a fresh instance: %+v, %v", res, err)
+	}
+}
+
 func TestWASMReactorReusesInstances(t *testing.T) {
 	w := newTestWASM(t, Definition{Name: "count", Module: writeModule(t, counterReactor(nil, nil, false)), Concurrency: 1}, nil)
 	if w.abi != abiReactor {
