@@ -115,6 +115,8 @@ type Store struct {
 
 	lastSeq      uint64 // highest seq assigned; committer goroutine only
 	committedSeq atomic.Uint64
+	// lastCommitNanos is the duration of the last commit, for the committer's linger.
+	lastCommitNanos atomic.Int64
 
 	depthMu sync.Mutex
 	depth   map[string]*depthCounter
@@ -359,6 +361,9 @@ func (s *Store) write(ops []*op, after func()) error {
 // previous one is being fsynced: it grows with the load instead of the log idling.
 const maxInflightCommits = 4
 
+// lingerEnabled switches the committer's linger (see commitLoop); benchmarks compare both.
+var lingerEnabled = true
+
 // group is one transaction's worth of requests on its way through Badger.
 type group struct {
 	reqs    []*writeReq
@@ -383,6 +388,7 @@ func (s *Store) commitLoop() {
 		<-completed
 	}()
 	var carry *writeReq // a request that did not fit in the previous group
+	prevReqs := 0       // requests in recent groups (decaying maximum)
 	for {
 		first := carry
 		carry = nil
@@ -408,21 +414,42 @@ func (s *Store) commitLoop() {
 		txn := s.db.NewTransaction(true)
 		reqs := []*writeReq{first}
 		bytes, count := first.size, first.count
+		// The writers released by the previous commit are about to come back: when the last
+		// groups had many requests, linger a little (a fraction of a commit) for them, so the
+		// groups do not alternate between the two halves of the writers.
+		var linger <-chan time.Time
+		var lingerTimer *time.Timer
+		if lingerEnabled && prevReqs > 4 {
+			lingerTimer = time.NewTimer(min(time.Duration(s.lastCommitNanos.Load())/4, 2*time.Millisecond))
+			linger = lingerTimer.C
+		}
 	drain:
 		for bytes < int64(s.opts.MaxGroupBytes) && count < maxGroupEntries {
+			var r *writeReq
 			select {
-			case r := <-s.reqs:
-				if bytes+r.size > 2*maxRequestBytes || count+r.count > 90000 {
-					carry = r // Badger's transaction limits: it starts the next group
+			case r = <-s.reqs:
+			default:
+				if linger == nil || len(reqs) >= prevReqs {
 					break drain
 				}
-				reqs = append(reqs, r)
-				bytes += r.size
-				count += r.count
-			default:
+				select {
+				case r = <-s.reqs:
+				case <-linger:
+					break drain
+				}
+			}
+			if bytes+r.size > 2*maxRequestBytes || count+r.count > 90000 {
+				carry = r // Badger's transaction limits: it starts the next group
 				break drain
 			}
+			reqs = append(reqs, r)
+			bytes += r.size
+			count += r.count
 		}
+		if lingerTimer != nil {
+			lingerTimer.Stop()
+		}
+		prevReqs = max(prevReqs*3/4, len(reqs))
 		if g := s.begin(txn, reqs); g != nil {
 			inflight <- g
 		}
@@ -484,6 +511,7 @@ func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
 // callers. Groups complete in the order they began.
 func (s *Store) complete(g *group, err error) {
 	s.m.commitSeconds.UpdateDuration(g.start)
+	s.lastCommitNanos.Store(int64(time.Since(g.start)))
 	for _, r := range g.reqs {
 		s.pending.Add(-r.size)
 	}

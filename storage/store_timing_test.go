@@ -18,34 +18,42 @@ import (
 // call, from 1, 8 and 64 concurrent writers sharing group commits.
 func BenchmarkAppend(b *testing.B) {
 	for _, writers := range []int{1, 8, 64} {
-		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			s := openTest(b, b.TempDir())
-			payload := []byte(strings.Repeat("x", 256))
-			b.SetBytes(256)
-			b.ReportAllocs()
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			b.ResetTimer()
-			start := time.Now()
-			for range writers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for next.Add(1) <= int64(b.N) {
-						e := &Entry{Event: &event.Event{ID: event.NewID(), Subject: "dev", Topic: "devices/dev/t", Protocol: "mqtt", Data: payload},
-							Targets: []Target{{Function: "log", Rule: "default"}}}
-						if err := s.Append(context.Background(), []*Entry{e}); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
-			b.ReportMetric(float64(b.N)/float64(max(s.m.commits.Get(), 1)), "events/commit")
-		})
+		for _, linger := range []bool{true, false} {
+			b.Run(fmt.Sprintf("writers=%d/linger=%v", writers, linger), func(b *testing.B) {
+				defer func(was bool) { lingerEnabled = was }(lingerEnabled)
+				lingerEnabled = linger
+				benchAppend(b, writers)
+			})
+		}
 	}
+}
+
+func benchAppend(b *testing.B, writers int) {
+	s := openTest(b, b.TempDir())
+	payload := []byte(strings.Repeat("x", 256))
+	b.SetBytes(256)
+	b.ReportAllocs()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				e := &Entry{Event: &event.Event{ID: event.NewID(), Subject: "dev", Topic: "devices/dev/t", Protocol: "mqtt", Data: payload},
+					Targets: []Target{{Function: "log", Rule: "default"}}}
+				if err := s.Append(context.Background(), []*Entry{e}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	b.ReportMetric(float64(b.N)/float64(max(s.m.commits.Get(), 1)), "events/commit")
 }
 
 // BenchmarkBadgerBaseline is the peer: Badger alone, fsynced transactions of 1000 entries of
