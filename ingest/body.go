@@ -121,10 +121,10 @@ func parseJSON(body []byte, maxEvents int) ([]bodyEvent, error) {
 		}
 		return []bodyEvent{{Data: bytes.TrimSpace(body)}}, nil
 	}
-	var raws []json.RawMessage
-	if err := json.Unmarshal(body, &raws); err != nil {
+	if !json.Valid(body) {
 		return nil, arrayError(body)
 	}
+	raws := splitArray(trimmed, nil)
 	if len(raws) == 0 {
 		return nil, &BodyError{Index: -1, Err: errors.New("empty array: no events")}
 	}
@@ -136,6 +136,57 @@ func parseJSON(body []byte, maxEvents int) ([]bodyEvent, error) {
 		out[i].Data = r
 	}
 	return out, nil
+}
+
+// splitArray returns the elements of arr, a JSON array already known to be valid, as slices of
+// it. It only tracks nesting and strings: validation was json.Valid's job (one pass each,
+// instead of encoding/json's validate-then-decode with a copy per element).
+func splitArray(arr []byte, dst [][]byte) [][]byte {
+	depth, start := 0, -1
+	inString, escaped := false, false
+	for i := 0; i < len(arr); i++ {
+		c := arr[i]
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '"':
+			inString = true
+		case '[', '{':
+			depth++
+			if depth == 1 {
+				continue // the array itself
+			}
+		case ']', '}':
+			depth--
+			if depth == 0 {
+				if start >= 0 {
+					dst = append(dst, bytes.TrimRight(arr[start:i], " \t\r\n"))
+				}
+				return dst
+			}
+		case ',':
+			if depth == 1 {
+				dst = append(dst, bytes.TrimRight(arr[start:i], " \t\r\n"))
+				start = -1
+				continue
+			}
+		}
+		if start < 0 && depth >= 1 {
+			start = i
+		}
+	}
+	return dst
 }
 
 // arrayError finds the first bad element of a JSON array body, for a precise message.

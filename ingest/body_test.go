@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -82,6 +84,28 @@ func FuzzParseBody(f *testing.F) {
 		}
 		if len(evs) == 0 || len(evs) > 100 {
 			t.Fatalf("%d events accepted", len(evs))
+		}
+	})
+}
+
+// FuzzSplitArray checks the fast array splitter against encoding/json on every valid array.
+func FuzzSplitArray(f *testing.F) {
+	for _, s := range []string{`[]`, `[1]`, ` [ {"a":[1,2,{"b":"]"}]} , "x\"]" ,null,[[]] ] `, `["\\",1]`, `[{"a":"},"}]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want []json.RawMessage
+		if json.Unmarshal(b, &want) != nil {
+			return
+		}
+		got := splitArray(bytes.TrimLeft(b, " \t\r\n"), nil)
+		if len(got) != len(want) {
+			t.Fatalf("split %q into %d elements, encoding/json into %d", b, len(got), len(want))
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], bytes.TrimSpace(want[i])) {
+				t.Fatalf("element %d of %q: got %q, want %q", i, b, got[i], want[i])
+			}
 		}
 	})
 }
