@@ -28,8 +28,9 @@ import (
 //   - Reactor (exports memory, fleetgate_alloc(i32) i32 and fleetgate_handle(i32, i32) i64, and
 //     no _start; GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared): up to `concurrency`
 //     live instances, each started once (_initialize) and then serving one batch at a time:
-//     fleetgate_alloc(len) gives the address where the batch goes, fleetgate_handle(addr, len)
-//     returns answerAddr<<32 | answerLen. See invoker_wasm_reactor.go.
+//     fleetgate_alloc(size) gives the address of a buffer for batches of up to size bytes
+//     (valid until the next fleetgate_alloc; asked again only for a bigger batch),
+//     fleetgate_handle(addr, len) returns answerAddr<<32 | answerLen. See invoker_wasm_reactor.go.
 //   - Command (exports _start; plain GOOS=wasip1 GOARCH=wasm go build): one instance per batch,
 //     the batch on stdin, the answer on stdout, exit status 0 for success.
 //

@@ -16,6 +16,8 @@ type reactorInstance struct {
 	alloc, handle  api.Function
 	stack          [2]uint64 // CallWithStack: params in, results out
 	buf            []byte    // the encoded batch, reused
+	bufAddr        uint32    // the guest buffer from the last fleetgate_alloc call
+	bufSize        uint32    // the size asked for then (0: none yet)
 	stdout, stderr *lineLogger
 }
 
@@ -140,11 +142,16 @@ func (w *wasmInvoker) callReactor(ctx context.Context, inst *reactorInstance, b 
 	defer inst.stderr.Flush()
 	inst.buf = AppendCloudEvents(inst.buf[:0], b)
 	n := uint32(len(inst.buf))
-	inst.stack[0] = uint64(n)
-	if err := inst.alloc.CallWithStack(ctx, inst.stack[:]); err != nil {
-		return nil, w.callError(err, exportAlloc, inst.stderr)
+	if n > inst.bufSize || inst.bufSize == 0 {
+		// The guest's buffer stays valid until the next fleetgate_alloc: ask only when it is
+		// too small (one call per batch instead of two in the steady state).
+		inst.stack[0] = uint64(max(n, 1))
+		if err := inst.alloc.CallWithStack(ctx, inst.stack[:]); err != nil {
+			return nil, w.callError(err, exportAlloc, inst.stderr)
+		}
+		inst.bufAddr, inst.bufSize = uint32(inst.stack[0]), max(n, 1)
 	}
-	ptr := uint32(inst.stack[0])
+	ptr := inst.bufAddr
 	if !inst.mem.Write(ptr, inst.buf) {
 		return nil, fmt.Errorf("%w: wasm function %s: %s(%d) returned %d, outside its %d bytes of memory", ErrBadResponse, w.name, exportAlloc, n, ptr, inst.mem.Size())
 	}

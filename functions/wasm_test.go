@@ -418,6 +418,12 @@ func TestWASMThresholdReactorDirect(t *testing.T) {
 			t.Fatalf("round %d: publish = %+v", round, res.Publish)
 		}
 	}
+	for _, n := range []int{4, 80, 4, 120} { // the guest buffer is reused, then grown
+		res, err := w.Invoke(context.Background(), &Batch{Function: "threshold", Items: thresholdItems(n, func(i int) int { return i % 20 })})
+		if want := n/20*9 + max(n%20-11, 0); err != nil || len(res.Publish) != want { // 11..19 of every 20 are above 10
+			t.Fatalf("batch of %d: %d outputs (want %d), %v", n, len(res.Publish), want, err)
+		}
+	}
 	res, err := invokeN(w, 0) // an empty batch is valid JSON ([]) and yields nothing
 	if err != nil || len(res.Publish)+len(res.Failed) != 0 {
 		t.Fatalf("empty batch: %+v, %v", res, err)
@@ -479,6 +485,24 @@ func TestWASMReactorReusesInstances(t *testing.T) {
 	for call := 1; call <= 5; call++ {
 		res, err := invokeN(w, 1)
 		wantCount(t, res, err, call) // the same instance, its global counting
+	}
+}
+
+func TestWASMReactorAllocOnlyForBiggerBatches(t *testing.T) {
+	// fleetgate_alloc counts its calls; fleetgate_handle answers {"failed":["<that count>"]}.
+	mod := asmModule{memPages: 1, globals: 1, funcs: []asmFunc{
+		{export: exportAlloc, params: []byte{wI32}, results: []byte{wI32}, body: cat(
+			opGlobalGet(0), opI32(1), []byte{0x6a}, opGlobalSet(0), opI32(batchAt))},
+		{export: exportHandle, params: []byte{wI32, wI32}, results: []byte{wI64}, body: cat(
+			opI32(digitAt), opGlobalGet(0), opI32('0'), []byte{0x6a}, []byte{0x3a, 0, 0},
+			opI64(answerAt<<32|answerLen))},
+	}, data: []asmData{{answerAt, []byte(`{"failed":["0"]}`)}}}
+	w := newTestWASM(t, Definition{Name: "allocs", Module: writeModule(t, mod.bytes()), Concurrency: 1}, nil)
+	for i, c := range []struct{ events, allocs int }{{1, 1}, {1, 1}, {3, 2}, {2, 2}, {1, 2}, {4, 3}} {
+		res, err := invokeN(w, c.events)
+		if err != nil || len(res.Failed) != 1 || res.Failed[0] != strconv.Itoa(c.allocs) {
+			t.Fatalf("batch %d of %d events: %+v, %v; want %d fleetgate_alloc calls so far", i, c.events, res, err, c.allocs)
+		}
 	}
 }
 

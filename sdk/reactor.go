@@ -15,7 +15,8 @@ var (
 )
 
 // allocBatch returns the batch buffer, grown to hold at least size bytes. It is reused from
-// batch to batch; events decoded from it never alias it (encoding/json copies).
+// batch to batch and changes only here (the ABI: valid until the next fleetgate_alloc); events
+// decoded from it never alias it (encoding/json copies).
 func allocBatch(size uint32) []byte {
 	if cap(inBuf) < int(size) || cap(inBuf) == 0 {
 		inBuf = make([]byte, max(int(size), 4096))

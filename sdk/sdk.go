@@ -21,8 +21,9 @@
 // when it starts an instance; Go runs package init functions there, so Register is called) and:
 //
 //	fleetgate_alloc(size u32) u32
-//	    returns the address of a guest buffer of at least size bytes; the guest keeps it alive.
-//	    The gateway calls it before every batch and writes the batch (size bytes) there.
+//	    returns the address of a guest buffer of at least size bytes (size >= 1), which the
+//	    guest keeps alive and unchanged until the next fleetgate_alloc call. The gateway writes
+//	    each batch there, and calls fleetgate_alloc again only for a batch bigger than size.
 //	fleetgate_handle(ptr u32, len u32) u64
 //	    handles the batch at ptr..ptr+len and returns addr<<32 | n: the answer is the n bytes at
 //	    addr, valid until the next call into the module. n == 0 means every event succeeded.
