@@ -43,8 +43,11 @@ type EngineOptions struct {
 	Seed    []Rule // the config file's rules: version 1 when the KV holds no version yet
 	Compile CompileOptions
 	Keep    int // versions kept (0: DefaultKeep)
-	Metrics *metrics.Set
-	Logger  *slog.Logger
+	// ResetToSeed replaces a stored rule set by Seed (as a new version; older ones are kept),
+	// for a stored set that no longer validates, e.g. after a function was removed.
+	ResetToSeed bool
+	Metrics     *metrics.Set
+	Logger      *slog.Logger
 }
 
 // RuleStats are a rule's counters since the process started.
@@ -159,10 +162,21 @@ func NewEngine(opts EngineOptions) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if found {
+	if found && opts.ResetToSeed {
+		set, err := e.compile(opts.Seed)
+		if err != nil {
+			return nil, fmt.Errorf("rules: config rules: %w", err)
+		}
+		ls := &liveSet{set: set, version: latest.Version + 1, appliedAt: time.Now().UTC()}
+		if err := e.store(ls); err != nil {
+			return nil, err
+		}
+		e.live.Store(ls)
+		e.log.Warn("stored rules replaced by the config's rules (--reset-rules)", "version", ls.version, "replaced_version", latest.Version, "rules", set.Len())
+	} else if found {
 		set, err := e.compile(latest.Rules)
 		if err != nil {
-			return nil, fmt.Errorf("rules: stored rule set version %d no longer validates with this config (fix the config or apply a new set): %w", latest.Version, err)
+			return nil, fmt.Errorf("rules: stored rule set version %d no longer validates with this config: add the missing functions back to the config, or start once with --reset-rules to replace the stored set with the config's rules: %w", latest.Version, err)
 		}
 		e.live.Store(&liveSet{set: set, version: latest.Version, appliedAt: latest.AppliedAt})
 		e.log.Info("rules loaded", "version", latest.Version, "rules", set.Len())

@@ -534,7 +534,7 @@ func TestDeployConfigsStartGateway(t *testing.T) {
 				t.Fatal(err)
 			}
 			log := slog.New(slog.NewTextHandler(io.Discard, nil))
-			g, err := startGateway(cfg, log, io.Discard)
+			g, err := startGateway(cfg, false, log, io.Discard)
 			if err != nil {
 				t.Fatalf("starting a gateway on %s: %v", dc.name, err)
 			}

@@ -266,3 +266,25 @@ func TestGracefulShutdownOnSIGTERM(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "events acknowledged before SIGTERM delivered after restart", func() bool { return s.has(ids) == 0 })
 }
+
+// TestStoredRulesNamingARemovedFunction: a rule set stored in the data dir that names a
+// function no longer configured stops the start with the remedy; --reset-rules applies it.
+func TestStoredRulesNamingARemovedFunction(t *testing.T) {
+	dir := t.TempDir()
+	s := startSink(t)
+	data := dir + "/data"
+	p := startProc(t, data, sinkConfig(t, dir, s))
+	p.kill()
+	plain := writeTestFile(t, dir, "plain.yaml", "rules:\n  - {id: everything, topic: \"#\", functions: [log]}\n")
+	out, err := exec.Command(binPath, "serve", "--data-dir", data, "--config", plain, "--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--reset-rules") || !strings.Contains(string(out), "sink") {
+		t.Fatalf("start with a stale stored rule set: %v\n%s", err, out)
+	}
+	p = startProc(t, data, plain, "--reset-rules")
+	op := token(t, data, plain, "--subject", "ops", "--role", "operator")
+	var outBuf, errBuf bytes.Buffer
+	if code := run([]string{"rules", "list", "-o", "json", "--server", "http://" + p.httpAddr, "--token", op}, &outBuf, &errBuf); code != 0 ||
+		!strings.Contains(outBuf.String(), `"everything"`) || !strings.Contains(outBuf.String(), `"version":2`) {
+		t.Fatalf("rules after --reset-rules: %d %s %s", code, outBuf.String(), errBuf.String())
+	}
+}

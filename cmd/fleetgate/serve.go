@@ -28,6 +28,7 @@ import (
 // serverFlags are the flags `serve` and `token` share: they override the config file.
 type serverFlags struct {
 	config, dataDir, mqttAddr, httpAddr string
+	resetRules                          bool
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet, listeners bool) {
@@ -36,6 +37,7 @@ func (f *serverFlags) register(fs *flag.FlagSet, listeners bool) {
 	if listeners {
 		fs.StringVar(&f.mqttAddr, "mqtt-addr", "", "MQTT listen address (overrides mqtt.addr; default :1883)")
 		fs.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen address (overrides http.addr; default :8080)")
+		fs.BoolVar(&f.resetRules, "reset-rules", false, "replace the rule set stored in the data dir by the config's rules (a new version; history kept)")
 	}
 }
 
@@ -87,7 +89,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, stderr)
-	g, err := startGateway(cfg, log, stdout)
+	g, err := startGateway(cfg, f.resetRules, log, stdout)
 	if err != nil {
 		log.Error("fleetgate failed to start", "err", err)
 		return 1
@@ -162,7 +164,7 @@ func (r rulesRouter) Route(ev *event.Event, dst []storage.Target) []storage.Targ
 }
 
 // startGateway opens storage and starts every component; on error everything opened is closed.
-func startGateway(cfg Config, log *slog.Logger, logOut io.Writer) (g *gateway, err error) {
+func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Writer) (g *gateway, err error) {
 	g = &gateway{metrics: metrics.NewSet(), log: log}
 	defer func() {
 		if err != nil {
@@ -203,7 +205,7 @@ func startGateway(cfg Config, log *slog.Logger, logOut io.Writer) (g *gateway, e
 		seed = defaultRules()
 	}
 	g.rules, err = rules.NewEngine(rules.EngineOptions{
-		KV: g.store, Seed: seed, Compile: rules.CompileOptions{KnownFunction: g.dispatcher.Known},
+		KV: g.store, Seed: seed, Compile: rules.CompileOptions{KnownFunction: g.dispatcher.Known}, ResetToSeed: resetRules,
 		Metrics: g.metrics, Logger: log.With("component", "rules"),
 	})
 	if err != nil {
