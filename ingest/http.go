@@ -20,6 +20,7 @@ import (
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/ingest/auth"
 	"github.com/fleetgate/fleetgate/internal/httpx"
+	"github.com/fleetgate/fleetgate/internal/topic"
 )
 
 // TLSConfig names the certificate files of a TLS listener.
@@ -377,18 +378,11 @@ func clip(v []byte) string {
 }
 
 // validTopic checks an HTTP event topic: the path after /v1/events/.
-func validTopic(topic string) error {
-	switch {
-	case topic == "":
+func validTopic(t string) error {
+	if t == "" {
 		return errors.New("empty topic: POST /v1/events/{topic}")
-	case len(topic) > 1024:
-		return errors.New("topic longer than 1024 bytes")
-	case strings.ContainsAny(topic, "+#\x00"):
-		return fmt.Errorf("topic %q: wildcards (+, #) and NUL are not allowed in a published topic", topic)
-	case strings.HasPrefix(topic, "$"):
-		return fmt.Errorf("topic %q: topics starting with $ are reserved", topic)
 	}
-	return nil
+	return topic.CheckName(t)
 }
 
 func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
@@ -401,13 +395,13 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 	if p == nil {
 		return
 	}
-	topic := string(rawTopic)
-	if err := validTopic(topic); err != nil {
+	name := string(rawTopic)
+	if err := validTopic(name); err != nil {
 		s.fail(ctx, fasthttp.StatusBadRequest, "bad_topic", err.Error())
 		return
 	}
-	if !p.CanPublish(topic) {
-		s.fail(ctx, fasthttp.StatusForbidden, "forbidden", fmt.Sprintf("the policy of role %q does not allow publishing to %q", p.Role, topic))
+	if !p.CanPublish(name) {
+		s.fail(ctx, fasthttp.StatusForbidden, "forbidden", fmt.Sprintf("the policy of role %q does not allow publishing to %q", p.Role, name))
 		return
 	}
 	body := ctx.PostBody()
@@ -439,7 +433,7 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		*ev = event.Event{
 			ID: b.ID, Source: b.Source, Type: b.Type, Subject: p.Subject, Time: b.Time,
 			ContentType: b.ContentType, Data: buf[start:len(buf):len(buf)],
-			Protocol: event.ProtocolHTTP, Topic: topic, Tenant: p.Tenant,
+			Protocol: event.ProtocolHTTP, Topic: name, Tenant: p.Tenant,
 			Claims: p.Claims, ClaimsJSON: p.ClaimsJSON, Meta: meta,
 		}
 		if ev.Source == "" {

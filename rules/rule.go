@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/fleetgate/fleetgate/internal/topic"
 )
 
 // Route is one branch of a rule's decision: the first route whose When holds is taken;
@@ -117,7 +119,7 @@ const (
 	DefaultMaxRules   = 10000
 	DefaultMaxExprLen = 4096
 	// MaxTopicFilterLen bounds a rule's topic filter (MQTT's own limit on topic names).
-	MaxTopicFilterLen = 65535
+	MaxTopicFilterLen = topic.MaxLen
 	// MaxIDLen bounds a rule id.
 	MaxIDLen = 128
 )

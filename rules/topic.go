@@ -1,67 +1,18 @@
 package rules
 
 import (
-	"errors"
-	"fmt"
 	"strings"
+
+	"github.com/fleetgate/fleetgate/internal/topic"
 )
 
-// ValidateFilter checks an MQTT topic filter: non-empty, at most MaxTopicFilterLen bytes,
-// no NUL, '+' only as a whole level, '#' only as the whole last level.
-func ValidateFilter(filter string) error {
-	if filter == "" {
-		return errors.New("empty topic filter: use \"#\" to match every topic")
-	}
-	if len(filter) > MaxTopicFilterLen {
-		return fmt.Errorf("topic filter too long: %d bytes, at most %d", len(filter), MaxTopicFilterLen)
-	}
-	if strings.IndexByte(filter, 0) >= 0 {
-		return errors.New("topic filter contains a NUL character")
-	}
-	levels := strings.Split(filter, "/")
-	for i, l := range levels {
-		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
-			return fmt.Errorf("bad topic filter %q: '#' must be a whole level and the last one (like \"a/#\")", filter)
-		}
-		if strings.Contains(l, "+") && l != "+" {
-			return fmt.Errorf("bad topic filter %q: '+' must be a whole level (like \"a/+/b\")", filter)
-		}
-	}
-	return nil
-}
+// ValidateFilter checks an MQTT topic filter: non-empty valid UTF-8, at most
+// MaxTopicFilterLen bytes, no NUL, '+' only as a whole level, '#' only as the whole last level.
+func ValidateFilter(filter string) error { return topic.CheckFilter(filter) }
 
-// MatchFilter reports whether topic matches the MQTT topic filter (which must be valid).
+// MatchFilter reports whether t matches the MQTT topic filter (which must be valid).
 // '+' and '#' in the first level do not match topics starting with '$'.
-func MatchFilter(filter, topic string) bool {
-	dollar := strings.HasPrefix(topic, "$")
-	first := true
-	for {
-		fl, frest, fmore := strings.Cut(filter, "/")
-		if fl == "#" {
-			return !(first && dollar)
-		}
-		tl, trest, tmore := strings.Cut(topic, "/")
-		if fl == "+" {
-			if first && dollar {
-				return false
-			}
-		} else if fl != tl {
-			return false
-		}
-		first = false
-		switch {
-		case fmore && tmore:
-			filter, topic = frest, trest
-		case !fmore && !tmore:
-			return true
-		case fmore && !tmore:
-			// "a/#" matches "a".
-			return frest == "#"
-		default:
-			return false
-		}
-	}
-}
+func MatchFilter(filter, t string) bool { return topic.Match(filter, t) }
 
 // node is one level of the topic-filter trie. Matching walks one path per topic level
 // (plus the '+' branches), so its cost grows with topic depth, not with the number of rules.

@@ -2,66 +2,18 @@ package auth
 
 import (
 	"strings"
-	"unicode/utf8"
+
+	"github.com/fleetgate/fleetgate/internal/topic"
 )
 
-// validTopic reports whether t is a topic a sender may publish to: non-empty, valid UTF-8,
-// no wildcard, no NUL, and not a '$' (broker-reserved) topic.
-func validTopic(t string) bool {
-	if t == "" || t[0] == '$' || strings.ContainsAny(t, "+#\x00") {
-		return false
-	}
-	return utf8.ValidString(t)
-}
+// validTopic reports whether t is a topic a sender may publish to.
+func validTopic(t string) bool { return topic.CheckName(t) == nil }
 
-// validFilter reports whether f is a well-formed MQTT topic filter: non-empty, valid UTF-8,
-// no NUL, '+' only as a whole level, '#' only as the whole last level.
-func validFilter(f string) bool {
-	if f == "" || strings.IndexByte(f, 0) >= 0 || !utf8.ValidString(f) {
-		return false
-	}
-	for rest := f; ; {
-		lvl, tail, more := strings.Cut(rest, "/")
-		if len(lvl) > 1 && strings.ContainsAny(lvl, "+#") {
-			return false
-		}
-		if lvl == "#" && more {
-			return false
-		}
-		if !more {
-			return true
-		}
-		rest = tail
-	}
-}
+// validFilter reports whether f is a well-formed MQTT topic filter.
+func validFilter(f string) bool { return topic.CheckFilter(f) == nil }
 
-// matchTopic reports whether topic matches the filter split into levels, with MQTT semantics:
-// '+' matches exactly one level (possibly empty), a trailing '#' matches the rest including the
-// parent level ("a/#" matches "a"), and filters starting with a wildcard never match '$' topics.
-// It does not allocate.
-func matchTopic(filter []string, topic string) bool {
-	if len(filter) == 0 {
-		return false
-	}
-	if topic != "" && topic[0] == '$' && (filter[0] == "+" || filter[0] == "#") {
-		return false
-	}
-	rest, done := topic, false
-	for _, f := range filter {
-		if f == "#" {
-			return true
-		}
-		if done {
-			return false // the topic has fewer levels than the filter
-		}
-		lvl, tail, more := strings.Cut(rest, "/")
-		if f != "+" && f != lvl {
-			return false
-		}
-		rest, done = tail, !more
-	}
-	return done
-}
+// matchTopic reports whether topic matches the filter split into levels (no allocation).
+func matchTopic(filter []string, t string) bool { return topic.MatchLevels(filter, t) }
 
 // splitLevels splits a filter into its levels.
 func splitLevels(f string) []string { return strings.Split(f, "/") }
