@@ -10,11 +10,11 @@ import (
 )
 
 // benchPost posts body b.N times over keep-alive connections from parallel goroutines
-// (b.SetParallelism(32) × GOMAXPROCS) and reports events/s.
+// (b.SetParallelism(128) × GOMAXPROCS) and reports events/s.
 func benchPost(b *testing.B, addr, token, body string, eventsPerRequest int) {
 	c := &fasthttp.HostClient{Addr: addr, MaxConns: 512, ReadTimeout: 30 * time.Second}
 	b.ReportAllocs()
-	b.SetParallelism(32)
+	b.SetParallelism(128)
 	start := time.Now()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
