@@ -462,11 +462,11 @@ func TestWASMThresholdMemoryCapRefusedAtLoad(t *testing.T) {
 }
 
 func TestWASMThresholdMemoryCapFailsOnlyItsBatch(t *testing.T) {
-	w := newTestWASM(t, Definition{Name: "threshold", Module: thresholdModule(t), MemoryLimitMB: 6, Concurrency: 1}, nil)
+	w := newTestWASM(t, Definition{Name: "threshold", Module: thresholdModule(t), MemoryLimitMB: 5, Concurrency: 1}, nil)
 	if _, err := invokeN(w, 1); err != nil {
 		t.Fatal(err)
 	}
-	_, err := invokeN(w, 1000) // its decoding and outputs need more than 6 MiB
+	_, err := invokeN(w, 5000) // 1.5 MB of batch: with its copies and outputs, more than 5 MiB
 	t.Logf("out of memory: %v", err)
 	if !errors.Is(err, ErrRetryable) || !strings.Contains(err.Error(), "fatal error: out of memory") {
 		t.Fatalf("err = %v, want the Go runtime's out of memory", err)

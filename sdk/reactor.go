@@ -48,8 +48,8 @@ func callHandler(h Handler, batch []byte) (res Result, err error) {
 	if h == nil {
 		return Result{}, ErrNoHandler
 	}
-	var events []Event
-	if err := json.Unmarshal(batch, &events); err != nil {
+	events, err := decodeBatch(batch)
+	if err != nil {
 		return Result{}, fmt.Errorf("sdk: decoding batch: %w", err)
 	}
 	defer func() {

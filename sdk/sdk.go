@@ -113,8 +113,12 @@ type Handler func(events []Event) (Result, error)
 
 // Handle reads a batch from in, calls h and writes its answer to out.
 func Handle(in io.Reader, out io.Writer, h Handler) error {
-	var events []Event
-	if err := json.NewDecoder(in).Decode(&events); err != nil {
+	batch, err := io.ReadAll(in)
+	if err != nil {
+		return fmt.Errorf("sdk: reading batch: %w", err)
+	}
+	events, err := decodeBatch(batch)
+	if err != nil {
 		return fmt.Errorf("sdk: decoding batch: %w", err)
 	}
 	res, err := h(events)
