@@ -288,3 +288,29 @@ func TestStoredRulesNamingARemovedFunction(t *testing.T) {
 		t.Fatalf("rules after --reset-rules: %d %s %s", code, outBuf.String(), errBuf.String())
 	}
 }
+
+// TestProfilerIsOperatorOnly: /admin/v1/debug/pprof/ serves Go's profiles to operators only.
+func TestProfilerIsOperatorOnly(t *testing.T) {
+	dir := t.TempDir()
+	p := startProc(t, dir, "")
+	get := func(tok, path string) int {
+		req, _ := http.NewRequest(http.MethodGet, p.url(path), nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(token(t, dir, "", "--subject", "a", "--role", "app"), "/admin/v1/debug/pprof/"); code != 403 {
+		t.Fatalf("app token got %d from the profiler", code)
+	}
+	op := token(t, dir, "", "--subject", "ops", "--role", "operator")
+	if code := get(op, "/admin/v1/debug/pprof/"); code != 200 {
+		t.Fatalf("operator got %d from the profiler index", code)
+	}
+	if code := get(op, "/admin/v1/debug/pprof/heap"); code != 200 {
+		t.Fatalf("operator got %d for a heap profile", code)
+	}
+}

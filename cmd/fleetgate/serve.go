@@ -11,10 +11,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/pprofhandler"
 
 	"github.com/fleetgate/fleetgate/broker"
 	"github.com/fleetgate/fleetgate/event"
@@ -243,6 +246,11 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	g.http.Mount("/admin/v1/functions/", fh)
 	g.http.Mount("/admin/v1/dlq/", fh)
 	g.http.Mount("/admin/v1/publish/", g.broker.AdminHandler())
+	// Go's profiler, for operators: curl -H "Authorization: Bearer $T" -o cpu.pprof http://HOST/admin/v1/debug/pprof/profile
+	g.http.Mount("/admin/v1/debug/pprof/", func(ctx *fasthttp.RequestCtx) {
+		ctx.Request.URI().SetPath(strings.TrimPrefix(string(ctx.Path()), "/admin/v1"))
+		pprofhandler.PprofHandler(ctx)
+	})
 	if err := g.http.Start(); err != nil {
 		return g, err
 	}
