@@ -116,7 +116,8 @@ type Store struct {
 	lastSeq      uint64 // highest seq assigned; committer goroutine only
 	committedSeq atomic.Uint64
 	// lastCommitNanos is the duration of the last commit, for the committer's linger.
-	lastCommitNanos atomic.Int64
+	lastCommitNanos  atomic.Int64
+	totalCommitNanos atomic.Int64
 
 	depthMu sync.Mutex
 	depth   map[string]*depthCounter
@@ -511,7 +512,9 @@ func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
 // callers. Groups complete in the order they began.
 func (s *Store) complete(g *group, err error) {
 	s.m.commitSeconds.UpdateDuration(g.start)
-	s.lastCommitNanos.Store(int64(time.Since(g.start)))
+	d := int64(time.Since(g.start))
+	s.lastCommitNanos.Store(d)
+	s.totalCommitNanos.Add(d)
 	for _, r := range g.reqs {
 		s.pending.Add(-r.size)
 	}

@@ -28,7 +28,19 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
-func benchAppend(b *testing.B, writers int) {
+// BenchmarkAppendBatched measures 64 writers that append 10 or 100 events per call, as an
+// HTTP request with a JSON array does.
+func BenchmarkAppendBatched(b *testing.B) {
+	for _, per := range []int{10, 100} {
+		b.Run(fmt.Sprintf("writers=64/events_per_call=%d", per), func(b *testing.B) {
+			benchAppendN(b, 64, per)
+		})
+	}
+}
+
+func benchAppend(b *testing.B, writers int) { benchAppendN(b, writers, 1) }
+
+func benchAppendN(b *testing.B, writers, per int) {
 	s := openTest(b, b.TempDir())
 	payload := []byte(strings.Repeat("x", 256))
 	b.SetBytes(256)
@@ -41,10 +53,13 @@ func benchAppend(b *testing.B, writers int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for next.Add(1) <= int64(b.N) {
-				e := &Entry{Event: &event.Event{ID: event.NewID(), Subject: "dev", Topic: "devices/dev/t", Protocol: "mqtt", Data: payload},
-					Targets: []Target{{Function: "log", Rule: "default"}}}
-				if err := s.Append(context.Background(), []*Entry{e}); err != nil {
+			for next.Add(int64(per)) <= int64(b.N) {
+				entries := make([]*Entry, per)
+				for i := range entries {
+					entries[i] = &Entry{Event: &event.Event{ID: event.NewID(), Subject: "dev", Topic: "devices/dev/t", Protocol: "mqtt", Data: payload},
+						Targets: []Target{{Function: "log", Rule: "default"}}}
+				}
+				if err := s.Append(context.Background(), entries); err != nil {
 					b.Error(err)
 					return
 				}
@@ -53,7 +68,9 @@ func benchAppend(b *testing.B, writers int) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
-	b.ReportMetric(float64(b.N)/float64(max(s.m.commits.Get(), 1)), "events/commit")
+	commits := float64(max(s.m.commits.Get(), 1))
+	b.ReportMetric(float64(b.N)/commits, "events/commit")
+	b.ReportMetric(float64(s.totalCommitNanos.Load())/commits/1e6, "ms/commit")
 }
 
 // BenchmarkBadgerBaseline is the peer: Badger alone, fsynced transactions of 1000 entries of
