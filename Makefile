@@ -22,7 +22,7 @@ run: build examples
 	$(BIN)/fleetgate serve
 
 examples:
-	GOOS=wasip1 GOARCH=wasm $(GO) build -o $(BIN)/functions/threshold.wasm ./examples/functions/threshold
+	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o $(BIN)/functions/threshold.wasm ./examples/functions/threshold
 
 vet:
 	$(GO) vet ./...
@@ -46,7 +46,7 @@ fuzz:
 
 ## bench: the hot-path benchmarks (figures in BENCHMARKS.md)
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./event/ ./storage/ ./ingest/... ./rules/ ./functions/ ./broker/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./event/ ./storage/ ./ingest/... ./rules/ ./functions/ ./broker/ ./sdk/
 
 bench-peers: build
 	BENCH_SKIP_BUILD=1 bash loadtest/bench-peers.sh

@@ -77,7 +77,7 @@ type Definition struct {
 	Headers map[string]string `yaml:"headers"`
 
 	// wasm
-	Module        string            `yaml:"module"`          // path of a WASI command module
+	Module        string            `yaml:"module"`          // path of a WASI reactor (-buildmode=c-shared, preferred) or command module
 	Env           map[string]string `yaml:"env"`             // its environment
 	MemoryLimitMB int               `yaml:"memory_limit_mb"` // default 128
 

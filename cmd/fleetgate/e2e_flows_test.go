@@ -227,7 +227,7 @@ rules:
 func buildThreshold(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "threshold.wasm")
-	cmd := exec.Command("go", "build", "-o", out, "../../examples/functions/threshold")
+	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "../../examples/functions/threshold")
 	cmd.Env = append(cmd.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building the threshold example: %v\n%s", err, b)
