@@ -7,8 +7,9 @@ import (
 
 // Key layout. Every key starts with a one-byte namespace.
 //
-//	e <seq:8>                  → <commit unix nanos:8> <encoded event>
-//	q <function> 0x00 <seq:8>  → <target value>            pending delivery of event seq to function
+//	e <seq:8>                  → <commit unix nanos:8> <encoded event>   (events with 2+ targets)
+//	q <function> 0x00 <seq:8>  → <target value>            pending delivery of event seq to function;
+//	                                                       holds the event itself when it has one target
 //	d <function> 0x00 <seq:8>  → <dead letter value>       dead letter of event seq for function
 //	i <idempotency key>        → <seq:8> <event id>        with a TTL
 //	k <key>                    → value                     small KV for other packages
@@ -53,26 +54,55 @@ func parseFnKey(k []byte) (fn string, seq uint64, ok bool) {
 // validFunction reports whether fn may name a queue: non-empty, no NUL byte.
 func validFunction(fn string) bool { return fn != "" && !strings.ContainsRune(fn, 0) && len(fn) <= 255 }
 
-// Target values: <rule len uvarint><rule><has data byte><data>.
-func encodeTarget(dst []byte, rule string, data []byte) []byte {
+// Queue entry values: <rule len uvarint><rule><flags><[data len uvarint][data]><[inline event]>.
+// flagData: the rule's select output follows. flagInline: the event itself follows (its commit
+// time, 8 bytes, then its encoding): an event with a single target is stored only there, one
+// Badger entry instead of two.
+const (
+	flagData   = 1 << 0
+	flagInline = 1 << 1
+)
+
+func encodeTarget(dst []byte, rule string, data, inline []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(rule)))
 	dst = append(dst, rule...)
-	if data == nil {
-		return append(dst, 0)
+	var flags byte
+	if data != nil {
+		flags |= flagData
 	}
-	dst = append(dst, 1)
-	return append(dst, data...)
+	if inline != nil {
+		flags |= flagInline
+	}
+	dst = append(dst, flags)
+	if data != nil {
+		dst = binary.AppendUvarint(dst, uint64(len(data)))
+		dst = append(dst, data...)
+	}
+	return append(dst, inline...)
 }
 
-func decodeTarget(v []byte) (rule string, data []byte, ok bool) {
+// decodeTarget splits a queue entry value. data and inline alias v.
+func decodeTarget(v []byte) (rule string, data, inline []byte, ok bool) {
 	n, w := binary.Uvarint(v)
 	if w <= 0 || uint64(len(v)-w) < n+1 {
-		return "", nil, false
+		return "", nil, nil, false
 	}
 	rule = string(v[w : w+int(n)])
-	rest := v[w+int(n):]
-	if rest[0] == 1 {
-		data = append([]byte{}, rest[1:]...)
+	flags, rest := v[w+int(n)], v[w+int(n)+1:]
+	if flags&flagData != 0 {
+		dl, w := binary.Uvarint(rest)
+		if w <= 0 || uint64(len(rest)-w) < dl {
+			return "", nil, nil, false
+		}
+		data, rest = rest[w:w+int(dl)], rest[w+int(dl):]
 	}
-	return rule, data, true
+	if flags&flagInline != 0 {
+		if len(rest) < 8 {
+			return "", nil, nil, false
+		}
+		inline = rest
+	} else if len(rest) != 0 {
+		return "", nil, nil, false
+	}
+	return rule, data, inline, true
 }

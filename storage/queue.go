@@ -51,23 +51,15 @@ func (s *Store) ReadQueue(function string, afterSeq uint64, max int) ([]Item, er
 	var items []Item
 	err := s.db.View(func(txn *badger.Txn) error {
 		return scanFn(txn, nsQueue, function, afterSeq, max, func(seq uint64, v []byte) error {
-			rule, data, ok := decodeTarget(v)
-			if !ok {
-				s.log.Error("storage: corrupt queue entry skipped", "function", function, "seq", seq)
-				return nil
-			}
-			ev, err := getEvent(txn, seq)
-			if errors.Is(err, ErrNotFound) {
-				s.log.Error("storage: queue entry without event skipped", "function", function, "seq", seq)
+			it, err := decodeItem(txn, function, seq, v)
+			if errors.Is(err, ErrNotFound) || errors.Is(err, event.ErrCorrupt) {
+				s.log.Error("storage: unreadable queue entry skipped", "function", function, "seq", seq, "err", err)
 				return nil
 			}
 			if err != nil {
 				return err
 			}
-			if data == nil {
-				data = ev.Data
-			}
-			items = append(items, Item{Seq: seq, Function: function, Rule: rule, Event: ev, Data: data})
+			items = append(items, it)
 			return nil
 		})
 	})
@@ -101,6 +93,33 @@ func scanFn(txn *badger.Txn, ns byte, function string, after uint64, max int, fn
 		}
 	}
 	return nil
+}
+
+// decodeItem builds the Item of a queue entry value v: the event inline in v, or read from its
+// own key.
+func decodeItem(txn *badger.Txn, function string, seq uint64, v []byte) (Item, error) {
+	rule, data, inline, ok := decodeTarget(v)
+	if !ok {
+		return Item{}, fmt.Errorf("queue entry %d of %q: %w", seq, function, event.ErrCorrupt)
+	}
+	var ev *event.Event
+	if inline != nil {
+		ev = &event.Event{}
+		if err := event.Decode(inline[8:], ev); err != nil {
+			return Item{}, fmt.Errorf("event %d: %w", seq, err)
+		}
+	} else {
+		var err error
+		if ev, err = getEvent(txn, seq); err != nil {
+			return Item{}, err
+		}
+	}
+	if data == nil {
+		data = ev.Data
+	} else {
+		data = append([]byte(nil), data...)
+	}
+	return Item{Seq: seq, Function: function, Rule: rule, Event: ev, Data: data}, nil
 }
 
 func getEvent(txn *badger.Txn, seq uint64) (*event.Event, error) {
@@ -190,20 +209,19 @@ func (s *Store) DeadLetters(function string, afterSeq uint64, max int) ([]DeadLe
 	err := s.db.View(func(txn *badger.Txn) error {
 		return scanFn(txn, nsDead, function, afterSeq, max, func(seq uint64, v []byte) error {
 			l, target, ok := decodeDead(v)
-			rule, data, ok2 := decodeTarget(target)
-			if !ok || !ok2 {
+			if !ok {
 				s.log.Error("storage: corrupt dead letter skipped", "function", function, "seq", seq)
 				return nil
 			}
-			ev, err := getEvent(txn, seq)
+			it, err := decodeItem(txn, function, seq, target)
+			if errors.Is(err, event.ErrCorrupt) {
+				s.log.Error("storage: corrupt dead letter skipped", "function", function, "seq", seq, "err", err)
+				return nil
+			}
 			if err != nil {
 				return err
 			}
-			if data == nil {
-				data = ev.Data
-			}
-			l.Seq = seq
-			l.Item = Item{Seq: seq, Function: function, Rule: rule, Event: ev, Data: data}
+			l.Seq, l.Item = seq, it
 			out = append(out, l)
 			return nil
 		})
@@ -240,7 +258,7 @@ func (s *Store) Replay(function string, seqs []uint64) ([]Item, error) {
 				wrap: func(old []byte) []byte {
 					_, target, ok := decodeDead(old)
 					if !ok {
-						return encodeTarget(nil, "", nil)
+						return encodeTarget(nil, "", nil, nil)
 					}
 					return target
 				},
@@ -271,15 +289,11 @@ func (s *Store) Replay(function string, seqs []uint64) ([]Item, error) {
 			if err != nil {
 				return err
 			}
-			rule, data, _ := decodeTarget(v)
-			ev, err := getEvent(txn, seq)
+			it, err := decodeItem(txn, function, seq, v)
 			if err != nil {
 				return err
 			}
-			if data == nil {
-				data = ev.Data
-			}
-			items = append(items, Item{Seq: seq, Function: function, Rule: rule, Event: ev, Data: data})
+			items = append(items, it)
 		}
 		return nil
 	})

@@ -126,42 +126,59 @@ func (s *Store) deleteEvents(del func(seq uint64, commitNanos int64) bool) (int,
 }
 
 // expire applies the max-age safety valve: events committed before cutoff are deleted with
-// their queue entries and dead letters, and this is logged as an error and counted.
+// their queue entries and dead letters, and this is logged as an error and counted. It reads
+// every pending entry, so it runs only when storage.max_age is set.
 func (s *Store) expire(cutoff time.Time) {
-	// Find the highest seq committed before cutoff.
+	limit := cutoff.UnixNano()
+	// The highest seq of a stand-alone event committed before cutoff.
 	var last uint64
-	found := false
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{nsEvent}})
 		defer it.Close()
 		for it.Rewind(); it.ValidForPrefix([]byte{nsEvent}); it.Next() {
-			var at int64
-			_ = it.Item().Value(func(v []byte) error {
-				if len(v) >= 8 {
-					at = int64(binary.BigEndian.Uint64(v))
-				}
-				return nil
-			})
-			if at >= cutoff.UnixNano() {
+			if commitNanos(it.Item()) >= limit {
 				break
 			}
-			last, found = binary.BigEndian.Uint64(it.Item().Key()[1:]), true
+			last = binary.BigEndian.Uint64(it.Item().Key()[1:])
 		}
 		return nil
 	})
-	if err != nil || !found {
+	if err != nil {
 		return
 	}
-	// Drop queue entries and dead letters that refer to them.
+	// Queue entries and dead letters of those events, and of events stored inline that are as old.
 	var ops []*op
 	perFn := map[string]int{}
+	inline := 0
 	err = s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
 		defer it.Close()
 		for _, ns := range []byte{nsQueue, nsDead} {
 			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); it.Next() {
 				fn, seq, ok := parseFnKey(it.Item().Key())
-				if !ok || seq > last {
+				if !ok {
+					continue
+				}
+				old := false
+				err := it.Item().Value(func(v []byte) error {
+					if ns == nsDead {
+						_, v, _ = decodeDead(v)
+					}
+					if _, _, in, ok := decodeTarget(v); ok && in != nil {
+						// Stored inline: the entry is the event's only copy.
+						if int64(binary.BigEndian.Uint64(in)) < limit {
+							old = true
+							inline++
+						}
+					} else {
+						old = seq <= last
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				if !old {
 					continue
 				}
 				o := &op{key: it.Item().KeyCopy(nil), delete: true, fn: fn}
@@ -187,11 +204,23 @@ func (s *Store) expire(cutoff time.Time) {
 	if err != nil {
 		s.log.Error("storage max_age: deleting expired events", "err", err)
 	}
-	if n > 0 || len(ops) > 0 {
-		s.m.expired.Add(n)
+	if n+inline > 0 || len(ops) > 0 {
+		s.m.expired.Add(n + inline)
 		s.log.Error("storage.max_age reached: events were deleted before every function received them",
-			"events", n, "undelivered_per_function", perFn, "cutoff", cutoff.Format(time.RFC3339))
+			"events", n+inline, "undelivered_per_function", perFn, "cutoff", cutoff.Format(time.RFC3339))
 	}
+}
+
+// commitNanos reads the commit time at the head of a stand-alone event's value.
+func commitNanos(item *badger.Item) int64 {
+	var at int64
+	_ = item.Value(func(v []byte) error {
+		if len(v) >= 8 {
+			at = int64(binary.BigEndian.Uint64(v))
+		}
+		return nil
+	})
+	return at
 }
 
 // gcLoop runs Badger's value-log garbage collection periodically.

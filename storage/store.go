@@ -587,12 +587,20 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 		}
 		*buf = binary.BigEndian.AppendUint64((*buf)[:0], uint64(time.Now().UnixNano()))
 		*buf = e.Event.AppendBinary(*buf)
-		if err := txn.SetEntry(badger.NewEntry(eventKey(e.Seq), append([]byte(nil), *buf...))); err != nil {
-			return fmt.Errorf("storing event: %w", err)
-		}
-		for _, t := range e.Targets {
-			if err := txn.SetEntry(badger.NewEntry(fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data))); err != nil {
+		if len(e.Targets) == 1 {
+			// One function: the event lives in its queue entry alone (one Badger entry, not two).
+			t := e.Targets[0]
+			if err := txn.SetEntry(badger.NewEntry(fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, *buf))); err != nil {
 				return fmt.Errorf("storing queue entry: %w", err)
+			}
+		} else {
+			if err := txn.SetEntry(badger.NewEntry(eventKey(e.Seq), append([]byte(nil), *buf...))); err != nil {
+				return fmt.Errorf("storing event: %w", err)
+			}
+			for _, t := range e.Targets {
+				if err := txn.SetEntry(badger.NewEntry(fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, nil))); err != nil {
+					return fmt.Errorf("storing queue entry: %w", err)
+				}
 			}
 		}
 		if e.IdempotencyKey != "" {

@@ -208,42 +208,55 @@ func countEvents(t *testing.T, s *Store) int {
 
 func TestRetentionDeletesOnlyDelivered(t *testing.T) {
 	s := openTest(t, t.TempDir())
+	// a has two functions (stored on its own), b and d one (stored in their queue entry), c none.
 	entries := []*Entry{newEntry("a", "1", "f", "g"), newEntry("b", "2", "f"), newEntry("c", "3"), newEntry("d", "4", "g")}
 	if err := s.Append(context.Background(), entries); err != nil {
 		t.Fatal(err)
 	}
 	s.Sweep()
-	if n := countEvents(t, s); n != 4 {
-		t.Fatalf("sweep deleted pending events: %d left", n)
+	if n := countEvents(t, s); n != 2 { // a, and c until the watermark passes it
+		t.Fatalf("stand-alone events after the first sweep: %d, want 2", n)
 	}
 	_ = s.Ack("f", entries[0].Seq, entries[1].Seq)
 	s.Sweep()
-	if n := countEvents(t, s); n != 4 { // g still needs a (seq 1)
-		t.Fatalf("after f acks: %d events, want 4", n)
+	if n := countEvents(t, s); n != 2 { // g still needs a (seq 1)
+		t.Fatalf("after f acks: %d stand-alone events, want 2", n)
+	}
+	items, _ := s.ReadQueue("g", 0, 0)
+	if len(items) != 2 || items[0].Event.ID != "a" || items[1].Event.ID != "d" {
+		t.Fatalf("g queue = %+v", items)
 	}
 	_ = s.Ack("g", entries[0].Seq)
 	s.Sweep()
-	if n := countEvents(t, s); n != 1 { // only d (g) remains
-		t.Fatalf("after g ack: %d events, want 1", n)
+	if n := countEvents(t, s); n != 0 {
+		t.Fatalf("after g ack: %d stand-alone events, want 0", n)
 	}
-	items, _ := s.ReadQueue("g", 0, 0)
-	if len(items) != 1 || items[0].Event.ID != "d" {
+	items, _ = s.ReadQueue("g", 0, 0)
+	if len(items) != 1 || items[0].Event.ID != "d" || string(items[0].Data) != "4" {
 		t.Fatalf("g queue = %+v", items)
 	}
 }
 
 func TestMaxAgeExpiresLoudly(t *testing.T) {
 	s := openTest(t, t.TempDir(), func(o *Options) { o.MaxAge = time.Hour })
-	old := []*Entry{newEntry("old", "1", "f")}
+	old := []*Entry{newEntry("inline", "1", "f"), newEntry("shared", "2", "f", "g")}
 	if err := s.Append(context.Background(), old); err != nil {
 		t.Fatal(err)
 	}
-	s.expire(time.Now().Add(time.Second)) // as if an hour had passed
-	if s.QueueDepth("f") != 0 || countEvents(t, s) != 0 {
-		t.Fatalf("expired event still there: depth %d events %d", s.QueueDepth("f"), countEvents(t, s))
+	_ = s.DeadLetter("g", []DeadLetter{{Seq: old[1].Seq, Attempts: 1, Reason: "x"}})
+	s.expire(time.Now().Add(-time.Minute)) // nothing is that old yet
+	if s.QueueDepth("f") != 2 {
+		t.Fatalf("young events expired: depth %d", s.QueueDepth("f"))
 	}
-	if v := s.m.expired.Get(); v != 1 {
-		t.Fatalf("expired counter = %d", v)
+	s.expire(time.Now().Add(time.Second)) // as if an hour had passed
+	if s.QueueDepth("f") != 0 || s.DeadLetterDepth("g") != 0 || countEvents(t, s) != 0 {
+		t.Fatalf("expired events still there: depth f %d, dead g %d, events %d", s.QueueDepth("f"), s.DeadLetterDepth("g"), countEvents(t, s))
+	}
+	if items, _ := s.ReadQueue("f", 0, 0); len(items) != 0 {
+		t.Fatalf("expired items still readable: %+v", items)
+	}
+	if v := s.m.expired.Get(); v != 2 {
+		t.Fatalf("expired counter = %d, want 2", v)
 	}
 }
 
@@ -455,5 +468,23 @@ func TestLargeConcurrentRequestsSplitIntoGroups(t *testing.T) {
 	}
 	if err := s.Append(context.Background(), tooMany); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("append of 100k entries = %v, want ErrTooLarge", err)
+	}
+}
+
+func TestTargetValueRoundTrip(t *testing.T) {
+	inline := append(make([]byte, 8), "event"...)
+	for _, c := range []struct {
+		rule         string
+		data, inline []byte
+	}{{"r", nil, nil}, {"", []byte{}, nil}, {"rule-1", []byte(`{"x":1}`), inline}, {"r", nil, inline}} {
+		rule, data, in, ok := decodeTarget(encodeTarget(nil, c.rule, c.data, c.inline))
+		if !ok || rule != c.rule || (data == nil) != (c.data == nil) || string(data) != string(c.data) || string(in) != string(c.inline) {
+			t.Fatalf("round trip of %+v: %q %q %q %v", c, rule, data, in, ok)
+		}
+	}
+	for _, bad := range [][]byte{nil, {5, 'a'}, {1, 'r', flagData, 9}, {1, 'r', flagInline, 1, 2}, {1, 'r', 0, 'x'}} {
+		if _, _, _, ok := decodeTarget(bad); ok {
+			t.Fatalf("decodeTarget(%v) accepted", bad)
+		}
 	}
 }
