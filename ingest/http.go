@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -39,6 +40,8 @@ type HTTPConfig struct {
 	WriteTimeout    time.Duration `yaml:"write_timeout"`
 	IdleTimeout     time.Duration `yaml:"idle_timeout"`
 	MaxConnsPerIP   int           `yaml:"max_conns_per_ip"`
+	RateLimit       float64       `yaml:"rate_limit"` // events per second per sender (tenant + subject); 0 = off
+	RateBurst       int           `yaml:"rate_burst"` // events a sender may send at once (default: one second's worth)
 	Concurrency     int           `yaml:"concurrency"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
@@ -68,6 +71,12 @@ func (c *HTTPConfig) Validate() error {
 	}
 	if c.MaxEvents <= 0 {
 		errs = append(errs, fmt.Errorf("http.max_events_per_request: must be positive, got %d", c.MaxEvents))
+	}
+	if c.RateLimit < 0 {
+		errs = append(errs, fmt.Errorf("http.rate_limit: must not be negative, got %g", c.RateLimit))
+	}
+	if c.RateBurst < 0 {
+		errs = append(errs, fmt.Errorf("http.rate_burst: must not be negative, got %d", c.RateBurst))
 	}
 	for name, d := range map[string]time.Duration{"read_timeout": c.ReadTimeout, "write_timeout": c.WriteTimeout, "idle_timeout": c.IdleTimeout} {
 		if d <= 0 {
@@ -105,6 +114,8 @@ type Server struct {
 
 	byCode   sync.Map // status code → *metrics.Counter
 	requests *metrics.Counter
+	limits   *senderLimits // nil when http.rate_limit is 0
+	limited  *metrics.Counter
 }
 
 type mount struct {
@@ -144,6 +155,10 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger}
 	s.requests = opts.Metrics.NewCounter("fleetgate_http_requests_total")
+	s.limited = opts.Metrics.NewCounter("fleetgate_http_rate_limited_events_total")
+	if opts.Config.RateLimit > 0 {
+		s.limits = newSenderLimits(opts.Config.RateLimit, opts.Config.RateBurst)
+	}
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
 		ErrorHandler:          s.handleTransportError,
@@ -415,6 +430,21 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 			s.fail(ctx, fasthttp.StatusBadRequest, "malformed", err.Error())
 		}
 		return
+	}
+	if s.limits != nil && len(parsed) > s.limits.burst {
+		s.limited.Add(len(parsed))
+		s.fail(ctx, fasthttp.StatusTooManyRequests, "rate_limited", fmt.Sprintf(
+			"a request of %d events can never pass http.rate_burst (%d events): split it", len(parsed), s.limits.burst))
+		return
+	}
+	if s.limits != nil {
+		if ok, wait := s.limits.allow(p.Tenant+"\x00"+p.Subject, len(parsed), time.Now()); !ok {
+			s.limited.Add(len(parsed))
+			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, strconv.Itoa(int(math.Ceil(max(wait.Seconds(), 1)))))
+			s.fail(ctx, fasthttp.StatusTooManyRequests, "rate_limited", fmt.Sprintf(
+				"over http.rate_limit (%g events/s, burst %d) for subject %q: retry later", s.opts.Config.RateLimit, s.limits.burst, p.Subject))
+			return
+		}
 	}
 	meta := requestMeta(ctx)
 	now := time.Now().UTC()

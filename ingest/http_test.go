@@ -342,3 +342,43 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
 }
+
+func TestRateLimitPerSender(t *testing.T) {
+	ts := startServer(t, func(c *HTTPConfig) { c.RateLimit, c.RateBurst = 0.5, 4 })
+	a, b := ts.token(t, "app-1", "app"), ts.token(t, "app-2", "app")
+	if r := ts.post(t, "/v1/events/apps/x", a, "application/json", `[1,2,3]`); r.status != 202 {
+		t.Fatalf("within burst: %d %v", r.status, r.body)
+	}
+	r := ts.post(t, "/v1/events/apps/x", a, "application/json", `[4,5]`)
+	if r.status != 429 || r.body["code"] != "rate_limited" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("over the rate: %d %v %v", r.status, r.header, r.body)
+	}
+	if r := ts.post(t, "/v1/events/apps/x", a, "application/json", `4`); r.status != 202 {
+		t.Fatalf("the last token of the burst: %d %v", r.status, r.body)
+	}
+	if r := ts.post(t, "/v1/events/apps/x", b, "application/json", `[1,2,3,4]`); r.status != 202 {
+		t.Fatalf("another sender is limited by the first: %d %v", r.status, r.body)
+	}
+	r = ts.post(t, "/v1/events/apps/x", b, "application/json", `[1,2,3,4,5]`)
+	if r.status != 429 || !strings.Contains(r.body["error"].(string), "split it") {
+		t.Fatalf("request over the burst: %d %v", r.status, r.body)
+	}
+	if n := len(ts.queued(t)); n != 8 {
+		t.Fatalf("%d events stored, want 8 (refused requests store nothing)", n)
+	}
+}
+
+func TestSenderLimitsStayBounded(t *testing.T) {
+	l := newSenderLimits(1, 1)
+	now := time.Now()
+	for i := range 64*maxSendersPerShard + 5000 {
+		l.allow(fmt.Sprint("sender-", i), 1, now)
+	}
+	total := 0
+	for i := range l.shards {
+		total += len(l.shards[i].senders)
+	}
+	if total > 64*maxSendersPerShard {
+		t.Fatalf("%d senders tracked, bound is %d", total, 64*maxSendersPerShard)
+	}
+}
