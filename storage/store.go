@@ -170,6 +170,7 @@ func Open(opts Options) (*Store, error) {
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(opts.MemTableBytes).
 		WithBlockCacheSize(opts.BlockCacheBytes).
+		WithNumMemtables(numMemtables).
 		WithMetricsEnabled(false)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
@@ -361,6 +362,10 @@ func (s *Store) write(ops []*op, after func()) error {
 // NewTransaction waits until earlier commits are done, so the next group is collected while the
 // previous one is being fsynced: it grows with the load instead of the log idling.
 const maxInflightCommits = 4
+
+// numMemtables is how many memtables Badger keeps (the one written and those being flushed);
+// Badger's default of 5 costs up to 320 MiB of memory at 64 MiB each.
+var numMemtables = 3
 
 // lingerEnabled switches the committer's linger (see commitLoop); benchmarks compare both.
 var lingerEnabled = true
