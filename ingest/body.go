@@ -56,7 +56,7 @@ type bodyEvent struct {
 // bounds the count. The returned Data slices alias body.
 func parseBody(contentType string, body []byte, maxEvents int) ([]bodyEvent, error) {
 	mt := ctJSON
-	if contentType != "" {
+	if contentType != "" && contentType != ctJSON {
 		t, _, err := mime.ParseMediaType(contentType)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %q", errUnsupportedType, contentType)

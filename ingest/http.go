@@ -368,18 +368,35 @@ const (
 	metaPrefix     = "X-Meta-"
 )
 
+// metaByHeader maps a header name, lower-cased, to its meta key.
+var metaByHeader = func() map[string]string {
+	m := make(map[string]string, len(metaHeaders))
+	for _, h := range metaHeaders {
+		m[strings.ToLower(h.header)] = h.key
+	}
+	return m
+}()
+
+// requestMeta collects the request metadata in one pass over the headers.
 func requestMeta(ctx *fasthttp.RequestCtx) map[string]string {
 	meta := make(map[string]string, 4)
-	for _, m := range metaHeaders {
-		if v := ctx.Request.Header.Peek(m.header); len(v) > 0 {
-			meta[m.key] = clip(v)
-		}
-	}
+	var lower [64]byte
 	ctx.Request.Header.VisitAll(func(k, v []byte) {
-		if len(meta) >= maxMetaEntries || len(k) <= len(metaPrefix) || !bytes.EqualFold(k[:len(metaPrefix)], []byte(metaPrefix)) {
+		if len(meta) >= maxMetaEntries || len(v) == 0 || len(k) > len(lower) {
 			return
 		}
-		meta[strings.ToLower(strings.ReplaceAll(string(k[len(metaPrefix):]), "-", "_"))] = clip(v)
+		name := lower[:len(k)]
+		for i, c := range k {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			name[i] = c
+		}
+		if key, ok := metaByHeader[string(name)]; ok {
+			meta[key] = clip(v)
+		} else if len(name) > len(metaPrefix) && string(name[:len(metaPrefix)]) == "x-meta-" {
+			meta[strings.ReplaceAll(string(name[len(metaPrefix):]), "-", "_")] = clip(v)
+		}
 	})
 	meta["remote_addr"] = ctx.RemoteIP().String()
 	return meta
