@@ -83,7 +83,7 @@ type Definition struct {
 
 	// republish: topic template with ${subject}, ${tenant}, ${topic}, ${levels.N}
 	Topic string `yaml:"topic"`
-	QoS   byte   `yaml:"qos"` // default 1 (applies to republish; 0 is taken as the default)
+	QoS   *byte  `yaml:"qos"` // republish: 0, 1 or 2 (default 1)
 
 	Batch       BatchPolicy   `yaml:"batch"`
 	Concurrency int           `yaml:"concurrency"` // batches in flight, default 4
@@ -131,8 +131,9 @@ func (d Definition) WithDefaults() Definition {
 	if d.MemoryLimitMB == 0 {
 		d.MemoryLimitMB = DefaultMemoryLimitMB
 	}
-	if d.QoS == 0 {
-		d.QoS = DefaultQoS
+	if d.QoS == nil {
+		q := byte(DefaultQoS)
+		d.QoS = &q
 	}
 	return d
 }
@@ -214,8 +215,8 @@ func validateDefinitions(defs []Definition, reg *Registry) error {
 				add("type", "unknown type %q: one of http, wasm, republish, log", d.Type)
 			}
 		}
-		if d.QoS > 2 {
-			add("qos", "%d must be 0, 1 or 2", d.QoS)
+		if d.QoS != nil && *d.QoS > 2 {
+			add("qos", "%d must be 0, 1 or 2", *d.QoS)
 		}
 		b := d.Batch
 		if b.MaxEvents > MaxBatchEvents {

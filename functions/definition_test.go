@@ -247,3 +247,21 @@ func FuzzCloudEvents(f *testing.F) {
 		}
 	})
 }
+
+func TestRepublishQoSZeroIsKept(t *testing.T) {
+	var defs struct {
+		Functions []Definition `yaml:"functions"`
+	}
+	src := "functions:\n  - {name: a, type: republish, topic: 'x/${subject}', qos: 0}\n  - {name: b, type: republish, topic: 'x/${subject}'}\n"
+	if err := yaml.Unmarshal([]byte(src), &defs); err != nil {
+		t.Fatal(err)
+	}
+	a, b := defs.Functions[0].WithDefaults(), defs.Functions[1].WithDefaults()
+	if *a.QoS != 0 || *b.QoS != 1 {
+		t.Fatalf("qos: explicit 0 became %d, default became %d", *a.QoS, *b.QoS)
+	}
+	bad := byte(3)
+	if err := ValidateDefinitions([]Definition{{Name: "c", Type: TypeRepublish, Topic: "x", QoS: &bad}}); err == nil {
+		t.Fatal("qos 3 accepted")
+	}
+}

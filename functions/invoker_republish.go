@@ -22,7 +22,11 @@ func newRepublishInvoker(def Definition, env Env) (Invoker, error) {
 	if env.Publisher == nil {
 		return nil, ErrNoPublisher
 	}
-	return &republishInvoker{tmpl: t, qos: def.QoS, pub: env.Publisher}, nil
+	qos := byte(DefaultQoS)
+	if def.QoS != nil {
+		qos = *def.QoS
+	}
+	return &republishInvoker{tmpl: t, qos: qos, pub: env.Publisher}, nil
 }
 
 // Invoke publishes every item; items that cannot be published are reported as failed.
