@@ -15,7 +15,6 @@ import (
 	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -458,24 +457,6 @@ func TestDeployConfigsLoad(t *testing.T) {
 	}
 }
 
-// docsThresholdWasm returns the WASM example: bin/functions/threshold.wasm when `make examples`
-// built it, else built now.
-func docsThresholdWasm(t *testing.T) string {
-	t.Helper()
-	if p, err := filepath.Abs("../../bin/functions/threshold.wasm"); err == nil {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	out := filepath.Join(t.TempDir(), "threshold.wasm")
-	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "../../examples/functions/threshold")
-	cmd.Env = append(cmd.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the threshold example: %v\n%s", err, b)
-	}
-	return out
-}
-
 // localize rewrites a deployment config to run here: data dir, listeners on loopback, key
 // files and wasm modules at local paths (the key file holding a fresh 64-character secret).
 func localize(t *testing.T, cfg *Config, wasm, wasmCache string) {
@@ -512,7 +493,7 @@ func localize(t *testing.T, cfg *Config, wasm, wasmCache string) {
 // checks that it answers its probes' paths, and that every metric it exposes is explained in
 // docs/operations.md, which names no metric that does not exist.
 func TestDeployConfigsStartGateway(t *testing.T) {
-	wasm := docsThresholdWasm(t)
+	wasm := buildThreshold(t)
 	wasmCache := t.TempDir()
 	ops, err := os.ReadFile(docsOperations)
 	if err != nil {
