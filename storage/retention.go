@@ -78,37 +78,32 @@ func (s *Store) deleteDelivered() {
 		s.log.Error("storage retention: computing watermark", "err", err)
 		return
 	}
-	n, err := s.deleteEvents(func(seq uint64, _ int64) bool { return seq < low })
+	n, err := s.deleteEvents(func(seq uint64) bool { return seq < low })
 	if err != nil {
 		s.log.Error("storage retention: deleting delivered events", "err", err)
 	}
 	s.m.deleted.Add(n)
 }
 
-// deleteEvents deletes events from the oldest on while keep(seq, commitNanos) is true.
-func (s *Store) deleteEvents(del func(seq uint64, commitNanos int64) bool) (int, error) {
+// deleteEvents deletes stand-alone events from the oldest on while del(seq) is true. It starts
+// where the previous call stopped (everything below is gone already) and reads keys only.
+func (s *Store) deleteEvents(del func(seq uint64) bool) (int, error) {
 	total := 0
 	for {
 		var batch []*op
+		var stop uint64
 		err := s.db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{nsEvent}})
 			defer it.Close()
-			for it.Rewind(); it.ValidForPrefix([]byte{nsEvent}) && len(batch) < 10000; it.Next() {
+			for it.Seek(eventKey(s.sweptTo.Load())); it.ValidForPrefix([]byte{nsEvent}) && len(batch) < 10000; it.Next() {
 				k := it.Item().KeyCopy(nil)
 				seq := binary.BigEndian.Uint64(k[1:])
-				var at int64
-				if err := it.Item().Value(func(v []byte) error {
-					if len(v) >= 8 {
-						at = int64(binary.BigEndian.Uint64(v))
-					}
-					return nil
-				}); err != nil {
-					return err
-				}
-				if !del(seq, at) {
+				if !del(seq) {
+					stop = seq
 					break
 				}
 				batch = append(batch, &op{key: k, delete: true})
+				stop = seq + 1
 			}
 			return nil
 		})
@@ -117,6 +112,10 @@ func (s *Store) deleteEvents(del func(seq uint64, commitNanos int64) bool) (int,
 		}
 		if err := s.write(batch, nil); err != nil {
 			return total, err
+		}
+		// Every stand-alone event below stop is deleted now.
+		if stop > s.sweptTo.Load() {
+			s.sweptTo.Store(stop)
 		}
 		total += len(batch)
 		if len(batch) < 10000 {
@@ -200,7 +199,7 @@ func (s *Store) expire(cutoff time.Time) {
 		s.log.Error("storage max_age: dropping expired queue entries", "err", err)
 		return
 	}
-	n, err := s.deleteEvents(func(seq uint64, _ int64) bool { return seq <= last })
+	n, err := s.deleteEvents(func(seq uint64) bool { return seq <= last })
 	if err != nil {
 		s.log.Error("storage max_age: deleting expired events", "err", err)
 	}

@@ -116,6 +116,7 @@ type Store struct {
 	lastSeq      uint64 // highest seq assigned; committer goroutine only
 	committedSeq atomic.Uint64
 	// lastCommitNanos is the duration of the last commit, for the committer's linger.
+	sweptTo          atomic.Uint64 // every stand-alone event below this seq has been deleted
 	lastCommitNanos  atomic.Int64
 	totalCommitNanos atomic.Int64
 
