@@ -23,9 +23,11 @@ import (
 	"github.com/fleetgate/fleetgate/storage"
 )
 
-// Authenticator verifies the JWT a client sends as its CONNECT password.
+// Authenticator verifies the JWT a client sends as its CONNECT password, and builds the
+// principal of a client authenticated by its certificate alone (mqtt.tls.cert_role).
 type Authenticator interface {
 	Verify(token string) (*auth.Principal, error)
+	PrincipalFor(subject, tenant, role string, expires time.Time) (*auth.Principal, error)
 }
 
 // Acceptor takes events into the gateway durably (ingest.Gateway satisfies it).

@@ -13,13 +13,16 @@ import (
 // (plain MQTT stays on Addr), otherwise on Addr itself (no plain listener then).
 // With ClientCAFile set as well, TLS clients must present a certificate signed by one of its
 // CAs (mTLS). Certificate → subject mapping: the certificate's Subject Common Name is the
-// device's identity, and the password JWT is still required (it carries role, tenant and
-// claims); the token's "sub" must equal the Common Name, otherwise the CONNECT is refused
-// with "not authorized" (3.1.1: 0x05, 5: 0x87).
+// device's identity. With a password JWT, the token's "sub" must equal the Common Name,
+// otherwise the CONNECT is refused with "not authorized" (3.1.1: 0x05, 5: 0x87). With
+// CertRole set, a client that sends no password is authenticated by its certificate alone:
+// subject = Common Name, tenant = the first Organization (if any), role = CertRole, until the
+// certificate's NotAfter.
 type TLSConfig struct {
 	CertFile     string `yaml:"cert_file"`
 	KeyFile      string `yaml:"key_file"`
 	ClientCAFile string `yaml:"client_ca_file"`
+	CertRole     string `yaml:"cert_role"`
 }
 
 // Enabled reports whether TLS is configured.
@@ -96,6 +99,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		add("mqtt.tls: cert_file and key_file must be set together")
+	}
+	if c.TLS.CertRole != "" && c.TLS.ClientCAFile == "" {
+		add("mqtt.tls.cert_role: needs mqtt.tls.client_ca_file (only certificates from that CA may stand for a token)")
 	}
 	if c.TLS.ClientCAFile != "" && !c.TLS.Enabled() {
 		add("mqtt.tls.client_ca_file: needs mqtt.tls.cert_file and key_file")

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -53,7 +54,17 @@ var (
 // refusal writes its own CONNACK (mochi only knows one refusal code) and ends the connection.
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
-	p, err := b.auth.Verify(string(pk.Connect.Password))
+	var p *auth.Principal
+	var err error
+	if cert := b.certOnly(cl, pk); cert != nil {
+		var tenant string
+		if len(cert.Subject.Organization) > 0 {
+			tenant = cert.Subject.Organization[0]
+		}
+		p, err = b.auth.PrincipalFor(cert.Subject.CommonName, tenant, b.cfg.TLS.CertRole, cert.NotAfter)
+	} else {
+		p, err = b.auth.Verify(string(pk.Connect.Password))
+	}
 	if err != nil {
 		b.m.connectBadToken.Inc()
 		return b.refuseConnect(cl, refuseBadToken, fmt.Errorf("client %q: %w", cl.ID, err))
@@ -67,6 +78,23 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	s.armExpiry()
 	b.m.connectOK.Inc()
 	return nil
+}
+
+// certOnly returns the verified client certificate of a CONNECT that sends no password over
+// mTLS, when mqtt.tls.cert_role lets a certificate stand for a token; else nil.
+func (b *Broker) certOnly(cl *mqtt.Client, pk packets.Packet) *x509.Certificate {
+	if b.cfg.TLS.CertRole == "" || len(pk.Connect.Password) != 0 {
+		return nil
+	}
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return nil // not verified against mqtt.tls.client_ca_file
+	}
+	return st.PeerCertificates[0]
 }
 
 // admit applies the policy to an authenticated CONNECT; it returns why the client may not

@@ -215,3 +215,51 @@ func TestWebSocket(t *testing.T) {
 	}
 	// An idle WebSocket is closed by the CONNECT deadline too (checked on TCP in detail).
 }
+
+// TestCertificateOnlyDevices: with mqtt.tls.cert_role, a device with a certificate from the
+// client CA and no password is its certificate's Common Name, under the role's policy; without
+// cert_role, no password is refused as before.
+func TestCertificateOnlyDevices(t *testing.T) {
+	pki := newPKI(t)
+	for _, role := range []string{"device", ""} {
+		e := newEnv(t, "", func(c *Config, _ *Options) {
+			c.TLSAddr = "127.0.0.1:0"
+			c.TLS = TLSConfig{CertFile: pki.certFile, KeyFile: pki.keyFile, ClientCAFile: pki.caFile, CertRole: role}
+		})
+		dial := func(cert tls.Certificate, v byte) *rawClient {
+			c, err := tls.Dial("tcp", e.broker.TLSAddr().String(), &tls.Config{RootCAs: pki.caPool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{cert}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			return &rawClient{t: t, c: c, v: v, r: newReader(c)}
+		}
+		rc := dial(pki.clientD1, 5)
+		ack := rc.connect("d1", "", true, nil)
+		if role == "" {
+			if ack.ReasonCode != packets.ErrBadUsernameOrPassword.Code {
+				t.Fatalf("no password without cert_role: CONNACK %#x", ack.ReasonCode)
+			}
+			continue
+		}
+		if ack.ReasonCode != 0 {
+			t.Fatalf("certificate-only CONNACK %#x", ack.ReasonCode)
+		}
+		rc.send(publishPacket("devices/d1/t", 1, 1, []byte("by certificate")))
+		if pk, err := rc.read(); err != nil || pk.FixedHeader.Type != packets.Puback || pk.ReasonCode != 0 {
+			t.Fatalf("PUBACK %+v %v", pk, err)
+		}
+		rc.send(publishPacket("devices/d2/t", 1, 2, []byte("not mine")))
+		if pk, err := rc.read(); err != nil || pk.ReasonCode != packets.ErrNotAuthorized.Code {
+			t.Fatalf("publish outside the certificate's policy: %+v %v", pk, err)
+		}
+		stored := e.stored()
+		if len(stored) != 1 || stored[0].Event.Subject != "d1" || stored[0].Event.Topic != "devices/d1/t" {
+			t.Fatalf("stored %+v", stored)
+		}
+		// The client id must still be the certificate's subject.
+		if ack := dial(pki.clientD1, 5).connect("d2", "", true, nil); ack.ReasonCode != packets.ErrNotAuthorized.Code {
+			t.Fatalf("certificate of d1 as client d2: CONNACK %#x", ack.ReasonCode)
+		}
+	}
+}

@@ -115,6 +115,11 @@ func (c *Config) Validate() error {
 	if err := c.Auth.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if r := c.MQTT.TLS.CertRole; r != "" {
+		if _, ok := c.Auth.Policies[r]; !ok {
+			errs = append(errs, fmt.Errorf("mqtt.tls.cert_role: no policy for role %q under auth.policies", r))
+		}
+	}
 	if c.Storage.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("storage.max_bytes: must not be negative, got %d", c.Storage.MaxBytes))
 	}

@@ -202,14 +202,14 @@ rules:
 	cfg = writeTestFile(t, dir, "bad2.yaml", `
 data_dir: `+dir+`/data
 http: {max_body_bytes: -1}
-mqtt: {max_clients: -5}
+mqtt: {max_clients: -5, tls: {cert_role: wizard}}
 functions:
   - {name: f, type: teleport}
 rules:
   - {id: r, topic: "a/#/b", functions: [nope]}
 `)
 	out, _ = exec.Command(binPath, "serve", "--config", cfg).CombinedOutput()
-	for _, want := range []string{"http.max_body_bytes", "max_clients", "teleport", "a/#/b", "nope"} {
+	for _, want := range []string{"http.max_body_bytes", "max_clients", "teleport", "a/#/b", "nope", `no policy for role "wizard"`, "cert_role: needs mqtt.tls.client_ca_file"} {
 		if !bytes.Contains(out, []byte(want)) {
 			t.Errorf("problem %q not reported in:\n%s", want, out)
 		}

@@ -323,3 +323,31 @@ func TestNewReportsAllFileProblems(t *testing.T) {
 		}
 	}
 }
+
+func TestPrincipalForCertificateSenders(t *testing.T) {
+	v, err := New(DefaultConfig(), Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := v.PrincipalFor("d1", "acme", "device", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.CanPublish("devices/d1/telemetry") || p.CanPublish("devices/d2/telemetry") || !p.ClientIDAllowed("d1") || p.IsAdmin() {
+		t.Fatalf("policy of a certificate device: %+v", p.Policy())
+	}
+	// A subject that would widen the policy grants nothing.
+	p, err = v.PrincipalFor("+", "", "device", time.Time{})
+	if err != nil || p.CanPublish("devices/x/telemetry") {
+		t.Fatalf("wildcard subject widened access: %v", err)
+	}
+	if _, err := v.PrincipalFor("d1", "", "wizard", time.Time{}); !errors.Is(err, ErrNoRole) {
+		t.Fatalf("unknown role: %v", err)
+	}
+	if _, err := v.PrincipalFor("", "", "device", time.Time{}); !errors.Is(err, ErrNoSubject) {
+		t.Fatalf("empty subject: %v", err)
+	}
+	if !v.HasRole("device") || v.HasRole("wizard") {
+		t.Fatal("HasRole")
+	}
+}
