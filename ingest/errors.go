@@ -11,6 +11,8 @@ var (
 	ErrUnavailable = errors.New("ingest: storage unavailable")
 	// ErrTooManyHops means an event re-ingested from a function output exceeded the hop limit.
 	ErrTooManyHops = errors.New("ingest: too many hops")
+	// ErrTooLarge means one call holds more than a single commit may (split it); nothing was stored.
+	ErrTooLarge = errors.New("ingest: too many events or bytes for one commit")
 	// ErrInvalid means an event is malformed (no topic, bad id); nothing was stored.
 	ErrInvalid = errors.New("ingest: invalid event")
 )

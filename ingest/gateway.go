@@ -168,7 +168,9 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", ErrBusy, err)
 	case errors.Is(err, storage.ErrFull), errors.Is(err, storage.ErrClosed):
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
-	case errors.Is(err, storage.ErrTooLarge), errors.Is(err, storage.ErrInvalid):
+	case errors.Is(err, storage.ErrTooLarge):
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	case errors.Is(err, storage.ErrInvalid):
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)

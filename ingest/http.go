@@ -517,6 +517,8 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		case errors.Is(err, ErrBusy):
 			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 			s.fail(ctx, fasthttp.StatusServiceUnavailable, "busy", err.Error())
+		case errors.Is(err, ErrTooLarge):
+			s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large", "too many events for one request (each event and each function it goes to counts): split the request")
 		case errors.Is(err, ErrInvalid):
 			s.fail(ctx, fasthttp.StatusBadRequest, "invalid", err.Error())
 		default:

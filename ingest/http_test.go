@@ -382,3 +382,21 @@ func TestSenderLimitsStayBounded(t *testing.T) {
 		t.Fatalf("%d senders tracked, bound is %d", total, 64*maxSendersPerShard)
 	}
 }
+
+func TestRequestOverOneCommitIs413(t *testing.T) {
+	ts := startServer(t, func(c *HTTPConfig) { c.MaxBodyBytes = 8 << 20 })
+	ts.srv.opts.Gateway.SetRouter(RouterFunc(func(_ *event.Event, dst []storage.Target) []storage.Target {
+		for _, f := range []string{"a", "b", "c", "d", "e"} {
+			dst = append(dst, storage.Target{Function: f, Rule: "r"})
+		}
+		return dst
+	}))
+	body := "[" + strings.TrimSuffix(strings.Repeat("1,", 10000), ",") + "]"
+	a := ts.post(t, "/v1/events/apps/x", ts.token(t, "app-1", "app"), "application/json", body)
+	if a.status != 413 || a.body["code"] != "too_large" {
+		t.Fatalf("10000 events × 5 functions: %d %v", a.status, a.body)
+	}
+	if n, _ := ts.store.ReadQueue("a", 0, 0); len(n) != 0 {
+		t.Fatalf("a refused request stored %d events", len(n))
+	}
+}
