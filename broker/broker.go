@@ -392,3 +392,14 @@ func ackCode(err error) packets.Code {
 	}
 	return packets.ErrUnspecifiedError
 }
+
+// disconnectListener tells the authenticated clients of one listener that the server is
+// shutting down (MQTT 5: DISCONNECT 0x8B) and closes them.
+func (b *Broker) disconnectListener(id string) {
+	b.sessions.Range(func(k, _ any) bool {
+		if cl := k.(*mqtt.Client); cl.Net.Listener == id && !cl.Closed() {
+			_ = b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+		return true
+	})
+}

@@ -181,7 +181,10 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 		}
 		_ = l.ln.Close()
 	}
-	closeClients(l.id)
+	// Not mochi's closeClients: its Clients.GetByListener takes a read lock twice and deadlocks
+	// against a concurrent Clients.Delete (upstream mochi-mqtt/server#488). The broker's own
+	// session map names the same clients; the connections still in CONNECT are closed below.
+	l.b.disconnectListener(l.id)
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
