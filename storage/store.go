@@ -188,10 +188,18 @@ func Open(opts Options) (*Store, error) {
 		closing: make(chan struct{}),
 		depth:   map[string]*depthCounter{},
 	}
+	start := time.Now()
 	if err := s.load(); err != nil {
 		db.Close()
 		return nil, err
 	}
+	var pending, dead int64
+	for _, c := range s.depth {
+		pending += c.queue.Load()
+		dead += c.dead.Load()
+	}
+	s.log.Info("storage opened", "dir", opts.Dir, "last_seq", s.lastSeq, "pending", pending,
+		"dead_letters", dead, "functions", len(s.depth), "took", time.Since(start).Round(time.Millisecond))
 	ms := opts.Metrics
 	s.m = storeMetrics{
 		appended:      ms.NewCounter("fleetgate_storage_events_appended_total"),
