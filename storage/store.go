@@ -17,6 +17,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/skl"
 
 	"github.com/fleetgate/fleetgate/event"
 )
@@ -47,7 +48,7 @@ type Options struct {
 	InMemory bool   // for tests only: nothing survives Close
 
 	MaxPendingBytes int64         // appends waiting for a commit, beyond which Append fails with ErrBusy (default 64 MiB)
-	MaxGroupBytes   int           // bytes per commit group (default 4 MiB)
+	MaxGroupBytes   int           // bytes per commit group before it stops collecting (default 2 MiB)
 	MaxBytes        int64         // refuse appends with ErrFull once the data dir is this large (default 0: no limit)
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
 	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
@@ -90,19 +91,38 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Bounds of one request and one group: Badger refuses a transaction over 15% of the memtable
-// in bytes (9.6 MiB by default) or about 100k entries.
-const (
-	maxRequestBytes   = 4 << 20
-	maxRequestEntries = 60000
-	maxGroupEntries   = 40000
-)
+// MinMemTableBytes is the smallest memtable the store accepts (Badger's 1 MiB value threshold
+// must stay under a transaction's limit, 15% of the memtable).
+const MinMemTableBytes = 8 << 20
+
+// txnLimits bounds requests and groups so that every group fits in one Badger transaction,
+// which Badger caps at 15% of the memtable in bytes and that divided by its skiplist node size
+// in entries (9.6 MiB and about 100k entries with the default 64 MiB memtable). The store's own
+// size estimates leave out Badger's per-entry overhead, hence the margins.
+type txnLimits struct {
+	requestBytes, groupBytes     int64 // hard limits: a request over requestBytes is refused
+	requestEntries, groupEntries int   // likewise in Badger entries
+	softEntries                  int   // a group stops collecting at this many entries
+}
+
+func newTxnLimits(memtable int64) txnLimits {
+	maxBytes := memtable * 15 / 100
+	maxEntries := int(maxBytes / int64(skl.MaxNodeSize))
+	return txnLimits{
+		requestBytes:   min(4<<20, maxBytes/2),
+		groupBytes:     maxBytes * 8 / 10,
+		requestEntries: maxEntries * 6 / 10,
+		groupEntries:   maxEntries * 9 / 10,
+		softEntries:    maxEntries * 4 / 10,
+	}
+}
 
 // Store is the durable log. All methods are safe for concurrent use.
 type Store struct {
-	opts Options
-	db   *badger.DB
-	log  *slog.Logger
+	opts   Options
+	limits txnLimits
+	db     *badger.DB
+	log    *slog.Logger
 
 	reqs     chan *writeReq
 	pending  atomic.Int64 // bytes in reqs
@@ -160,6 +180,9 @@ type op struct {
 // Open opens (or creates) the store in opts.Dir and starts its committer, sweeper and value-log GC.
 func Open(opts Options) (*Store, error) {
 	opts.setDefaults()
+	if opts.MemTableBytes < MinMemTableBytes {
+		return nil, fmt.Errorf("opening storage: %w: memtable of %d bytes, at least %d", ErrInvalid, opts.MemTableBytes, MinMemTableBytes)
+	}
 	if opts.Dir == "" && !opts.InMemory {
 		return nil, fmt.Errorf("opening storage: %w: no data directory", ErrInvalid)
 	}
@@ -182,6 +205,7 @@ func Open(opts Options) (*Store, error) {
 	}
 	s := &Store{
 		opts:    opts,
+		limits:  newTxnLimits(opts.MemTableBytes),
 		db:      db,
 		log:     opts.Logger,
 		reqs:    make(chan *writeReq, 1<<14),
@@ -328,8 +352,8 @@ func (s *Store) AppendAsync(entries []*Entry, done func(error)) {
 // submit hands r to the committer or fails it.
 func (s *Store) submit(r *writeReq) {
 	r.count += len(r.ops)
-	if r.size > maxRequestBytes || r.count > maxRequestEntries {
-		r.done(fmt.Errorf("writing: %w: %d bytes, %d entries (limits %d bytes, %d entries)", ErrTooLarge, r.size, r.count, maxRequestBytes, maxRequestEntries))
+	if lim := s.limits; r.size > lim.requestBytes || r.count > lim.requestEntries {
+		r.done(fmt.Errorf("writing: %w: %d bytes, %d entries (limits %d bytes, %d entries)", ErrTooLarge, r.size, r.count, lim.requestBytes, lim.requestEntries))
 		return
 	}
 	if s.pending.Add(r.size) > s.opts.MaxPendingBytes {
@@ -439,7 +463,7 @@ func (s *Store) commitLoop() {
 			linger = lingerTimer.C
 		}
 	drain:
-		for bytes < int64(s.opts.MaxGroupBytes) && count < maxGroupEntries {
+		for bytes < int64(s.opts.MaxGroupBytes) && count < s.limits.softEntries {
 			var r *writeReq
 			select {
 			case r = <-s.reqs:
@@ -453,7 +477,7 @@ func (s *Store) commitLoop() {
 					break drain
 				}
 			}
-			if bytes+r.size > 2*maxRequestBytes || count+r.count > 90000 {
+			if bytes+r.size > s.limits.groupBytes || count+r.count > s.limits.groupEntries {
 				carry = r // Badger's transaction limits: it starts the next group
 				break drain
 			}

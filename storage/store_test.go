@@ -280,7 +280,7 @@ func TestBadInputAndClosed(t *testing.T) {
 	if err := s.Append(context.Background(), []*Entry{{}}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("nil event = %v", err)
 	}
-	big := newEntry("big", strings.Repeat("x", maxRequestBytes+1), "f")
+	big := newEntry("big", strings.Repeat("x", int(s.limits.requestBytes)+1), "f")
 	if err := s.Append(context.Background(), []*Entry{big}); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("huge append = %v", err)
 	}
@@ -442,10 +442,21 @@ func TestChildAppender(t *testing.T) {
 // TestLargeConcurrentRequestsSplitIntoGroups: requests that together exceed one Badger
 // transaction are committed in several groups, none failing; one request over the limit is refused.
 func TestLargeConcurrentRequestsSplitIntoGroups(t *testing.T) {
-	s := openTest(t, t.TempDir())
+	t.Run("memtable=64MiB", func(t *testing.T) { testLargeRequests(t, 64<<20, []int{4000, 11000, 11000}) })
+	// A small memtable shrinks Badger's transaction limits with it (15%: 1.2 MiB).
+	t.Run("memtable=8MiB", func(t *testing.T) { testLargeRequests(t, MinMemTableBytes, []int{1000, 1500, 1500, 1200}) })
+	if _, err := Open(Options{Dir: t.TempDir(), MemTableBytes: 4 << 20}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("memtable under the minimum: %v", err)
+	}
+}
+
+func testLargeRequests(t *testing.T, memtable int64, sizes []int) {
+	s := openTest(t, t.TempDir(), func(o *Options) { o.MemTableBytes = memtable })
+	t.Logf("limits: %+v", s.limits)
 	var wg sync.WaitGroup
-	sizes := []int{4000, 11000, 11000} // 20k, 55k and 55k Badger entries
+	total := 0
 	for r, n := range sizes {
+		total += n
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -459,15 +470,15 @@ func TestLargeConcurrentRequestsSplitIntoGroups(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if d := s.QueueDepth("g"); d != 26000 {
-		t.Fatalf("queue depth %d, want 26000", d)
+	if d := s.QueueDepth("g"); d != int64(total) {
+		t.Fatalf("queue depth %d, want %d", d, total)
 	}
-	tooMany := make([]*Entry, 20000)
+	tooMany := make([]*Entry, s.limits.requestEntries/5+1)
 	for i := range tooMany {
 		tooMany[i] = newEntry(fmt.Sprint(i), "x", "f", "g", "h")
 	}
 	if err := s.Append(context.Background(), tooMany); !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("append of 100k entries = %v, want ErrTooLarge", err)
+		t.Fatalf("append over the request limit = %v, want ErrTooLarge", err)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
 	"github.com/fleetgate/fleetgate/rules"
+	"github.com/fleetgate/fleetgate/storage"
 )
 
 // Config is the whole config file. Every key is optional; see DefaultConfig.
@@ -40,6 +41,10 @@ type StorageConfig struct {
 	MaxAge time.Duration `yaml:"max_age"`
 	// IdempotencyTTL is how long event ids and Idempotency-Keys are remembered (default 24h).
 	IdempotencyTTL time.Duration `yaml:"idempotency_ttl"`
+	// MemtableBytes is the size of Badger's memtables (default 64 MiB; 3 of them at most are
+	// in memory). Smaller uses less memory, flushes more often, and lowers how much one
+	// request may carry (15% of it).
+	MemtableBytes int64 `yaml:"memtable_bytes"`
 }
 
 // LogConfig is the `log:` section: the gateway's own log on stderr.
@@ -58,7 +63,7 @@ func DefaultConfig() Config {
 		MQTT:    broker.DefaultConfig(),
 		HTTP:    ingest.DefaultHTTPConfig(),
 		Auth:    auth.DefaultConfig(),
-		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour},
+		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour, MemtableBytes: 64 << 20},
 		Log:     LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -122,6 +127,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("storage.max_bytes: must not be negative, got %d", c.Storage.MaxBytes))
+	}
+	if c.Storage.MemtableBytes < storage.MinMemTableBytes {
+		errs = append(errs, fmt.Errorf("storage.memtable_bytes: at least %d (8 MiB), got %d", storage.MinMemTableBytes, c.Storage.MemtableBytes))
 	}
 	if c.Storage.MaxAge < 0 {
 		errs = append(errs, fmt.Errorf("storage.max_age: must not be negative, got %s", c.Storage.MaxAge))

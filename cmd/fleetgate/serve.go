@@ -179,7 +179,8 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	}
 	g.store, err = storage.Open(storage.Options{
 		Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MaxAge: cfg.Storage.MaxAge,
-		IdempotencyTTL: cfg.Storage.IdempotencyTTL, Metrics: g.metrics, Logger: log.With("component", "storage"),
+		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes,
+		Metrics: g.metrics, Logger: log.With("component", "storage"),
 	})
 	if err != nil {
 		return g, err
