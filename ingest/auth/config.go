@@ -44,6 +44,9 @@ type Config struct {
 	Policies map[string]Policy `yaml:"policies"` // by the token's "role" claim
 	// CacheSize bounds the verified-token cache (entries). 0 means the default, 100000.
 	CacheSize int `yaml:"cache_size"`
+	// RequireExp refuses tokens without an "exp" claim (they are accepted by default, for
+	// long-lived device credentials).
+	RequireExp bool `yaml:"require_exp"`
 }
 
 // DefaultCacheSize is the verified-token cache bound used when Config.CacheSize is 0.

@@ -351,3 +351,28 @@ func TestPrincipalForCertificateSenders(t *testing.T) {
 		t.Fatal("HasRole")
 	}
 }
+
+func TestRequireExp(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	lax, err := New(cfg, Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forever, _ := lax.Sign(MintClaims("d1", "", "device", nil, 0, time.Now()))
+	if _, err := lax.Verify(forever); err != nil {
+		t.Fatalf("token without exp refused by default: %v", err)
+	}
+	cfg.RequireExp = true
+	strict, err := New(cfg, Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := strict.Verify(forever); !errors.Is(err, ErrExpired) || !strings.Contains(err.Error(), "require_exp") {
+		t.Fatalf("token without exp under require_exp: %v", err)
+	}
+	hour, _ := strict.Sign(MintClaims("d1", "", "device", nil, time.Hour, time.Now()))
+	if _, err := strict.Verify(hour); err != nil {
+		t.Fatalf("token with exp under require_exp: %v", err)
+	}
+}

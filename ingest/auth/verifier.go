@@ -30,6 +30,7 @@ type Verifier struct {
 	issuer   string
 	audience string
 	leeway   time.Duration
+	needExp  bool
 	now      func() time.Time
 	log      *slog.Logger
 	cache    *tokenCache
@@ -70,6 +71,7 @@ func New(cfg Config, opts Options) (*Verifier, error) {
 		issuer:   cfg.Issuer,
 		audience: cfg.Audience,
 		leeway:   cfg.Leeway,
+		needExp:  cfg.RequireExp,
 		now:      opts.Now,
 		log:      opts.Logger,
 	}
@@ -329,6 +331,8 @@ func (v *Verifier) verify(token string) (*Principal, int64, error) {
 	if exp, err := claims.GetExpirationTime(); err == nil && exp != nil {
 		p.ExpiresAt = exp.Time
 		deadline = exp.Add(v.leeway).UnixNano()
+	} else if v.needExp {
+		return nil, 0, fmt.Errorf("%w: token has no \"exp\" claim and auth.require_exp is set", ErrExpired)
 	}
 	return p, deadline, nil
 }
