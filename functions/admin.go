@@ -17,7 +17,7 @@ import (
 type FunctionStats struct {
 	Name        string  `json:"name"`
 	Type        string  `json:"type"`
-	State       string  `json:"state"` // running | catching_up | failing | stopped
+	State       string  `json:"state"` // running | catching_up | failing | stopped | removed (events left for a function no longer configured)
 	QueueDepth  int64   `json:"queue_depth"`
 	DeadLetters int64   `json:"dead_letters"`
 	LagSeconds  float64 `json:"lag_seconds"` // age of the oldest event in memory not yet delivered
@@ -51,7 +51,7 @@ func (d *Dispatcher) Stats() []FunctionStats {
 		}
 		out = append(out, st)
 	}
-	return out
+	return append(out, d.removed()...)
 }
 
 // DeadLetterView is one dead letter as the admin API shows it.
@@ -123,6 +123,8 @@ func (d *Dispatcher) AdminHandler() fasthttp.RequestHandler {
 				return
 			}
 			httpx.WriteJSON(ctx, fasthttp.StatusOK, d.Stats())
+		case strings.HasPrefix(rest, "functions/") && strings.HasSuffix(rest, "/queue"):
+			d.serveDropQueue(ctx, strings.TrimSuffix(strings.TrimPrefix(rest, "functions/"), "/queue"))
 		case strings.HasPrefix(rest, "dlq/"):
 			d.serveDLQ(ctx, strings.TrimPrefix(rest, "dlq/"))
 		default:
@@ -191,6 +193,27 @@ func (d *Dispatcher) serveDLQ(ctx *fasthttp.RequestCtx, rest string) {
 	default:
 		httpx.WriteError(ctx, fasthttp.StatusNotFound, "not_found", "no such admin endpoint: "+string(ctx.Path()))
 	}
+}
+
+// serveDropQueue serves DELETE /admin/v1/functions/{name}/queue: it drops the queued events
+// and dead letters of a function that is no longer configured. A configured function's queue
+// cannot be dropped (its events are being delivered; use the dead letters instead).
+func (d *Dispatcher) serveDropQueue(ctx *fasthttp.RequestCtx, name string) {
+	if !ctx.IsDelete() {
+		methodNotAllowed(ctx, "DELETE")
+		return
+	}
+	if d.Known(name) {
+		httpx.WriteError(ctx, fasthttp.StatusConflict, "function_configured",
+			"function "+strconv.Quote(name)+" is configured: its queue is being delivered; only a removed function's queue can be dropped")
+		return
+	}
+	q, dl, err := d.store.DropQueue(name)
+	if err != nil {
+		writeStoreError(ctx, err)
+		return
+	}
+	httpx.WriteJSON(ctx, fasthttp.StatusOK, map[string]any{"function": name, "dropped": q, "dropped_dead_letters": dl})
 }
 
 func methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {

@@ -117,6 +117,21 @@ func (d *Dispatcher) Known(name string) bool {
 	return ok
 }
 
+// removed lists the functions that still have queued events or dead letters in storage but are
+// no longer configured.
+func (d *Dispatcher) removed() []FunctionStats {
+	var out []FunctionStats
+	for _, name := range d.store.Functions() {
+		if d.Known(name) {
+			continue
+		}
+		if q, dl := d.store.QueueDepth(name), d.store.DeadLetterDepth(name); q > 0 || dl > 0 {
+			out = append(out, FunctionStats{Name: name, State: "removed", QueueDepth: q, DeadLetters: dl})
+		}
+	}
+	return out
+}
+
 // Start registers the store's commit hook and starts every function's loop, which first
 // catches up with what storage holds for it.
 func (d *Dispatcher) Start() error {
@@ -125,6 +140,11 @@ func (d *Dispatcher) Start() error {
 	}
 	d.startOnce.Do(func() {
 		d.started.Store(true)
+		for _, r := range d.removed() {
+			d.logger.Warn("events wait for a function that is no longer configured: they keep the log from shrinking; "+
+				"add the function back to deliver them, or drop them with DELETE /admin/v1/functions/"+r.Name+"/queue",
+				"function", r.Name, "queued", r.QueueDepth, "dead_letters", r.DeadLetters)
+		}
 		d.store.SetOnCommit(d.onCommit)
 		for _, f := range d.order {
 			d.loops.Add(1)

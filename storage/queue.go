@@ -334,3 +334,53 @@ func (s *Store) eventAt(seq uint64) (*event.Event, error) {
 	})
 	return ev, err
 }
+
+// DropQueue deletes every queue entry and dead letter of function, durably, and returns how
+// many of each it deleted. It is for a function that was removed from the configuration: its
+// entries would otherwise keep the log from shrinking forever.
+func (s *Store) DropQueue(function string) (queued, dead int, err error) {
+	if !validFunction(function) {
+		return 0, 0, fmt.Errorf("dropping queue: %w: function name %q", ErrInvalid, function)
+	}
+	for _, ns := range []byte{nsQueue, nsDead} {
+		for {
+			var ops []*op
+			err := s.db.View(func(txn *badger.Txn) error {
+				prefix := fnPrefix(ns, function)
+				it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: prefix})
+				defer it.Close()
+				for it.Rewind(); it.ValidForPrefix(prefix) && len(ops) < 5000; it.Next() {
+					o := &op{key: it.Item().KeyCopy(nil), delete: true, fn: function}
+					if ns == nsQueue {
+						o.dq = -1
+					} else {
+						o.dd = -1
+					}
+					ops = append(ops, o)
+				}
+				return nil
+			})
+			if err == nil && len(ops) > 0 {
+				err = s.write(ops, nil)
+			}
+			if err != nil {
+				return queued, dead, fmt.Errorf("dropping the queue of %q: %w", function, err)
+			}
+			for _, o := range ops {
+				if !o.applied {
+					continue
+				}
+				if ns == nsQueue {
+					queued++
+				} else {
+					dead++
+				}
+			}
+			if len(ops) < 5000 {
+				break
+			}
+		}
+	}
+	s.log.Warn("storage: queue dropped", "function", function, "queued", queued, "dead_letters", dead)
+	return queued, dead, nil
+}

@@ -499,3 +499,24 @@ func TestTargetValueRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestDropQueueOfRemovedFunction(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	entries := []*Entry{newEntry("a", "1", "gone"), newEntry("b", "2", "gone", "kept"), newEntry("c", "3", "gone")}
+	if err := s.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.DeadLetter("gone", []DeadLetter{{Seq: entries[2].Seq, Attempts: 1, Reason: "x"}})
+	q, d, err := s.DropQueue("gone")
+	if err != nil || q != 2 || d != 1 {
+		t.Fatalf("DropQueue = %d queued, %d dead, %v", q, d, err)
+	}
+	if s.QueueDepth("gone") != 0 || s.DeadLetterDepth("gone") != 0 {
+		t.Fatalf("depths after drop: %d %d", s.QueueDepth("gone"), s.DeadLetterDepth("gone"))
+	}
+	_ = s.Ack("kept", entries[1].Seq)
+	s.Sweep()
+	if n := countEvents(t, s); n != 0 {
+		t.Fatalf("%d events left after the drop and the last ack", n)
+	}
+}

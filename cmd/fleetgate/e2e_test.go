@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"fmt"
 	"net/http"
 	"os/exec"
@@ -312,5 +313,51 @@ func TestProfilerIsOperatorOnly(t *testing.T) {
 	}
 	if code := get(op, "/admin/v1/debug/pprof/heap"); code != 200 {
 		t.Fatalf("operator got %d for a heap profile", code)
+	}
+}
+
+// TestRemovedFunctionQueueIsShownAndDropped: events queued for a function that was since removed
+// from the config show as "removed" in /admin/v1/functions and can be dropped, so that they do
+// not keep the log from shrinking.
+func TestRemovedFunctionQueueIsShownAndDropped(t *testing.T) {
+	dir := t.TempDir()
+	s := startSink(t)
+	s.setFailing(true)
+	data := dir + "/data"
+	p := startProc(t, data, sinkConfig(t, dir, s))
+	tok := token(t, data, "", "--subject", "app-1", "--role", "app")
+	if code, _, err := postEvents(http.DefaultClient, "http://"+p.httpAddr, tok, "apps/app-1/x", `[1,2,3]`); err != nil || code != 202 {
+		t.Fatalf("post: %d %v", code, err)
+	}
+	p.kill()
+	plain := writeTestFile(t, dir, "plain.yaml", "rules:\n  - {id: everything, topic: \"#\", functions: [log]}\n")
+	p = startProc(t, data, plain, "--reset-rules")
+	if !strings.Contains(p.logs(), "no longer configured") {
+		t.Fatalf("no warning about the removed function's events:\n%s", p.logs())
+	}
+	op := token(t, data, plain, "--subject", "ops", "--role", "operator")
+	call := func(method, path string) (int, string) {
+		req, _ := http.NewRequest(method, p.url(path), nil)
+		req.Header.Set("Authorization", "Bearer "+op)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := call(http.MethodGet, "/admin/v1/functions")
+	if code != 200 || !strings.Contains(body, `"name":"sink"`) || !strings.Contains(body, `"state":"removed"`) || !strings.Contains(body, `"queue_depth":3`) {
+		t.Fatalf("functions: %d %s", code, body)
+	}
+	if code, body := call(http.MethodDelete, "/admin/v1/functions/log/queue"); code != 409 {
+		t.Fatalf("dropping a configured function's queue: %d %s", code, body)
+	}
+	if code, body := call(http.MethodDelete, "/admin/v1/functions/sink/queue"); code != 200 || !strings.Contains(body, `"dropped":3`) {
+		t.Fatalf("drop: %d %s", code, body)
+	}
+	if _, body := call(http.MethodGet, "/admin/v1/functions"); strings.Contains(body, `"sink"`) {
+		t.Fatalf("dropped function still listed: %s", body)
 	}
 }
