@@ -2,8 +2,8 @@ package main
 
 import (
 	"bytes"
-	"io"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"strings"
