@@ -83,6 +83,9 @@ func parseBody(contentType string, body []byte, maxEvents int) ([]bodyEvent, err
 		if err := json.Unmarshal(body, &raws); err != nil {
 			return nil, &BodyError{Index: -1, Err: errors.New("a CloudEvents batch must be a JSON array of events")}
 		}
+		if len(raws) == 0 {
+			return nil, &BodyError{Index: -1, Err: errors.New("empty batch: no events")}
+		}
 		if len(raws) > maxEvents {
 			return nil, tooMany(len(raws), maxEvents)
 		}

@@ -56,6 +56,7 @@ func TestParseBody(t *testing.T) {
 	f("application/cloudevents-batch+json", `[{"id":"a","data":1},{"id":"b","data":2}]`, []string{"1", "2"}, "")
 	f("application/cloudevents-batch+json", `[{"id":"a","data":1},{"data":2}]`, nil, "index 1")
 	f("application/cloudevents-batch+json", `{"id":"a"}`, nil, "JSON array")
+	f("application/cloudevents-batch+json", `[]`, nil, "empty batch")
 }
 
 func TestParseBodyErrorsAreTyped(t *testing.T) {
