@@ -22,29 +22,6 @@ import (
 	"github.com/fleetgate/fleetgate/storage"
 )
 
-// storeAcceptor appends events straight into a real Store, every event targeted at function
-// "log": the smallest real Acceptor (ingest.Gateway adds rules on top).
-type storeAcceptor struct{ s *storage.Store }
-
-func (a storeAcceptor) entries(evs []*event.Event) []*storage.Entry {
-	out := make([]*storage.Entry, len(evs))
-	for i, ev := range evs {
-		if ev.ID == "" {
-			ev.ID = event.NewID()
-		}
-		out[i] = &storage.Entry{Event: ev, Targets: []storage.Target{{Function: "log"}}}
-	}
-	return out
-}
-
-func (a storeAcceptor) Accept(ctx context.Context, evs []*event.Event, _ ingest.AcceptOptions) error {
-	return a.s.Append(ctx, a.entries(evs))
-}
-
-func (a storeAcceptor) AcceptAsync(evs []*event.Event, _ ingest.AcceptOptions, done func(error)) {
-	a.s.AppendAsync(a.entries(evs), done)
-}
-
 // failingAcceptor refuses everything with err.
 type failingAcceptor struct{ err error }
 
@@ -167,12 +144,11 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 // rawClient speaks MQTT with mochi's packet codec, so that tests see every byte the broker sends.
 type rawClient struct {
-	t    testing.TB
-	c    net.Conn
-	r    *bufio.Reader
-	v    byte
-	wmu  sync.Mutex
-	wbuf bytes.Buffer
+	t   testing.TB
+	c   net.Conn
+	r   *bufio.Reader
+	v   byte
+	wmu sync.Mutex
 }
 
 func dialRaw(t testing.TB, addr string, v byte) *rawClient {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,7 +61,7 @@ func buildThreshold(t testing.TB, m *goModule, file string, flags ...string) str
 		m.path = filepath.Join(dir, file)
 		args := append([]string{"build"}, flags...)
 		args = append(args, "-o", m.path, "../examples/functions/threshold")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), args...)
+		cmd := exec.Command("go", args...)
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			m.err = errors.New(string(out))

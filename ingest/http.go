@@ -381,9 +381,9 @@ var metaByHeader = func() map[string]string {
 func requestMeta(ctx *fasthttp.RequestCtx) map[string]string {
 	meta := make(map[string]string, 4)
 	var lower [64]byte
-	ctx.Request.Header.VisitAll(func(k, v []byte) {
+	for k, v := range ctx.Request.Header.All() {
 		if len(meta) >= maxMetaEntries || len(v) == 0 || len(k) > len(lower) {
-			return
+			continue
 		}
 		name := lower[:len(k)]
 		for i, c := range k {
@@ -397,7 +397,7 @@ func requestMeta(ctx *fasthttp.RequestCtx) map[string]string {
 		} else if len(name) > len(metaPrefix) && string(name[:len(metaPrefix)]) == "x-meta-" {
 			meta[strings.ReplaceAll(string(name[len(metaPrefix):]), "-", "_")] = clip(v)
 		}
-	})
+	}
 	meta["remote_addr"] = ctx.RemoteIP().String()
 	return meta
 }

@@ -144,7 +144,7 @@ func TestRulesCLI(t *testing.T) {
 
 	// A broken set is refused whole, every problem listed, exit 1.
 	bad := "rules:\n  - id: a\n    topic: a/#/b\n    functions: [nope]\n  - id: a\n    topic: x\n    when: 'payload.temp +'\n    functions: [log]\n"
-	code, out, errOut = runRules(t, append([]string{"apply", "-f", writeFile(t, "bad.yaml", bad)}, conn...)...)
+	code, _, errOut = runRules(t, append([]string{"apply", "-f", writeFile(t, "bad.yaml", bad)}, conn...)...)
 	if code != 1 {
 		t.Fatalf("bad apply exit %d", code)
 	}

@@ -39,10 +39,9 @@ const (
 // configKey is one key path of the config file, e.g. "functions[].retry.max_age" or
 // "auth.policies.<role>.publish".
 type configKey struct {
-	path   string
-	typ    reflect.Type
-	leaf   bool   // a value, not a section
-	source string // where its default comes from: "" (DefaultConfig) or "functions[]" etc.
+	path string
+	typ  reflect.Type
+	leaf bool // a value, not a section
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
