@@ -309,13 +309,17 @@ func writeModule(t *testing.T, b []byte) string {
 	return p
 }
 
+// itemTime is the time of every test item: fixed, with all nine fraction digits, so that a
+// batch of n items always encodes to the same length (RFC 3339 drops trailing zeros).
+var itemTime = time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)
+
 func thresholdItems(n int, temp func(i int) int) []storage.Item {
 	items := make([]storage.Item, n)
 	for i := range items {
 		data := []byte(`{"temp":` + strconv.Itoa(temp(i)) + `,"unit":"C"}`)
 		items[i] = storage.Item{Seq: uint64(i + 1), Function: "threshold", Rule: "hot", Data: data, Event: &event.Event{
 			ID: event.NewID(), Source: "mqtt://dev", Type: "fleetgate.mqtt.publish", Subject: "dev" + strconv.Itoa(i),
-			Time: time.Now(), ContentType: "application/json", Data: data, Topic: "devices/dev" + strconv.Itoa(i) + "/telemetry",
+			Time: itemTime, ContentType: "application/json", Data: data, Topic: "devices/dev" + strconv.Itoa(i) + "/telemetry",
 		}}
 	}
 	return items
