@@ -24,8 +24,9 @@ func (s *Store) sweepLoop() {
 	}
 }
 
-// Sweep runs one retention pass now: expiry by MaxAge, deletion of delivered events, and the
-// MaxBytes check. It is safe to call at any time; the store calls it every SweepInterval.
+// Sweep runs one retention pass now: expiry by MaxAge, deletion of delivered events, a look at
+// the free disk space, and a log line when storage.max_bytes is reached or left (appends check
+// both limits themselves, at every call and every commit). It is safe to call at any time; the store calls it every SweepInterval.
 func (s *Store) Sweep() {
 	if s.closed.Load() {
 		return
@@ -34,13 +35,14 @@ func (s *Store) Sweep() {
 		s.expire(time.Now().Add(-s.opts.MaxAge))
 	}
 	s.deleteDelivered()
+	s.checkDisk(0)
 	if s.opts.MaxBytes > 0 {
-		size := s.Size()
-		was := s.full.Swap(size >= s.opts.MaxBytes)
-		if !was && size >= s.opts.MaxBytes {
-			s.log.Error("storage full: refusing new events until functions drain their queues", "size_bytes", size, "storage.max_bytes", s.opts.MaxBytes)
-		} else if was && size < s.opts.MaxBytes {
-			s.log.Warn("storage below storage.max_bytes again: accepting events", "size_bytes", size)
+		held := s.logical.Load()
+		was := s.maxReached.Swap(held >= s.opts.MaxBytes)
+		if !was && held >= s.opts.MaxBytes {
+			s.log.Error("storage.max_bytes reached: refusing new events until functions drain their queues", "logical_bytes", held, "storage.max_bytes", s.opts.MaxBytes)
+		} else if was && held < s.opts.MaxBytes {
+			s.log.Warn("storage below storage.max_bytes again: accepting events", "logical_bytes", held)
 		}
 	}
 }
@@ -102,7 +104,7 @@ func (s *Store) deleteEvents(del func(seq uint64) bool) (int, error) {
 					stop = seq
 					break
 				}
-				batch = append(batch, &op{key: k, delete: true})
+				batch = append(batch, &op{key: k, delete: true, logical: -entryBytes(it.Item())})
 				stop = seq + 1
 			}
 			return nil

@@ -49,13 +49,17 @@ type Options struct {
 
 	MaxPendingBytes int64         // appends waiting for a commit, beyond which Append fails with ErrBusy (default 64 MiB)
 	MaxGroupBytes   int           // bytes per commit group before it stops collecting (default 2 MiB)
-	MaxBytes        int64         // refuse appends with ErrFull once the data dir is this large (default 0: no limit)
+	MaxBytes        int64         // refuse appends with ErrFull while the log holds this many bytes of events (default 0: no limit)
+	MinFreeBytes    int64         // refuse appends with ErrFull while the disk has less free space (default 4 × MemTableBytes; <0: no check)
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
 	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
 	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
 	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
 	MemTableBytes   int64         // Badger memtable size (default 64 MiB); one commit may use 15% of it
 	BlockCacheBytes int64         // Badger block cache (default 64 MiB: the log is read back only to catch up)
+
+	// Gate, when set, can hold commits (tests only: see Gate).
+	Gate *Gate
 
 	Metrics *metrics.Set
 	Logger  *slog.Logger
@@ -82,6 +86,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.BlockCacheBytes <= 0 {
 		o.BlockCacheBytes = 64 << 20
+	}
+	if o.MinFreeBytes == 0 {
+		o.MinFreeBytes = DefaultMinFreeBytes(o.MemTableBytes)
 	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.NewSet()
@@ -124,14 +131,17 @@ type Store struct {
 	db     *badger.DB
 	log    *slog.Logger
 
-	reqs     chan *writeReq
-	pending  atomic.Int64 // bytes in reqs
-	closing  chan struct{}
-	closed   atomic.Bool
-	closeMu  sync.RWMutex // held for reading while sending to reqs; for writing by Close
-	done     sync.WaitGroup
-	full     atomic.Bool // MaxBytes reached (checked by the sweeper)
-	onCommit atomic.Pointer[func([]*Entry)]
+	reqs    chan *writeReq
+	pending atomic.Int64 // bytes in reqs
+	closing chan struct{}
+	closed  atomic.Bool
+	closeMu sync.RWMutex // held for reading while sending to reqs; for writing by Close
+	done    sync.WaitGroup
+	logical atomic.Int64 // bytes of events, queue entries and dead letters the log holds (keys + values)
+	disk    diskState
+	// maxReached is what the sweeper last logged about MaxBytes (appends check it themselves).
+	maxReached atomic.Bool
+	onCommit   atomic.Pointer[func([]*Entry)]
 
 	lastSeq      uint64 // highest seq assigned; committer goroutine only
 	committedSeq atomic.Uint64
@@ -160,7 +170,8 @@ type writeReq struct {
 	entries []*Entry
 	ops     []*op
 	size    int64
-	count   int // Badger entries the request writes
+	logical int64 // bytes of events and queue entries the entries add (set while applied)
+	count   int   // Badger entries the request writes
 	done    func(error)
 	after   func() // runs on the committer after a successful commit, before done
 }
@@ -175,6 +186,7 @@ type op struct {
 	fn         string // the function whose depths change when the op takes effect
 	dq, dd     int64  // queue and dead-letter depth deltas
 	applied    bool   // set by the committer: the op took effect
+	logical    int64  // change of the log's logical bytes when the op takes effect (set by whoever knows)
 }
 
 // Open opens (or creates) the store in opts.Dir and starts its committer, sweeper and value-log GC.
@@ -185,6 +197,14 @@ func Open(opts Options) (*Store, error) {
 	}
 	if opts.Dir == "" && !opts.InMemory {
 		return nil, fmt.Errorf("opening storage: %w: no data directory", ErrInvalid)
+	}
+	if !opts.InMemory && opts.MinFreeBytes > 0 {
+		// Badger replays its write-ahead logs at open and flushes them to tables: with no room
+		// for that it dies of SIGBUS in its mmapped files, at every restart.
+		if free, err := freeBytes(opts.Dir); err == nil && free < opts.MinFreeBytes/2 {
+			return nil, fmt.Errorf("opening storage in %q: %w: %d bytes free on its disk, at least %d needed to open the log safely (half of storage.min_free_bytes): free space on the disk, or move data_dir to a larger one",
+				opts.Dir, ErrFull, free, opts.MinFreeBytes/2)
+		}
 	}
 	bo := badger.DefaultOptions(opts.Dir).
 		WithInMemory(opts.InMemory).
@@ -238,12 +258,15 @@ func Open(opts Options) (*Store, error) {
 	}
 	ms.NewGauge("fleetgate_storage_pending_bytes", func() float64 { return float64(s.pending.Load()) })
 	ms.NewGauge("fleetgate_storage_disk_bytes", func() float64 { return float64(s.Size()) })
+	ms.NewGauge("fleetgate_storage_logical_bytes", func() float64 { return float64(s.logical.Load()) })
+	ms.NewGauge("fleetgate_storage_disk_free_bytes", func() float64 { return float64(s.disk.free.Load()) })
 	ms.NewGauge("fleetgate_storage_full", func() float64 {
-		if s.full.Load() {
+		if s.Refusing() != nil {
 			return 1
 		}
 		return 0
 	})
+	s.checkDisk(0)
 	s.done.Add(3)
 	go s.commitLoop()
 	go s.sweepLoop()
@@ -268,8 +291,14 @@ func (s *Store) load() error {
 		}
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
 		defer it.Close()
+		var logical int64
+		for it.Seek([]byte{nsEvent}); it.ValidForPrefix([]byte{nsEvent}); it.Next() {
+			logical += entryBytes(it.Item())
+		}
+		defer func() { s.logical.Store(logical) }()
 		for _, ns := range []byte{nsQueue, nsDead} {
 			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); it.Next() {
+				logical += entryBytes(it.Item())
 				fn, _, ok := parseFnKey(it.Item().Key())
 				if !ok {
 					continue
@@ -342,8 +371,8 @@ func (s *Store) AppendAsync(entries []*Entry, done func(error)) {
 		}
 		size += int64(e.Event.Size())
 	}
-	if s.full.Load() {
-		done(fmt.Errorf("appending: %w: storage.max_bytes (%d bytes) reached; raise it or let functions drain their queues", ErrFull, s.opts.MaxBytes))
+	if err := s.refusal(size); err != nil {
+		done(fmt.Errorf("appending: %w", err))
 		return
 	}
 	s.submit(&writeReq{entries: entries, size: size, count: count, done: done})
@@ -489,6 +518,11 @@ func (s *Store) commitLoop() {
 			lingerTimer.Stop()
 		}
 		prevReqs = max(prevReqs*3/4, len(reqs))
+		if reqs = s.admit(reqs, bytes); len(reqs) == 0 {
+			txn.Discard()
+			continue
+		}
+		s.opts.Gate.pass(s.closing)
 		if g := s.begin(txn, reqs); g != nil {
 			inflight <- g
 		}
@@ -570,6 +604,7 @@ func (s *Store) complete(g *group, err error) {
 	s.m.groupEvents.Update(float64(g.nEvents))
 	var committed []*Entry
 	for _, r := range g.reqs {
+		s.logical.Add(r.logical)
 		for _, e := range r.entries {
 			if e.Duplicate {
 				s.m.duplicates.Inc()
@@ -582,6 +617,9 @@ func (s *Store) complete(g *group, err error) {
 			}
 		}
 		for _, o := range r.ops {
+			if o.applied {
+				s.logical.Add(o.logical)
+			}
 			if o.applied && o.fn != "" {
 				c := s.counter(o.fn)
 				c.queue.Add(o.dq)
@@ -601,6 +639,7 @@ func (s *Store) complete(g *group, err error) {
 }
 
 func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
+	r.logical = 0
 	for _, e := range r.entries {
 		if e.IdempotencyKey != "" {
 			if prev := (*groupKeys)[e.IdempotencyKey]; prev != nil {
@@ -628,17 +667,23 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 		if len(e.Targets) == 1 {
 			// One function: the event lives in its queue entry alone (one Badger entry, not two).
 			t := e.Targets[0]
-			if err := txn.SetEntry(badger.NewEntry(fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, *buf))); err != nil {
+			k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, *buf)
+			if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 				return fmt.Errorf("storing queue entry: %w", err)
 			}
+			r.logical += int64(len(k) + len(v))
 		} else {
-			if err := txn.SetEntry(badger.NewEntry(eventKey(e.Seq), append([]byte(nil), *buf...))); err != nil {
+			k, v := eventKey(e.Seq), append([]byte(nil), *buf...)
+			if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 				return fmt.Errorf("storing event: %w", err)
 			}
+			r.logical += int64(len(k) + len(v))
 			for _, t := range e.Targets {
-				if err := txn.SetEntry(badger.NewEntry(fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, nil))); err != nil {
+				k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, nil)
+				if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 					return fmt.Errorf("storing queue entry: %w", err)
 				}
+				r.logical += int64(len(k) + len(v))
 			}
 		}
 		if e.IdempotencyKey != "" {
@@ -735,14 +780,19 @@ func applyOp(txn *badger.Txn, o *op) error {
 			if err != nil {
 				return err
 			}
-			if err := txn.SetEntry(badger.NewEntry(o.moveTo, o.wrap(old))); err != nil {
+			v := o.wrap(old)
+			if err := txn.SetEntry(badger.NewEntry(o.moveTo, v)); err != nil {
 				return err
 			}
 			if err := txn.Delete(o.key); err != nil {
 				return err
 			}
+			o.logical = int64(len(o.moveTo)+len(v)) - int64(len(o.key)+len(old))
 			o.applied = true
 			return nil
+		}
+		if o.delete && counted {
+			o.logical = -entryBytes(item)
 		}
 	}
 	var err error

@@ -260,18 +260,6 @@ func TestMaxAgeExpiresLoudly(t *testing.T) {
 	}
 }
 
-func TestMaxBytesRefusesAppends(t *testing.T) {
-	s := openTest(t, t.TempDir(), func(o *Options) { o.MaxBytes = 1 })
-	if err := s.Append(context.Background(), []*Entry{newEntry("a", "1", "f")}); err != nil {
-		t.Fatal(err)
-	}
-	s.Sweep()
-	err := s.Append(context.Background(), []*Entry{newEntry("b", "1", "f")})
-	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "storage.max_bytes") {
-		t.Fatalf("Append over max_bytes = %v", err)
-	}
-}
-
 func TestBadInputAndClosed(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	if err := s.Append(context.Background(), []*Entry{{Event: &event.Event{}, Targets: []Target{{Function: "a\x00b"}}}}); !errors.Is(err, ErrInvalid) {

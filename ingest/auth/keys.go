@@ -24,8 +24,12 @@ const GeneratedKeyID = "generated"
 // GeneratedKeyPath is where the generated HS256 key lives, relative to the data dir.
 const GeneratedKeyPath = "keys/hs256.key"
 
-// minRSABits is the smallest RSA modulus accepted.
-const minRSABits = 2048
+// minRSABits is the smallest RSA modulus accepted; maxRSABits the largest (a huge modulus,
+// from a JWKS document say, would make every verification with it cost seconds of CPU).
+const (
+	minRSABits = 2048
+	maxRSABits = 8192
+)
 
 // verifyKey is one usable key: an HMAC secret or a public key, bound to exactly one algorithm.
 type verifyKey struct {
@@ -102,6 +106,9 @@ func checkKeyForAlg(pub any, alg string) error {
 		}
 		if k.N.BitLen() < minRSABits {
 			return fmt.Errorf("RSA key of %d bits is too small (at least %d)", k.N.BitLen(), minRSABits)
+		}
+		if k.N.BitLen() > maxRSABits {
+			return fmt.Errorf("RSA key of %d bits is too large (at most %d)", k.N.BitLen(), maxRSABits)
 		}
 	case *ecdsa.PublicKey:
 		want := map[string]elliptic.Curve{"ES256": elliptic.P256(), "ES384": elliptic.P384(), "ES512": elliptic.P521()}[alg]

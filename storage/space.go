@@ -1,0 +1,129 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// DefaultMinFreeBytes is the free disk space kept in reserve by default: four memtables. Badger
+// writes its write-ahead log (two memtables, preallocated sparse), the tables it flushes and
+// the tables of its compactions into mmapped files; a write into such a file with no block left
+// on the disk kills the process with SIGBUS, and again at every restart. The reserve is what
+// lets those writes, and the deletes of functions that drain their queues, always find room.
+func DefaultMinFreeBytes(memtable int64) int64 { return 4 * memtable }
+
+// diskRecheck is how often a store that refuses for lack of disk space looks again, without a
+// commit to trigger it.
+const diskRecheck = 250 * time.Millisecond
+
+// diskState is what the committer last saw of the disk.
+type diskState struct {
+	free    atomic.Int64 // bytes available to us on the data dir's file system
+	low     atomic.Bool  // free < MinFreeBytes: new events are refused
+	checked atomic.Int64 // unix nanos of the last look
+}
+
+// freeBytes is the space available to an unprivileged writer on the file system holding dir
+// (or its nearest existing parent).
+func freeBytes(dir string) (int64, error) {
+	for {
+		var st syscall.Statfs_t
+		err := syscall.Statfs(dir, &st)
+		if err == nil {
+			return int64(st.Bavail) * int64(st.Bsize), nil
+		}
+		parent := filepath.Dir(dir)
+		if !errors.Is(err, os.ErrNotExist) || parent == dir {
+			return 0, err
+		}
+		dir = parent
+	}
+}
+
+// checkDisk looks at the free space, expecting another incoming bytes to be written, and
+// updates the low-space state. It reports whether there is room.
+func (s *Store) checkDisk(incoming int64) bool {
+	if s.opts.InMemory || s.opts.MinFreeBytes < 0 {
+		return true
+	}
+	free, err := freeBytes(s.opts.Dir)
+	s.disk.checked.Store(time.Now().UnixNano())
+	if err != nil {
+		// Not knowing is no reason to refuse: the commit itself will tell.
+		s.log.Warn("storage: reading free disk space", "err", err)
+		return true
+	}
+	s.disk.free.Store(free)
+	// A commit writes its bytes to the write-ahead log and later once more to a table.
+	low := free-2*incoming < s.opts.MinFreeBytes
+	if was := s.disk.low.Swap(low); low && !was {
+		s.log.Error("storage: disk almost full, refusing new events until space is freed",
+			"free_bytes", free, "storage.min_free_bytes", s.opts.MinFreeBytes, "dir", s.opts.Dir)
+	} else if was && !low {
+		s.log.Warn("storage: free disk space is back above storage.min_free_bytes: accepting events",
+			"free_bytes", free)
+	}
+	return !low
+}
+
+// refusal says why an append of size bytes is refused now, or nil. Appends are refused while
+// the disk is below its reserve and while the log holds storage.max_bytes.
+func (s *Store) refusal(size int64) error {
+	if s.disk.low.Load() && time.Now().UnixNano()-s.disk.checked.Load() > int64(diskRecheck) {
+		s.checkDisk(0) // nothing may be committing to look again for us
+	}
+	if s.disk.low.Load() {
+		return fmt.Errorf("%w: disk almost full (%d bytes free, storage.min_free_bytes is %d): free space on the disk; queued events are still delivered",
+			ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes)
+	}
+	if max := s.opts.MaxBytes; max > 0 {
+		if held := s.logical.Load() + s.pending.Load(); held+size > max {
+			return fmt.Errorf("%w: storage.max_bytes (%d bytes) reached, the log holds %d: raise it or let functions drain their queues",
+				ErrFull, max, held)
+		}
+	}
+	return nil
+}
+
+// Refusing reports why new events are refused right now (disk almost full, or no room left
+// under storage.max_bytes for a 1 KiB event), or nil when they are accepted. /readyz answers not
+// ready while it is not nil.
+func (s *Store) Refusing() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.refusal(1 << 10)
+}
+
+// admit runs on the committer before a group is written: with too little disk left it fails
+// the group's appends of new events with ErrFull, and keeps everything else (acks, dead
+// letters, deletes, small KV writes), which frees space or costs almost none.
+func (s *Store) admit(reqs []*writeReq, bytes int64) []*writeReq {
+	if s.checkDisk(bytes) {
+		return reqs
+	}
+	kept := reqs[:0]
+	for _, r := range reqs {
+		if len(r.entries) == 0 {
+			kept = append(kept, r)
+			continue
+		}
+		s.pending.Add(-r.size)
+		s.m.busy.Inc()
+		r.done(fmt.Errorf("committing: %w: disk almost full (%d bytes free, storage.min_free_bytes is %d): free space on the disk",
+			ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes))
+	}
+	return kept
+}
+
+// entryBytes is what one stored entry counts in the log's logical size.
+func entryBytes(item *badger.Item) int64 {
+	return int64(len(item.Key())) + item.ValueSize()
+}

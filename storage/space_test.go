@@ -1,0 +1,227 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMaxBytesCountsWhatTheLogHolds: storage.max_bytes is enforced at every append (no sweep
+// needed), counts what the log logically holds (not the files Badger has not compacted yet), and
+// clears as soon as functions drain their queues, across a reopen too.
+func TestMaxBytesCountsWhatTheLogHolds(t *testing.T) {
+	dir := t.TempDir()
+	const limit = 16 << 10
+	s := openTest(t, dir, func(o *Options) { o.MaxBytes = limit })
+	data := `"` + strings.Repeat("x", 500) + `"`
+	var stored int
+	var err error
+	for i := 0; i < 1000; i++ {
+		// Two functions: the event is stored on its own, plus one queue entry each.
+		if err = s.Append(context.Background(), []*Entry{newEntry(fmt.Sprint("e", i), data, "f", "g")}); err != nil {
+			break
+		}
+		stored++
+	}
+	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "storage.max_bytes") {
+		t.Fatalf("append %d over max_bytes = %v", stored, err)
+	}
+	if held := s.logical.Load(); held > limit || held < limit-2048 {
+		t.Fatalf("the log holds %d bytes with %d events, limit %d", held, stored, limit)
+	}
+	if s.Refusing() == nil {
+		t.Fatal("Refusing() = nil at max_bytes")
+	}
+	held := s.logical.Load()
+	s.Close()
+	s = openTest(t, dir, func(o *Options) { o.MaxBytes = limit })
+	if got := s.logical.Load(); got != held {
+		t.Fatalf("after reopen the log holds %d bytes, before %d", got, held)
+	}
+	for _, fn := range []string{"f", "g"} {
+		items, err := s.ReadQueue(fn, 0, 0)
+		if err != nil || len(items) != stored {
+			t.Fatalf("queue %s: %d items, %v; want %d", fn, len(items), err, stored)
+		}
+		seqs := make([]uint64, len(items))
+		for i, it := range items {
+			seqs[i] = it.Seq
+		}
+		if err := s.Ack(fn, seqs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Sweep() // deletes the delivered stand-alone events
+	if got := s.logical.Load(); got != 0 {
+		t.Fatalf("drained log holds %d bytes", got)
+	}
+	if err := s.Refusing(); err != nil {
+		t.Fatalf("Refusing() after the queues drained = %v", err)
+	}
+	if err := s.Append(context.Background(), []*Entry{newEntry("after", data, "f")}); err != nil {
+		t.Fatalf("append after the queues drained: %v", err)
+	}
+}
+
+// mountTmpfs mounts a tmpfs of size bytes on a new directory, removed at cleanup; it skips the
+// test, saying why, where mounting is not allowed (not root).
+func mountTmpfs(t *testing.T, size int64) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "small-disk")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
+		if os.Geteuid() != 0 {
+			t.Skipf("cannot mount a small tmpfs to fill (needs root; CI runs as root): %v", err)
+		}
+		t.Fatalf("mounting a tmpfs as root: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmounting %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// fill writes a file of n bytes (really allocated) in dir.
+func fill(t *testing.T, path string, n int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := f.Write(buf[:k]); err != nil {
+			t.Fatalf("filling %s: %v", path, err)
+		}
+		n -= k
+	}
+}
+
+// TestDiskFullRefusesAndRecovers fills a real 96 MiB file system with 150 KB events from 8
+// writers (the case that used to kill the gateway with SIGBUS in Badger's mmapped write-ahead
+// log, and again at every restart). The store must refuse with ErrFull before the disk is
+// exhausted, keep every acknowledged event across a reopen, and accept again on its own once
+// space is freed. Badger's mmapped files make a missing reserve fatal: the test process dies.
+func TestDiskFullRefusesAndRecovers(t *testing.T) {
+	disk := mountTmpfs(t, 96<<20)
+	filler := filepath.Join(disk, "filler")
+	fill(t, filler, 24<<20)
+	dir := filepath.Join(disk, "log")
+	opts := func(o *Options) { o.MemTableBytes = MinMemTableBytes } // reserve: 4 × 8 MiB
+	s := openTest(t, dir, opts)
+
+	// Random, so that Badger's table compression does not shrink it.
+	raw := make([]byte, 110<<10)
+	rand.Read(raw)
+	payload := `"` + base64.StdEncoding.EncodeToString(raw) + `"`
+	var mu sync.Mutex
+	var acked []string
+	var refused error
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				err := s.Append(context.Background(), []*Entry{newEntry(id, payload, "f")})
+				mu.Lock()
+				if err != nil {
+					if refused == nil {
+						refused = err
+					}
+					mu.Unlock()
+					return
+				}
+				acked = append(acked, id)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if !errors.Is(refused, ErrFull) || !strings.Contains(refused.Error(), "storage.min_free_bytes") {
+		t.Fatalf("first refusal = %v, want ErrFull naming storage.min_free_bytes", refused)
+	}
+	t.Logf("%d events of 150 KB acknowledged before the disk counted as full: %v", len(acked), refused)
+	if len(acked) < 100 {
+		t.Fatalf("only %d events accepted before the disk counted as full", len(acked))
+	}
+	if err := s.Refusing(); !errors.Is(err, ErrFull) {
+		t.Fatalf("Refusing() = %v on a full disk", err)
+	}
+	// Deliveries go on while new events are refused: acks are writes too.
+	items, err := s.ReadQueue("f", 0, 10)
+	if err != nil || len(items) != 10 {
+		t.Fatalf("reading the queue on a full disk: %d items, %v", len(items), err)
+	}
+	if err := s.Ack("f", items[0].Seq); err != nil {
+		t.Fatalf("ack on a full disk: %v", err)
+	}
+	delivered := items[0].Event.ID
+
+	// Every acknowledged event survives a reopen on the full disk.
+	s.Close()
+	s = openTest(t, dir, opts)
+	want := map[string]bool{}
+	for _, id := range acked {
+		want[id] = true
+	}
+	delete(want, delivered)
+	items, err = s.ReadQueue("f", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		delete(want, it.Event.ID)
+	}
+	if len(want) > 0 {
+		t.Fatalf("%d of %d acknowledged events lost on a full disk", len(want), len(acked))
+	}
+
+	// Space comes back: the store accepts again by itself.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.Append(context.Background(), []*Entry{newEntry("after-space", payload, "f")})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrFull) || time.Now().After(deadline) {
+			t.Fatalf("append after freeing 24 MiB: %v", err)
+		}
+		time.Sleep(diskRecheck / 5)
+	}
+	if err := s.Refusing(); err != nil {
+		t.Fatalf("Refusing() after space came back = %v", err)
+	}
+}
+
+// TestOpenRefusesWithoutRoomToReplay: a store whose disk has less free space than Badger needs
+// to replay and flush its write-ahead log does not start (it would die of SIGBUS); it says
+// how much is free and what to do.
+func TestOpenRefusesWithoutRoomToReplay(t *testing.T) {
+	disk := mountTmpfs(t, 64<<20)
+	dir := filepath.Join(disk, "log")
+	fill(t, filepath.Join(disk, "filler"), 56<<20)
+	_, err := Open(Options{Dir: dir, MemTableBytes: MinMemTableBytes, SweepInterval: time.Hour, GCInterval: time.Hour})
+	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "free space") {
+		t.Fatalf("Open on a full disk = %v", err)
+	}
+}
