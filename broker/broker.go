@@ -43,6 +43,7 @@ var (
 	_ Authenticator = (*auth.Verifier)(nil)
 	_ mqtt.Hook     = (*authHook)(nil)
 	_ mqtt.Hook     = (*persistHook)(nil)
+	_ slog.Handler  = minLevel{}
 )
 
 // Options are the dependencies of a Broker.
@@ -59,19 +60,24 @@ type Options struct {
 
 // Broker is the embedded MQTT broker. Create it with New, then Start; Close stops it.
 type Broker struct {
-	cfg    Config
-	gw     Acceptor
-	auth   Authenticator
-	store  *storage.Store
-	log    *slog.Logger
-	server *mqtt.Server
-	inline *mqtt.Client // our own inline client: delivery of committed publishes and downlink
-	hooks  []mqtt.Hook  // every hook added to server, in order
+	cfg     Config
+	gw      Acceptor
+	auth    Authenticator
+	store   *storage.Store
+	log     *slog.Logger
+	server  *mqtt.Server
+	inline  *mqtt.Client // our own inline client: delivery of committed publishes and downlink
+	hooks   []mqtt.Hook  // every hook added to server, in order
+	persist *persistHook // nil without a Store
 
 	sessions sync.Map // *mqtt.Client → *session
 
 	listeners []*listener
 	openConns atomic.Int64 // connections open on all listeners, CONNECT phase included
+	ipMu      sync.Mutex
+	perIP     map[string]int // open connections by remote IP (when max_conns_per_ip is set)
+
+	retained  *retainedIndex // what max_retained, max_retained_per_client and max_retained_bytes count
 	started   atomic.Bool
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -90,6 +96,8 @@ type brokerMetrics struct {
 	set                                         *metrics.Set
 	connectOK, connectBadToken, connectDenied   *metrics.Counter
 	connectFull, connectTimeouts                *metrics.Counter
+	connectBadFirst, connectPerIP               *metrics.Counter
+	retainedRefused, protocolRefused            *metrics.Counter
 	pubAccepted, pubRefused, pubFailed, pubQoS0 *metrics.Counter
 	pubPaced                                    *metrics.Counter
 	expired                                     *metrics.Counter
@@ -123,6 +131,7 @@ func New(opts Options) (*Broker, error) {
 		store:    opts.Store,
 		log:      opts.Logger,
 		restored: map[string]*auth.Principal{},
+		retained: newRetainedIndex(opts.Config),
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -130,6 +139,9 @@ func New(opts Options) (*Broker, error) {
 	caps.MaximumPacketSize = uint32(b.cfg.MaxPacketBytes)
 	caps.ReceiveMaximum = uint16(b.cfg.ReceiveMaximum)
 	caps.MaximumClientWritesPending = int32(b.cfg.OutboundQueue)
+	// Inbound topic aliases a client may register (announced in CONNACK by OnPacketEncode;
+	// takePublish refuses higher alias numbers). mochi's default is 65535 per connection.
+	caps.TopicAliasMaximum = uint16(b.cfg.TopicAliasMax)
 	// Messages kept for an offline persistent session, per session (and the cap on a client's
 	// announced receive maximum).
 	caps.MaximumInflight = 1024
@@ -150,8 +162,12 @@ func New(opts Options) (*Broker, error) {
 	if err := b.addHook(&authHook{b: b}); err != nil {
 		return nil, err
 	}
+	if err := b.addHook(&retainHook{b: b}); err != nil { // after authHook: it reads the origin authHook sets
+		return nil, err
+	}
 	if b.store != nil {
-		if err := b.addHook(&persistHook{b: b, store: b.store}); err != nil {
+		b.persist = &persistHook{b: b, store: b.store}
+		if err := b.addHook(b.persist); err != nil {
 			return nil, err
 		}
 	}
@@ -175,6 +191,10 @@ func (b *Broker) initMetrics(set *metrics.Set) {
 	m.connectDenied = set.NewCounter(`fleetgate_mqtt_connects_total{result="not_authorized"}`)
 	m.connectFull = set.NewCounter(`fleetgate_mqtt_connects_total{result="max_clients"}`)
 	m.connectTimeouts = set.NewCounter(`fleetgate_mqtt_connects_total{result="timeout"}`)
+	m.connectBadFirst = set.NewCounter(`fleetgate_mqtt_connects_total{result="bad_first_packet"}`)
+	m.connectPerIP = set.NewCounter(`fleetgate_mqtt_connects_total{result="max_conns_per_ip"}`)
+	m.retainedRefused = set.NewCounter(`fleetgate_mqtt_retained_refused_total`)
+	m.protocolRefused = set.NewCounter(`fleetgate_mqtt_protocol_disconnects_total`)
 	m.pubAccepted = set.NewCounter(`fleetgate_mqtt_publishes_total{result="accepted"}`)
 	m.pubRefused = set.NewCounter(`fleetgate_mqtt_publishes_total{result="not_authorized"}`)
 	m.pubFailed = set.NewCounter(`fleetgate_mqtt_publishes_total{result="store_failed"}`)
@@ -187,7 +207,8 @@ func (b *Broker) initMetrics(set *metrics.Set) {
 	set.NewGauge(`fleetgate_mqtt_publishes_inflight`, func() float64 { return float64(m.inflight.Load()) })
 	info := b.server.Info
 	set.NewGauge(`fleetgate_mqtt_clients_connected`, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) })
-	set.NewGauge(`fleetgate_mqtt_retained_messages`, func() float64 { return float64(atomic.LoadInt64(&info.Retained)) })
+	// Not mochi's Info.Retained: that counts $SYS topics and is reset to 0 after a restart.
+	set.NewGauge(`fleetgate_mqtt_retained_messages`, func() float64 { return float64(b.retained.len()) })
 	set.NewGauge(`fleetgate_mqtt_subscriptions`, func() float64 { return float64(atomic.LoadInt64(&info.Subscriptions)) })
 	set.NewGauge(`fleetgate_mqtt_deliveries_dropped_total`, func() float64 { return float64(atomic.LoadInt64(&info.MessagesDropped)) })
 	set.NewGauge(`fleetgate_mqtt_deliveries_inflight_dropped_total`, func() float64 {
@@ -327,6 +348,10 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) er
 	if qos > 0 {
 		pk.PacketID = 1 // required by validation; the inline client never acks
 	}
+	if retain && len(payload) > 0 && !b.retained.fits("", topic, retainedSize(topic, payload)) {
+		b.m.retainedRefused.Inc()
+		return fmt.Errorf("publishing to %q: %w", topic, ErrRetainedFull)
+	}
 	if err := b.server.InjectPacket(b.inline, pk); err != nil {
 		return fmt.Errorf("publishing to %q: %w", topic, err)
 	}
@@ -369,7 +394,11 @@ func (b *Broker) session(cl *mqtt.Client) *session {
 	return v.(*session)
 }
 
-// minLevel drops records below min: mochi logs every connection at Info and every refused packet at Warn.
+// minLevel is the handler of mochi's logger. It drops records below min (mochi logs every
+// connection at Info and every refused packet at Warn) and redacts packets: mochi logs whole
+// packets as attributes (a second CONNECT on one socket is logged at Warn), which would put
+// CONNECT passwords (device JWTs), payloads and properties in the log. A packet is logged as
+// its type, packet id, client id and topic only.
 type minLevel struct {
 	h   slog.Handler
 	min slog.Level
@@ -378,17 +407,75 @@ type minLevel struct {
 func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= m.min && m.h.Enabled(ctx, l)
 }
-func (m minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
-func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
-	return minLevel{h: m.h.WithAttrs(a), min: m.min}
+
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(redactAttr(a))
+		return true
+	})
+	return m.h.Handle(ctx, out)
+}
+
+func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	red := make([]slog.Attr, len(as))
+	for i, a := range as {
+		red[i] = redactAttr(a)
+	}
+	return minLevel{h: m.h.WithAttrs(red), min: m.min}
+}
+
+// redactAttr replaces packets (also inside groups) by their summary.
+func redactAttr(a slog.Attr) slog.Attr {
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindGroup:
+		g := v.Group()
+		red := make([]slog.Attr, len(g))
+		for i, ga := range g {
+			red[i] = redactAttr(ga)
+		}
+		return slog.Attr{Key: a.Key, Value: slog.GroupValue(red...)}
+	case slog.KindAny:
+		switch pk := v.Any().(type) {
+		case packets.Packet:
+			return slog.Attr{Key: a.Key, Value: packetSummary(&pk)}
+		case *packets.Packet:
+			if pk != nil {
+				return slog.Attr{Key: a.Key, Value: packetSummary(pk)}
+			}
+		case mqtt.Will:
+			return slog.Attr{Key: a.Key, Value: slog.GroupValue(slog.String("topic", pk.TopicName))}
+		case []byte:
+			return slog.Int(a.Key+"_bytes", len(pk)) // raw bytes may be a payload or a password
+		}
+	}
+	return slog.Attr{Key: a.Key, Value: v}
+}
+
+func packetSummary(pk *packets.Packet) slog.Value {
+	as := []slog.Attr{slog.String("type", packets.PacketNames[pk.FixedHeader.Type])}
+	if pk.PacketID != 0 {
+		as = append(as, slog.Int("id", int(pk.PacketID)))
+	}
+	if pk.Connect.ClientIdentifier != "" {
+		as = append(as, slog.String("client_id", pk.Connect.ClientIdentifier))
+	}
+	if pk.TopicName != "" {
+		as = append(as, slog.String("topic", pk.TopicName))
+	}
+	return slog.GroupValue(as...)
 }
 func (m minLevel) WithGroup(g string) slog.Handler { return minLevel{h: m.h.WithGroup(g), min: m.min} }
 
-// ackCode maps a failed append to the MQTT 5 reason code of its PUBACK/PUBREC.
+// ackCode maps a failed append to the MQTT 5 reason code of its PUBACK/PUBREC, from the
+// gateway's one table of refusals (ingest.RefusalFor).
 func ackCode(err error) packets.Code {
-	// storage.ErrFull is told apart from a closed store once ingest wraps the storage error with %w.
-	if errors.Is(err, ingest.ErrBusy) || errors.Is(err, storage.ErrBusy) || errors.Is(err, storage.ErrFull) {
-		return packets.ErrQuotaExceeded
+	code := ingest.RefusalFor(err).MQTT5
+	for _, c := range []packets.Code{packets.ErrQuotaExceeded, packets.ErrPacketTooLarge, packets.ErrPayloadFormatInvalid, packets.ErrImplementationSpecificError} {
+		if c.Code == code {
+			return c
+		}
 	}
 	return packets.ErrUnspecifiedError
 }

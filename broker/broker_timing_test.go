@@ -207,7 +207,7 @@ func startMosquitto(b *testing.B) string {
 // per connection. Run with -benchtime 1x.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	const n = 10000
-	e := newEnv(b, "", nil)
+	e := newEnv(b, "", func(c *Config, _ *Options) { c.MaxConnsPerIP = 0 }) // all from loopback
 	dir := b.TempDir()
 	var toks strings.Builder
 	for i := 0; i < n; i++ {

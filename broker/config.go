@@ -59,6 +59,31 @@ type Config struct {
 	// second's worth); 0 means unlimited. A client above it is paced: the broker stops
 	// reading from it until it is within the rate again, so nothing is lost.
 	PublishRate float64 `yaml:"publish_rate"`
+
+	// MaxConnectBytes bounds the first packet of a connection, read before the client is
+	// authenticated: it must be a CONNECT of at most this many bytes (remaining length), or the
+	// connection is closed before anything is allocated for it. A CONNECT carries the device's
+	// JWT as its password, so leave room for the tokens you issue. max_packet_bytes applies
+	// too, when smaller.
+	MaxConnectBytes int `yaml:"max_connect_bytes"`
+	// MaxConnsPerIP bounds the connections open at once from one remote IP address, CONNECT
+	// phase included; one more is closed at once. 0 means no limit (e.g. behind a proxy or NAT
+	// that makes every client one address).
+	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
+	// TopicAliasMax is the MQTT 5 Topic Alias Maximum announced in CONNACK: the aliases one
+	// connection may register (0 = none). A PUBLISH naming an alias above it is a protocol
+	// error: DISCONNECT 0x94 (topic alias invalid).
+	TopicAliasMax int `yaml:"topic_alias_max"`
+	// MaxRetained bounds the retained messages kept in all (in memory and in the store).
+	MaxRetained int `yaml:"max_retained"`
+	// MaxRetainedPerClient bounds the retained messages one sender (one client id of one
+	// tenant) may hold.
+	MaxRetainedPerClient int `yaml:"max_retained_per_client"`
+	// MaxRetainedBytes bounds the bytes (topics and payloads) of all retained messages.
+	MaxRetainedBytes int64 `yaml:"max_retained_bytes"`
+	// MaxAwaitingRel bounds the inbound QoS 2 publishes of one client that were answered with
+	// PUBREC and whose PUBREL has not arrived; one more disconnects the client (MQTT 5: 0x93).
+	MaxAwaitingRel int `yaml:"max_awaiting_rel"`
 }
 
 // DefaultConfig returns the embedded defaults.
@@ -70,6 +95,14 @@ func DefaultConfig() Config {
 		ConnectTimeout: 10 * time.Second,
 		ReceiveMaximum: 1024,
 		OutboundQueue:  64,
+
+		MaxConnectBytes:      8192,
+		MaxConnsPerIP:        1000,
+		TopicAliasMax:        10,
+		MaxRetained:          100000,
+		MaxRetainedPerClient: 100,
+		MaxRetainedBytes:     256 << 20,
+		MaxAwaitingRel:       100,
 	}
 }
 
@@ -126,6 +159,27 @@ func (c *Config) Validate() error {
 	}
 	if c.PublishRate < 0 {
 		add("mqtt.publish_rate: must be >= 0 (0 = unlimited), got %g", c.PublishRate)
+	}
+	if c.MaxConnectBytes < 64 || c.MaxConnectBytes > 268435455 {
+		add("mqtt.max_connect_bytes: must be in [64, 268435455], got %d", c.MaxConnectBytes)
+	}
+	if c.MaxConnsPerIP < 0 {
+		add("mqtt.max_conns_per_ip: must be >= 0 (0 = no limit), got %d", c.MaxConnsPerIP)
+	}
+	if c.TopicAliasMax < 0 || c.TopicAliasMax > 65535 {
+		add("mqtt.topic_alias_max: must be in [0, 65535], got %d", c.TopicAliasMax)
+	}
+	if c.MaxRetained < 0 {
+		add("mqtt.max_retained: must be >= 0 (0 = no retained messages), got %d", c.MaxRetained)
+	}
+	if c.MaxRetainedPerClient < 0 {
+		add("mqtt.max_retained_per_client: must be >= 0 (0 = devices may not retain), got %d", c.MaxRetainedPerClient)
+	}
+	if c.MaxRetainedBytes < 0 {
+		add("mqtt.max_retained_bytes: must be >= 0 (0 = no retained messages), got %d", c.MaxRetainedBytes)
+	}
+	if c.MaxAwaitingRel < 1 || c.MaxAwaitingRel > 65535 {
+		add("mqtt.max_awaiting_rel: must be in [1, 65535], got %d", c.MaxAwaitingRel)
 	}
 	if len(probs) == 0 {
 		return nil

@@ -55,3 +55,23 @@ func TestConfigYAML(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestConfigValidateHostileLimits(t *testing.T) {
+	c := DefaultConfig()
+	if c.MaxConnectBytes != 8192 || c.MaxConnsPerIP != 1000 || c.TopicAliasMax != 10 || c.MaxRetained != 100000 ||
+		c.MaxRetainedPerClient != 100 || c.MaxRetainedBytes != 256<<20 || c.MaxAwaitingRel != 100 {
+		t.Fatalf("defaults %+v", c)
+	}
+	c.MaxConnectBytes, c.MaxConnsPerIP, c.TopicAliasMax = 10, -1, 70000
+	c.MaxRetained, c.MaxRetainedPerClient, c.MaxRetainedBytes, c.MaxAwaitingRel = -1, -1, -1, 0
+	err := c.Validate()
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("%v", err)
+	}
+	for _, want := range []string{"mqtt.max_connect_bytes", "mqtt.max_conns_per_ip", "mqtt.topic_alias_max", "mqtt.max_retained:",
+		"mqtt.max_retained_per_client", "mqtt.max_retained_bytes", "mqtt.max_awaiting_rel"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s: %v", want, err)
+		}
+	}
+}

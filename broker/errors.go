@@ -22,6 +22,9 @@ var (
 	// stored: 3.1.1 has no negative acknowledgement, so the client is disconnected and will
 	// publish again.
 	ErrAppendFailed = errors.New("publish could not be stored")
+	// ErrRetainedFull is returned by Publish for a retained message that would exceed
+	// mqtt.max_retained or mqtt.max_retained_bytes; nothing is published.
+	ErrRetainedFull = errors.New("retained message limit reached")
 	// ErrTokenExpired is the stop cause of a connection closed because its token expired.
 	ErrTokenExpired = errors.New("token expired")
 )

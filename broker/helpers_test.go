@@ -55,13 +55,17 @@ func testAuthConfig() auth.Config {
 }
 
 // newEnv starts a store in dir (a new temp dir when ""), a verifier and a broker on 127.0.0.1:0.
-func newEnv(t testing.TB, dir string, mod func(*Config, *Options)) *env {
+func newEnv(t testing.TB, dir string, mod func(*Config, *Options), storeMod ...func(*storage.Options)) *env {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
 	e := &env{t: t, dir: dir}
-	st, err := storage.Open(storage.Options{Dir: dir + "/store", Logger: testLogger()})
+	so := storage.Options{Dir: dir + "/store", Logger: testLogger()}
+	for _, m := range storeMod {
+		m(&so)
+	}
+	st, err := storage.Open(so)
 	if err != nil {
 		t.Fatal(err)
 	}

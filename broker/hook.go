@@ -2,10 +2,11 @@ package broker
 
 import (
 	"bytes"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -28,6 +29,7 @@ func (h *authHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
+		mqtt.OnPacketEncode,
 		mqtt.OnACLCheck,
 		mqtt.OnSessionEstablish,
 		mqtt.OnPacketRead,
@@ -73,7 +75,9 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.m.connectDenied.Inc()
 		return b.refuseConnect(cl, refuseDenied, fmt.Errorf("client %q subject %q: %s", cl.ID, p.Subject, reason))
 	}
-	s := newSession(b, cl, p)
+	clientID := cl.ID
+	cl.ID = scopedClientID(p.Tenant, clientID) // before mochi looks up an existing session by it
+	s := newSession(b, cl, p, clientID)
 	b.sessions.Store(cl, s)
 	s.armExpiry()
 	b.m.connectOK.Inc()
@@ -86,8 +90,8 @@ func (b *Broker) certOnly(cl *mqtt.Client, pk packets.Packet) *x509.Certificate 
 	if b.cfg.TLS.CertRole == "" || len(pk.Connect.Password) != 0 {
 		return nil
 	}
-	tc, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
+	tc := tlsConn(cl.Net.Conn)
+	if tc == nil {
 		return nil
 	}
 	st := tc.ConnectionState()
@@ -103,10 +107,13 @@ func admit(cl *mqtt.Client, pk packets.Packet, p *auth.Principal) string {
 	if !p.ClientIDAllowed(pk.Connect.ClientIdentifier) {
 		return fmt.Sprintf("client id %q not allowed (must equal the token subject)", pk.Connect.ClientIdentifier)
 	}
-	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+	if tc := tlsConn(cl.Net.Conn); tc != nil {
 		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 && certs[0].Subject.CommonName != p.Subject {
 			return fmt.Sprintf("client certificate CN %q is not the token subject", certs[0].Subject.CommonName)
 		}
+	}
+	if strings.Contains(p.Tenant, tenantSep) {
+		return fmt.Sprintf("tenant %q contains %q, which separates tenant and client id in session keys", p.Tenant, tenantSep)
 	}
 	if pk.Connect.WillFlag && !p.CanPublish(pk.Connect.WillTopic) {
 		return fmt.Sprintf("will topic %q not allowed", pk.Connect.WillTopic)
@@ -147,15 +154,70 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return s.p.CanSubscribe(topic)
 }
 
-// OnSessionEstablish runs before mochi takes over an existing session with the same client id:
-// the old connection's state is dropped here (its pipeline keeps running on its own).
+// tenantSep separates tenant and client id in the broker's internal client ids.
+const tenantSep = "/"
+
+// scopedClientID is the broker's internal id of a client: mochi's sessions, takeovers and the
+// stored session keys use it, so that two tenants may use the same client id without seeing
+// or disconnecting each other. With a tenant it is tenant + "/" + client id; without one it
+// is the client id itself, unless that contains "/" (then "/" + client id). Tenants
+// containing "/" are refused at CONNECT, so no two (tenant, client id) pairs share an id.
+// The client itself never sees this id.
+func scopedClientID(tenant, clientID string) string {
+	if tenant == "" && !strings.Contains(clientID, tenantSep) {
+		return clientID
+	}
+	return tenant + tenantSep + clientID
+}
+
+// unscopedClientID is the client's own id, back from scopedClientID.
+func unscopedClientID(tenant, scoped string) string {
+	if tenant == "" && !strings.HasPrefix(scoped, tenantSep) {
+		return scoped
+	}
+	return strings.TrimPrefix(scoped, tenant+tenantSep)
+}
+
+// OnSessionEstablish runs before mochi takes over an existing session with the same
+// (tenant-scoped) client id: the old connection's state is dropped here (its pipeline keeps
+// running on its own), and messages queued for the session that the new connection's policy
+// may not read are dropped, since mochi resends inherited messages without an ACL check.
 func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if old, ok := h.b.server.Clients.Get(cl.ID); ok && old != cl {
 		if s := h.b.session(old); s != nil {
 			s.stopTimer()
 		}
 		h.b.sessions.Delete(old)
+		if s := h.b.session(cl); s != nil {
+			h.b.dropUnreadable(old, s.p)
+		}
 	}
+}
+
+// dropUnreadable removes from cl's inflight table (and the store) the messages for it that p
+// may not read.
+func (b *Broker) dropUnreadable(cl *mqtt.Client, p *auth.Principal) {
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type != packets.Publish || p.CanSubscribe(pk.TopicName) {
+			continue
+		}
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			atomic.AddInt64(&b.server.Info.Inflight, -1)
+			if b.persist != nil {
+				b.persist.del(inflightKey(cl.ID, pk.PacketID))
+			}
+			b.log.Debug("mqtt queued message dropped: not readable by the client's current policy",
+				"client", cl.ID, "topic", pk.TopicName)
+		}
+	}
+}
+
+// OnPacketEncode announces topic_alias_max in a successful MQTT 5 CONNACK (mochi announces none).
+func (h *authHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.TopicAliasMaximum = uint16(h.b.cfg.TopicAliasMax)
+	}
+	return pk
 }
 
 // OnPacketRead takes over PUBLISH packets; everything else is left to mochi.
@@ -183,10 +245,10 @@ func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	if cl != h.b.inline {
 		return pk, packets.ErrRejectPacket // unreachable: network publishes never reach processPublish
 	}
-	if pk.Connect.ClientIdentifier != "" {
-		pk.Origin = pk.Connect.ClientIdentifier
-		pk.Connect.ClientIdentifier = ""
-	}
+	// The sender's tenant-scoped id, or "" for downlink (retainHook counts retained messages
+	// by it; mochi would say "fleetgate", which a device could use as its id).
+	pk.Origin = pk.Connect.ClientIdentifier
+	pk.Connect.ClientIdentifier = ""
 	return pk, nil
 }
 
@@ -196,6 +258,7 @@ func (h *authHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Type == packets.Pubrel {
 		if s := h.b.session(cl); s != nil {
 			s.releaseQuota()
+			s.releaseRel()
 		}
 	}
 }
@@ -205,6 +268,7 @@ func (h *authHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Type == packets.Pubrec {
 		if s := h.b.session(cl); s != nil {
 			s.releaseQuota()
+			s.releaseRel()
 		}
 	}
 }
@@ -219,7 +283,7 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		delete(b.restored, cl.ID)
 		b.restoredMu.Unlock()
 		if p != nil && !expire {
-			b.sessions.Store(cl, newSession(b, cl, p))
+			b.sessions.Store(cl, newSession(b, cl, p, unscopedClientID(p.Tenant, cl.ID)))
 		}
 		return
 	}

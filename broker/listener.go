@@ -17,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 var _ listeners.Listener = (*listener)(nil)
@@ -30,7 +31,9 @@ type listenerSpec struct {
 
 // listener is a mochi listener that does what mochi's do not: every new connection gets a
 // deadline for TLS and CONNECT (mochi's first read has none, so an idle TCP connection would
-// stay forever), and connections beyond max_clients plus a margin for handshakes are closed at once.
+// stay forever), its first packet must be a small CONNECT (firstPacketConn), connections
+// beyond max_clients plus a margin for handshakes, or beyond max_conns_per_ip from one
+// address, are closed at once.
 type listener struct {
 	id        string
 	ln        net.Listener
@@ -129,6 +132,13 @@ func (l *listener) serveConn(conn net.Conn) {
 		return
 	}
 	defer l.open.Add(-1)
+	ip := remoteIP(conn)
+	if !b.admitIP(ip) {
+		b.m.connectPerIP.Inc()
+		_ = conn.Close()
+		return
+	}
+	defer b.releaseIP(ip)
 	l.mu.Lock()
 	if l.done.Load() {
 		l.mu.Unlock()
@@ -154,11 +164,14 @@ func (l *listener) serveConn(conn net.Conn) {
 		_ = conn.Close()
 		return
 	}
-	err := (*est)(l.id, conn)
+	err := (*est)(l.id, &firstPacketConn{Conn: conn, max: min(b.cfg.MaxConnectBytes, b.cfg.MaxPacketBytes)})
 	if err != nil {
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
 			b.m.connectTimeouts.Inc()
+		case errors.Is(err, errFirstPacket):
+			b.m.connectBadFirst.Inc()
 		}
 		b.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr().String(), "error", err)
 	}
@@ -191,6 +204,125 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	}
 	l.mu.Unlock()
 	l.cwg.Wait()
+}
+
+// firstPacketConn guards the first packet of a connection, read before the client is
+// authenticated. mochi allocates a packet's declared remaining length before reading it, so
+// without this a client that sends only a fixed header declaring max_packet_bytes would make
+// the broker hold that much for the whole connect deadline, unauthenticated. It reads the first
+// fixed header itself (at most 5 bytes, one at a time, so nothing beyond it is consumed) and
+// closes the connection unless it is a CONNECT declaring at most max bytes. From then on it is
+// transparent: the header bytes are handed to mochi first, then the connection's own.
+type firstPacketConn struct {
+	net.Conn
+	max     int
+	hdr     [5]byte
+	n, off  int  // header bytes read; header bytes handed out
+	checked bool // the header passed
+}
+
+// errFirstPacket ends a connection whose first packet is not a CONNECT within max_connect_bytes.
+var errFirstPacket = errors.New("first packet is not a CONNECT within mqtt.max_connect_bytes")
+
+func (c *firstPacketConn) Read(p []byte) (int, error) {
+	if !c.checked {
+		if err := c.readHeader(); err != nil {
+			return 0, err
+		}
+	}
+	if c.off < c.n {
+		k := copy(p, c.hdr[c.off:c.n])
+		c.off += k
+		return k, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *firstPacketConn) readHeader() error {
+	for {
+		if c.n > 0 {
+			if c.hdr[0] != packets.Connect<<4 { // CONNECT, flags 0 [MQTT-2.2.2-2]
+				return c.refuse()
+			}
+			length, mult := 0, 1
+			for i := 1; i < c.n; i++ {
+				length += int(c.hdr[i]&0x7f) * mult
+				if c.hdr[i]&0x80 == 0 {
+					if length > c.max {
+						return c.refuse()
+					}
+					c.checked = true
+					return nil
+				}
+				mult *= 128
+			}
+			if c.n == len(c.hdr) { // a fifth length byte: malformed
+				return c.refuse()
+			}
+		}
+		k, err := c.Conn.Read(c.hdr[c.n : c.n+1])
+		c.n += k
+		if err != nil && k == 0 {
+			return err
+		}
+	}
+}
+
+func (c *firstPacketConn) refuse() error {
+	_ = c.Conn.Close()
+	return errFirstPacket
+}
+
+// tlsConn returns the TLS connection under c, or nil.
+func tlsConn(c net.Conn) *tls.Conn {
+	if fc, ok := c.(*firstPacketConn); ok {
+		c = fc.Conn
+	}
+	tc, _ := c.(*tls.Conn)
+	return tc
+}
+
+// remoteIP is the address max_conns_per_ip counts by.
+func remoteIP(c net.Conn) string {
+	a := c.RemoteAddr()
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	if host, _, err := net.SplitHostPort(a.String()); err == nil {
+		return host
+	}
+	return a.String()
+}
+
+// admitIP counts a new connection from ip; false (and nothing counted) beyond max_conns_per_ip.
+func (b *Broker) admitIP(ip string) bool {
+	limit := b.cfg.MaxConnsPerIP
+	if limit <= 0 {
+		return true
+	}
+	b.ipMu.Lock()
+	defer b.ipMu.Unlock()
+	if b.perIP[ip] >= limit {
+		return false
+	}
+	if b.perIP == nil {
+		b.perIP = map[string]int{}
+	}
+	b.perIP[ip]++
+	return true
+}
+
+func (b *Broker) releaseIP(ip string) {
+	if b.cfg.MaxConnsPerIP <= 0 {
+		return
+	}
+	b.ipMu.Lock()
+	defer b.ipMu.Unlock()
+	if b.perIP[ip] <= 1 {
+		delete(b.perIP, ip)
+	} else {
+		b.perIP[ip]--
+	}
 }
 
 // load reads the certificate and client CAs; nil when TLS is not configured.

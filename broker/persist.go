@@ -7,20 +7,24 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	mstorage "github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/fleetgate/fleetgate/ingest/auth"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
 // Keys of the broker's state in the store's small KV. Values are mochi's storage records as JSON.
 //
-//	mqtt/cl/<client id>                      persistent session (storedClient: mochi's record + the token)
+//	mqtt/cl/<client id>                      persistent session (storedClient: mochi's record + who it was)
 //	mqtt/sub/<client id> 0x00 <filter>        its subscriptions
 //	mqtt/ifm/<client id> 0x00 <packet id>     QoS 1/2 messages sent to it and not yet acknowledged
 //	mqtt/ret/<topic>                          retained messages
+//
+// <client id> is the tenant-scoped id (scopedClientID), so two tenants' sessions never share keys.
 const (
 	keyClient   = "mqtt/cl/"
 	keySub      = "mqtt/sub/"
@@ -41,10 +45,19 @@ type persistHook struct {
 	persisted map[string]bool // client ids with a stored session
 }
 
-// storedClient is a persistent session's record: mochi's, plus the token it connected with,
-// re-verified at start so that messages for it are judged by its policy while it is away.
+// storedClient is a persistent session's record: mochi's, plus who connected (subject, tenant,
+// role, expiry), so that after a restart messages for it are still judged by its role's policy
+// while it is away. No credential is stored: the token (or certificate) is checked again when
+// the device reconnects. A policy template naming ${claims.X} cannot be expanded from this
+// record, so such a filter grants nothing to an offline session after a restart (fail closed).
 type storedClient struct {
 	mstorage.Client
+	Subject   string    `json:"subject,omitempty"`
+	Tenant    string    `json:"tenant,omitempty"`
+	Role      string    `json:"role,omitempty"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// Token is only read: records written before tokens were left out carry it. Such a record
+	// is rewritten without it when the store is read at start.
 	Token string `json:"token,omitempty"`
 }
 
@@ -160,7 +173,7 @@ func (h *persistHook) writeClient(cl *mqtt.Client) {
 		Will: mstorage.ClientWill(cl.Properties.Will),
 	}}
 	if s := h.b.session(cl); s != nil {
-		rec.Token = s.p.Token
+		rec.Subject, rec.Tenant, rec.Role, rec.ExpiresAt = s.p.Subject, s.p.Tenant, s.p.Role, s.p.ExpiresAt
 	}
 	h.put(keyClient+cl.ID, rec)
 	h.setPersisted(cl.ID, true)
@@ -256,14 +269,16 @@ func message(t, id, client string, pk packets.Packet, sent int64) mstorage.Messa
 	}
 }
 
-// OnRetainMessage stores (or, for an empty payload, deletes) a retained message.
-func (h *persistHook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+// OnRetainMessage stores (or, for an empty payload, deletes) a retained message. Its client is
+// its sender (the origin authHook set: "" for downlink), by which max_retained_per_client
+// counts it again at start.
+func (h *persistHook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, r int64) {
 	key := keyRetained + pk.TopicName
-	if r == -1 {
+	if r == -1 || len(pk.Payload) == 0 { // cleared (r is 0 when there was nothing to clear)
 		h.del(key)
 		return
 	}
-	h.put(key, message(mstorage.RetainedKey, key, cl.ID, pk, 0))
+	h.put(key, message(mstorage.RetainedKey, key, pk.Origin, pk, 0))
 }
 
 // OnRetainedExpired deletes an expired retained message.
@@ -314,15 +329,20 @@ func scanJSON[T any](h *persistHook, prefix string, keep func(key string, v *T))
 	})
 }
 
-// StoredClients returns the persistent sessions, re-verifying the token each was stored with.
+// StoredClients returns the persistent sessions, with the principal each is judged by while
+// it is away (rebuilt from its subject, tenant and role; none once it has expired).
 func (h *persistHook) StoredClients() ([]mstorage.Client, error) {
 	var out []mstorage.Client
+	var legacy []*storedClient
 	err := scanJSON(h, keyClient, func(_ string, c *storedClient) {
 		out = append(out, c.Client)
 		h.setPersisted(c.ID, true)
-		p, err := h.b.auth.Verify(c.Token)
+		p, err := h.principalOf(c)
+		if c.Token != "" {
+			legacy = append(legacy, c)
+		}
 		if err != nil {
-			h.b.log.Info("mqtt stored session's token no longer valid: nothing is delivered to it until it reconnects",
+			h.b.log.Info("mqtt stored session no longer authorized: nothing is delivered to it until it reconnects",
 				"client", c.ID, "error", err)
 			return
 		}
@@ -333,7 +353,27 @@ func (h *persistHook) StoredClients() ([]mstorage.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading stored mqtt sessions: %w", err)
 	}
+	for _, c := range legacy { // written before tokens were left out: rewrite without it
+		c.Token = ""
+		h.put(keyClient+c.ID, c)
+	}
 	return out, nil
+}
+
+// principalOf rebuilds the principal of a stored session.
+func (h *persistHook) principalOf(c *storedClient) (*auth.Principal, error) {
+	if c.Subject == "" && c.Token != "" { // a legacy record: who it was is in its token
+		p, err := h.b.auth.Verify(c.Token)
+		if err != nil {
+			return nil, err
+		}
+		c.Subject, c.Tenant, c.Role, c.ExpiresAt = p.Subject, p.Tenant, p.Role, p.ExpiresAt
+		return p, nil
+	}
+	if !c.ExpiresAt.IsZero() && !c.ExpiresAt.After(time.Now()) {
+		return nil, fmt.Errorf("its token expired at %s", c.ExpiresAt.Format(time.RFC3339))
+	}
+	return h.b.auth.PrincipalFor(c.Subject, c.Tenant, c.Role, c.ExpiresAt)
 }
 
 // StoredSubscriptions returns the subscriptions of persistent sessions.
@@ -356,17 +396,34 @@ func (h *persistHook) StoredInflightMessages() ([]mstorage.Message, error) {
 	return out, nil
 }
 
-// StoredRetainedMessages returns the retained messages.
+// StoredRetainedMessages returns the retained messages, within the caps on retained messages:
+// stored ones beyond them (kept before the caps existed, or under higher ones) are deleted.
 func (h *persistHook) StoredRetainedMessages() ([]mstorage.Message, error) {
 	var out []mstorage.Message
+	var over []string
 	err := scanJSON(h, keyRetained, func(key string, m *mstorage.Message) {
 		if m.TopicName == "" {
 			m.TopicName = strings.TrimPrefix(key, keyRetained)
+		}
+		owner := m.Client
+		if owner == h.b.inline.ID { // written before the sender was recorded
+			owner = ""
+		}
+		if len(m.Payload) == 0 || !h.b.retained.put(owner, m.TopicName, retainedSize(m.TopicName, m.Payload)) {
+			over = append(over, key)
+			return
 		}
 		out = append(out, *m)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reading stored retained messages: %w", err)
+	}
+	if len(over) > 0 {
+		h.b.log.Warn("mqtt stored retained messages deleted at start: empty, or over mqtt.max_retained, max_retained_per_client or max_retained_bytes",
+			"deleted", len(over), "kept", len(out))
+		for _, k := range over {
+			h.del(k)
+		}
 	}
 	return out, nil
 }

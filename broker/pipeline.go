@@ -30,15 +30,18 @@ import (
 // Bounds: the pipeline holds at most receive_maximum entries; the reader waits (stops reading
 // the socket: TCP backpressure) while it is full. MQTT 5 clients are told receive_maximum in
 // CONNACK and are disconnected with 0x93 when they exceed it, counting a QoS 2 publish until
-// its PUBREL is answered.
+// its PUBREL is answered. A 3.1.1 client, which is told no receive maximum, may have at most
+// max_awaiting_rel QoS 2 publishes answered with PUBREC and not yet released; one more
+// disconnects it (the PUBRELs come on the same socket, so it cannot be paced instead).
 
 // session is the broker's state for one client.
 type session struct {
-	b      *Broker
-	cl     *mqtt.Client
-	p      *auth.Principal
-	v5     bool
-	source string // event source: "mqtt://<client id>"
+	b        *Broker
+	cl       *mqtt.Client
+	p        *auth.Principal
+	v5       bool
+	clientID string // the id the client sent (cl.ID is scoped by tenant: see scopedClientID)
+	source   string // event source: "mqtt://<client id>"
 
 	mu       sync.Mutex
 	timer    *time.Timer // token expiry
@@ -48,6 +51,11 @@ type session struct {
 	waiting  bool // the reader waits for room in the pipeline
 	room     chan struct{}
 	quota    int // MQTT 5: QoS>0 publishes not yet complete (receive maximum)
+	rel      int // QoS 2 publishes answered with PUBREC, PUBREL not yet read (max_awaiting_rel)
+
+	// MQTT 5 topic aliases the client registered, at most topic_alias_max; read goroutine only.
+	// Only publishes that pass the policy register one.
+	aliases map[uint16]string
 
 	// publish rate limit, read goroutine only
 	tokens float64
@@ -56,24 +64,28 @@ type session struct {
 
 // entry is one publish in the pipeline.
 type entry struct {
-	pk      packets.Packet // for delivery; TopicName resolved, alias cleared
-	qos     byte
-	id      uint16
-	code    byte // PUBACK/PUBREC reason when refused before ingest; 0 otherwise
-	ackOnly bool // a QoS 2 resend already acknowledged: ack again, do not ingest
-	done    bool
-	err     error // from the gateway
-	start   time.Time
+	pk       packets.Packet // for delivery; TopicName resolved, alias cleared
+	qos      byte
+	id       uint16
+	code     byte   // PUBACK/PUBREC reason when refused before ingest; 0 otherwise
+	reason   string // its reason string, when not the code's own
+	reserved bool   // holds room for a retained message (released unless delivered)
+	ackOnly  bool   // a QoS 2 resend already acknowledged: ack again, do not ingest
+	done     bool
+	err      error // from the gateway
+	start    time.Time
 }
 
-func newSession(b *Broker, cl *mqtt.Client, p *auth.Principal) *session {
+// newSession builds the session of cl; clientID is the id the client itself uses.
+func newSession(b *Broker, cl *mqtt.Client, p *auth.Principal, clientID string) *session {
 	return &session{
-		b:      b,
-		cl:     cl,
-		p:      p,
-		v5:     cl.Properties.ProtocolVersion == 5,
-		source: "mqtt://" + cl.ID,
-		tokens: b.cfg.PublishRate,
+		b:        b,
+		cl:       cl,
+		p:        p,
+		v5:       cl.Properties.ProtocolVersion == 5,
+		clientID: clientID,
+		source:   "mqtt://" + clientID,
+		tokens:   b.cfg.PublishRate,
 	}
 }
 
@@ -91,12 +103,20 @@ func (s *session) takePublish(pk packets.Packet) error {
 	default:
 		return s.protocolError(code)
 	}
+	// PublishValidate refused alias numbers above topic_alias_max (0x94). An alias is resolved
+	// here, but registered only below, for a publish the policy allows, so that refused
+	// publishes cannot grow the alias table.
+	alias := uint16(0)
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 {
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		alias = pk.Properties.TopicAlias
 		pk.Properties.TopicAlias = 0
 		pk.Properties.TopicAliasFlag = false
 		if pk.TopicName == "" {
-			return s.protocolError(packets.ErrTopicAliasInvalid)
+			pk.TopicName = s.aliases[alias]
+			alias = 0 // nothing to register
+			if pk.TopicName == "" {
+				return s.protocolError(packets.ErrTopicAliasInvalid)
+			}
 		}
 	}
 	if !refused && !s.p.CanPublish(pk.TopicName) {
@@ -108,21 +128,50 @@ func (s *session) takePublish(pk packets.Packet) error {
 		case qos == 0:
 			return nil // nothing to answer
 		case !s.v5:
-			return fmt.Errorf("client %q publish to %q: %w", cl.ID, pk.TopicName, packets.ErrRejectPacket)
+			return fmt.Errorf("client %q publish to %q: %w", s.clientID, pk.TopicName, packets.ErrRejectPacket)
+		}
+	} else if alias != 0 {
+		if s.aliases == nil {
+			s.aliases = make(map[uint16]string, 1)
+		}
+		s.aliases[alias] = pk.TopicName
+	}
+	// A retained message reserves its room (see retained.go). Over a cap, MQTT 5 QoS 1/2 gets
+	// 0x97 and nothing is stored; anything else is stored and delivered, but not retained.
+	retainRefused, reserved := false, false
+	if !refused && pk.FixedHeader.Retain && len(pk.Payload) > 0 && !isAckOnly(cl, pk) {
+		reserved = b.retained.reserve(cl.ID, pk.TopicName, retainedSize(pk.TopicName, pk.Payload))
+		retainRefused = !reserved
+	}
+	if retainRefused {
+		b.m.retainedRefused.Inc()
+		if !s.v5 || qos == 0 {
+			pk.FixedHeader.Retain = false
+			retainRefused = false
 		}
 	}
 	s.pace()
 
-	e := &entry{pk: pk, qos: qos, id: pk.PacketID, start: time.Now()}
-	if refused {
+	e := &entry{pk: pk, qos: qos, id: pk.PacketID, start: time.Now(), reserved: reserved}
+	switch {
+	case refused:
 		e.code = packets.ErrNotAuthorized.Code
 		e.done = true
-	} else if qos == 2 {
-		if in, ok := cl.State.Inflight.Get(pk.PacketID); ok && in.FixedHeader.Type == packets.Pubrec {
-			e.ackOnly, e.done = true, true // resent before our PUBREC arrived: already durable
+	case retainRefused:
+		e.code = packets.ErrQuotaExceeded.Code
+		e.reason = "retained message limit reached (mqtt.max_retained_per_client, max_retained or max_retained_bytes)"
+		e.done = true
+	case isAckOnly(cl, pk):
+		e.ackOnly, e.done = true, true // resent before our PUBREC arrived: already durable
+	}
+	if qos == 2 && !e.done && !s.v5 {
+		if err := s.holdRel(); err != nil {
+			s.unreserve(e)
+			return err
 		}
 	}
 	if err := s.enqueue(e); err != nil {
+		s.unreserve(e)
 		return err
 	}
 	if e.done {
@@ -143,12 +192,45 @@ func (s *session) takePublish(pk packets.Packet) error {
 	return nil
 }
 
+// isAckOnly reports whether pk resends a QoS 2 publish already answered with PUBREC.
+func isAckOnly(cl *mqtt.Client, pk packets.Packet) bool {
+	if pk.FixedHeader.Qos != 2 {
+		return false
+	}
+	in, ok := cl.State.Inflight.Get(pk.PacketID)
+	return ok && in.FixedHeader.Type == packets.Pubrec
+}
+
+// unreserve gives back the retained room of a publish that will not be delivered.
+func (s *session) unreserve(e *entry) {
+	if e.reserved {
+		e.reserved = false
+		s.b.retained.release(s.cl.ID, retainedSize(e.pk.TopicName, e.pk.Payload))
+	}
+}
+
 // protocolError ends a connection that sent a malformed publish (MQTT 5: DISCONNECT with code).
 func (s *session) protocolError(code packets.Code) error {
 	if s.v5 {
 		_ = s.b.server.DisconnectClient(s.cl, code)
 	}
-	return fmt.Errorf("client %q: %s: %w", s.cl.ID, code.Reason, packets.ErrRejectPacket)
+	s.b.m.protocolRefused.Inc()
+	return fmt.Errorf("client %q: %s: %w", s.clientID, code.Reason, packets.ErrRejectPacket)
+}
+
+// holdRel checks, for a QoS 2 publish of a 3.1.1 client, that fewer than max_awaiting_rel of
+// its QoS 2 publishes wait for their PUBREL (MQTT 5 clients are held to receive_maximum,
+// which counts a QoS 2 flow until its PUBREL, by enqueue).
+func (s *session) holdRel() error {
+	s.mu.Lock()
+	n := s.rel
+	s.mu.Unlock()
+	if n >= s.b.cfg.MaxAwaitingRel {
+		s.b.m.protocolRefused.Inc()
+		return fmt.Errorf("client %q: %d QoS 2 publishes wait for PUBREL (mqtt.max_awaiting_rel): %w",
+			s.clientID, n, packets.ErrRejectPacket)
+	}
+	return nil
 }
 
 // event builds the event of an accepted publish.
@@ -157,7 +239,7 @@ func (s *session) event(pk *packets.Packet) *event.Event {
 	for _, u := range pk.Properties.User {
 		meta[u.Key] = u.Val
 	}
-	meta["client_id"] = s.cl.ID
+	meta["client_id"] = s.clientID
 	return &event.Event{
 		Source:      s.source,
 		Type:        "fleetgate.mqtt.publish",
@@ -308,10 +390,13 @@ func (s *session) drain() {
 	}
 }
 
-// finish answers one entry and, if its event is durable, delivers it to subscribers.
+// finish delivers one entry to subscribers if its event is durable, then answers it.
 func (s *session) finish(e *entry) {
 	b := s.b
 	stored := e.err == nil && e.code == 0 && !e.ackOnly
+	if !stored {
+		s.unreserve(e)
+	}
 	switch {
 	case e.err != nil:
 		b.m.pubFailed.Inc()
@@ -327,12 +412,14 @@ func (s *session) finish(e *entry) {
 	case stored:
 		b.m.pubAccepted.Inc()
 	}
+	// Delivered before it is acknowledged: once the sender has its ack, its retained message
+	// (or the clearing of one) is in place, and its room under the retained caps is counted.
+	if stored {
+		s.deliver(e)
+	}
 	if e.qos > 0 {
 		s.ack(e)
 		b.m.ackLatency.UpdateDuration(e.start)
-	}
-	if stored {
-		s.deliver(e)
 	}
 }
 
@@ -343,16 +430,31 @@ func (s *session) ack(e *entry) {
 		ack.FixedHeader.Type = packets.Pubrec
 	}
 	if e.code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = reasonOf(e.code)
+		ack.Properties.ReasonString = e.reason
+		if e.reason == "" {
+			ack.Properties.ReasonString = reasonOf(e.code)
+		}
 	}
 	if e.qos == 2 && e.code < packets.ErrUnspecifiedError.Code {
 		// mochi completes the flow: PUBREL → PUBCOMP, then OnQosComplete releases the quota.
 		ack.Created = time.Now().Unix()
 		s.cl.State.Inflight.Set(ack)
+		s.mu.Lock()
+		s.rel++
+		s.mu.Unlock()
 	} else if !e.ackOnly {
 		s.releaseQuota()
 	}
 	_ = s.cl.WritePacket(ack)
+}
+
+// releaseRel counts the PUBREL (or the drop) of a QoS 2 publish answered with PUBREC.
+func (s *session) releaseRel() {
+	s.mu.Lock()
+	if s.rel > 0 {
+		s.rel--
+	}
+	s.mu.Unlock()
 }
 
 func (s *session) releaseQuota() {
@@ -370,12 +472,13 @@ func (s *session) releaseQuota() {
 // through the broker's inline client, with the sender as origin.
 func (s *session) deliver(e *entry) {
 	pk := e.pk
-	pk.Connect.ClientIdentifier = s.cl.ID // restored as Origin by OnPublish
+	pk.Connect.ClientIdentifier = s.cl.ID // restored as Origin by OnPublish: the tenant-scoped id
 	if pk.FixedHeader.Qos == 0 {
 		pk.PacketID = 0
 	}
 	pk.FixedHeader.Dup = false
 	if err := s.b.server.InjectPacket(s.b.inline, pk); err != nil {
+		s.unreserve(e) // refused before retainHook committed it
 		s.b.log.Debug("mqtt delivery failed", "client", s.cl.ID, "topic", pk.TopicName, "error", err)
 	}
 }

@@ -17,7 +17,7 @@ import (
 type FunctionStats struct {
 	Name        string  `json:"name"`
 	Type        string  `json:"type"`
-	State       string  `json:"state"` // running | catching_up | failing | stopped | removed (events left for a function no longer configured)
+	State       string  `json:"state"` // running | catching_up | failing | paused (circuit open) | stopped | removed (events left for a function no longer configured)
 	QueueDepth  int64   `json:"queue_depth"`
 	DeadLetters int64   `json:"dead_letters"`
 	LagSeconds  float64 `json:"lag_seconds"` // age of the oldest event in memory not yet delivered
@@ -26,6 +26,9 @@ type FunctionStats struct {
 	Failures    int64   `json:"failures"`    // batches failed in whole or in part
 	Retries     int64   `json:"retries"`     // batches retried
 	LastError   string  `json:"last_error,omitempty"`
+	// Circuit is the function's breaker: open while its endpoint looks down (nil for a
+	// removed function).
+	Circuit *CircuitStats `json:"circuit,omitempty"`
 }
 
 // Stats returns every function's state, by name.
@@ -41,9 +44,13 @@ func (d *Dispatcher) Stats() []FunctionStats {
 		if p := f.lastErr.Load(); p != nil {
 			st.LastError = *p
 		}
+		cs := f.circuitV.stats(time.Now())
+		st.Circuit = &cs
 		switch {
 		case d.stopping.Load() || !d.started.Load():
 			st.State = "stopped"
+		case cs.State != CircuitClosed:
+			st.State = "paused"
 		case f.failing.Load():
 			st.State = "failing"
 		case f.catchingUpA.Load():
@@ -105,8 +112,9 @@ func (d *Dispatcher) Replay(function string, seqs []uint64) (int, error) {
 
 const adminPrefix = "/admin/v1/"
 
-// AdminHandler serves GET /admin/v1/functions, GET /admin/v1/dlq/{function}?after=SEQ&limit=N
-// and POST /admin/v1/dlq/{function}/replay (body optional: {"seqs":[...]}) → {"replayed":N}.
+// AdminHandler serves GET /admin/v1/functions, GET /admin/v1/dlq/{function}?after=SEQ&limit=N,
+// POST /admin/v1/dlq/{function}/replay (body optional: {"seqs":[...]}) → {"replayed":N},
+// DELETE /admin/v1/dlq/{function} (purge, see servePurge) and GET /admin/v1/events/{id}.
 // The caller has already checked the operator token.
 func (d *Dispatcher) AdminHandler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
@@ -127,6 +135,8 @@ func (d *Dispatcher) AdminHandler() fasthttp.RequestHandler {
 			d.serveDropQueue(ctx, strings.TrimSuffix(strings.TrimPrefix(rest, "functions/"), "/queue"))
 		case strings.HasPrefix(rest, "dlq/"):
 			d.serveDLQ(ctx, strings.TrimPrefix(rest, "dlq/"))
+		case strings.HasPrefix(rest, "events/"):
+			d.serveEvent(ctx, strings.TrimPrefix(rest, "events/"))
 		default:
 			httpx.WriteError(ctx, fasthttp.StatusNotFound, "not_found", "no such admin endpoint: "+path)
 		}
@@ -141,8 +151,12 @@ func (d *Dispatcher) serveDLQ(ctx *fasthttp.RequestCtx, rest string) {
 	}
 	switch action {
 	case "":
+		if ctx.IsDelete() {
+			d.servePurge(ctx, name)
+			return
+		}
 		if !ctx.IsGet() {
-			methodNotAllowed(ctx, "GET")
+			methodNotAllowed(ctx, "GET, DELETE")
 			return
 		}
 		args := ctx.QueryArgs()

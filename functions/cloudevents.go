@@ -86,6 +86,9 @@ func appendCloudEvent(dst []byte, it *storage.Item) []byte {
 		dst = append(dst, `,"rule":`...)
 		dst = appendJSONString(dst, it.Rule)
 	}
+	if e.Type == ErrorEventType {
+		dst = appendErrorAttributes(dst, e.Meta)
+	}
 	return append(dst, '}')
 }
 

@@ -34,6 +34,11 @@ const (
 	DefaultMaxHops        = 3
 	DefaultMemoryLimitMB  = 128
 	DefaultQoS            = 1
+	// A function's circuit opens after DefaultCircuitFailures consecutive failures that look
+	// like its endpoint, and probes it from DefaultProbeInitial doubling up to DefaultProbeMax.
+	DefaultCircuitFailures = 5
+	DefaultProbeInitial    = time.Second
+	DefaultProbeMax        = 30 * time.Second
 )
 
 // Hard limits on definitions.
@@ -65,6 +70,18 @@ type RetryPolicy struct {
 	MaxAge         time.Duration `yaml:"max_age" json:"max_age"`
 }
 
+// CircuitPolicy says when a function counts as down and how it is probed: after Failures
+// consecutive batches that failed the way an unavailable endpoint fails (no connection, a
+// timeout, 429 or 5xx for the whole batch), the function pauses; its events wait on disk, are
+// charged no attempts and are never dead-lettered for the outage. It then sends one probe
+// batch of one event after ProbeInitial, doubling up to ProbeMax, and resumes when a probe is
+// answered. Zero means the default {5, 1s, 30s}; a negative Failures never opens the circuit.
+type CircuitPolicy struct {
+	Failures     int           `yaml:"failures" json:"failures"`
+	ProbeInitial time.Duration `yaml:"probe_initial" json:"probe_initial"`
+	ProbeMax     time.Duration `yaml:"probe_max" json:"probe_max"`
+}
+
 // Definition is one entry of the config file's `functions:` list.
 type Definition struct {
 	Name string `yaml:"name"`
@@ -89,6 +106,9 @@ type Definition struct {
 	Concurrency int           `yaml:"concurrency"` // batches in flight, default 4
 	Timeout     time.Duration `yaml:"timeout"`     // per batch, default 10s
 	Retry       RetryPolicy   `yaml:"retry"`
+	Circuit     CircuitPolicy `yaml:"circuit"`
+	// RedriveOnRecovery replays the function's dead letters when its circuit closes again.
+	RedriveOnRecovery bool `yaml:"redrive_on_recovery"`
 
 	// Reingest makes the function's publish outputs also enter the gateway as new events
 	// (with Hops+1), refused past MaxHops (default 3).
@@ -124,6 +144,15 @@ func (d Definition) WithDefaults() Definition {
 	}
 	if d.Retry.MaxAge == 0 {
 		d.Retry.MaxAge = DefaultMaxAge
+	}
+	if d.Circuit.Failures == 0 {
+		d.Circuit.Failures = DefaultCircuitFailures
+	}
+	if d.Circuit.ProbeInitial == 0 {
+		d.Circuit.ProbeInitial = DefaultProbeInitial
+	}
+	if d.Circuit.ProbeMax == 0 {
+		d.Circuit.ProbeMax = max(DefaultProbeMax, d.Circuit.ProbeInitial)
 	}
 	if d.MaxHops == 0 {
 		d.MaxHops = DefaultMaxHops
@@ -249,6 +278,16 @@ func validateDefinitions(defs []Definition, reg *Registry) error {
 		}
 		if r.InitialBackoff > 0 && r.MaxBackoff > 0 && r.InitialBackoff > r.MaxBackoff {
 			add("retry", "initial_backoff %v is above max_backoff %v", r.InitialBackoff, r.MaxBackoff)
+		}
+		c := d.Circuit
+		if c.ProbeInitial < 0 {
+			add("circuit.probe_initial", "%v must be positive", c.ProbeInitial)
+		}
+		if c.ProbeMax < 0 {
+			add("circuit.probe_max", "%v must be positive", c.ProbeMax)
+		}
+		if c.ProbeInitial > 0 && c.ProbeMax > 0 && c.ProbeInitial > c.ProbeMax {
+			add("circuit", "probe_initial %v is above probe_max %v", c.ProbeInitial, c.ProbeMax)
 		}
 		if d.MaxHops < 0 || d.MaxHops > 255 {
 			add("max_hops", "%d must be between 1 and 255", d.MaxHops)

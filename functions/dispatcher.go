@@ -32,6 +32,10 @@ type Options struct {
 	LogWriter io.Writer // the log function's output (default os.Stdout)
 	Metrics   *metrics.Set
 	Logger    *slog.Logger
+
+	// ErrorFunction, when set, returns the error function the rule with this id names ("" for
+	// none): it receives a copy of each event that one of the rule's functions dead-letters.
+	ErrorFunction func(rule string) string
 }
 
 // Dispatcher feeds every configured function its queue. Guarantees: every event in a function's

@@ -1,6 +1,9 @@
 package functions
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 var (
 	// ErrInvalidConfig is returned (wrapped, with every problem listed) by ValidateDefinitions
@@ -21,7 +24,34 @@ var (
 	ErrBadResponse = errors.New("functions: malformed function response")
 	// ErrRetryable marks an invocation failure worth retrying soon (timeouts, 429, 5xx, traps).
 	ErrRetryable = errors.New("functions: retryable failure")
+	// ErrUnavailable marks an invocation failure that says the function's endpoint could not
+	// take the batch (no connection, a timeout, 429, 502, 503, 504): it is never charged to the
+	// batch's events, and it counts towards opening the function's circuit.
+	ErrUnavailable = errors.New("functions: function unavailable")
 	// ErrRejected marks an invocation the function refused (4xx other than 429); it is still
 	// retried up to max_attempts, then dead-lettered with the function's answer as the reason.
 	ErrRejected = errors.New("functions: rejected by function")
 )
+
+// UnavailableError is an invocation failure of an endpoint that could not take the batch. It
+// matches ErrUnavailable and ErrRetryable. RetryAfter, when positive, is the least time the
+// endpoint asked to be left alone (an HTTP Retry-After): no batch is sent to the function
+// before it has passed.
+type UnavailableError struct {
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *UnavailableError) Error() string { return e.Err.Error() }
+
+// Unwrap returns ErrUnavailable, ErrRetryable and the cause.
+func (e *UnavailableError) Unwrap() []error { return []error{ErrUnavailable, ErrRetryable, e.Err} }
+
+// retryAfterOf returns the Retry-After carried by err, or 0.
+func retryAfterOf(err error) time.Duration {
+	var u *UnavailableError
+	if errors.As(err, &u) {
+		return u.RetryAfter
+	}
+	return 0
+}

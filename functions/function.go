@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,7 +49,7 @@ type function struct {
 	// Loop state.
 	readSeq    uint64 // everything in storage up to here is in memory or finished
 	catchingUp bool
-	fresh      []*pitem // never attempted, Seq order (replayed items at the end)
+	fresh      []*pitem // never attempted, Seq order (replayed items merged in: addReplayed)
 	freshHead  int
 	retries    []*unit // waiting for their retry, by first Seq
 	running    map[*unit]struct{}
@@ -58,6 +59,9 @@ type function struct {
 	batcher    *Batcher
 	rescan     bool      // something changed: try to form a batch
 	dueAt      time.Time // when the partial batch found by the last scan is due
+	circuit    circuit
+	circuitV   circuitView // the circuit as the admin API reads it
+	flying     flyingSet   // the running units, readable outside the loop (an event's fate)
 
 	// Stats.
 	successes, failures, retriesN atomic.Int64
@@ -74,6 +78,10 @@ type fnMetrics struct {
 	ok, partial, failed         *metrics.Counter
 	retries, deadLetters        *metrics.Counter
 	published, reingested, drop *metrics.Counter
+	outputRetries               *metrics.Counter
+	errSent, errDropped         *metrics.Counter // copies of dead letters for error functions
+	circuitOpen                 atomic.Bool
+	toOpen, toHalfOpen, toClose *metrics.Counter
 	batchSize                   *metrics.PrometheusHistogram
 	duration                    *metrics.PrometheusHistogram
 }
@@ -81,22 +89,27 @@ type fnMetrics struct {
 // pitem is an item held in memory.
 type pitem struct {
 	storage.Item
-	arrived time.Time
-	size    int
+	arrived  time.Time
+	size     int
+	attempts int       // attempts charged: the event failed alone or was named as failed
+	first    time.Time // first attempt (zero: never attempted)
 }
 
 // unit is a batch in flight or waiting for a retry, with its retry state.
 type unit struct {
 	items    []*pitem
-	attempts int
-	first    time.Time // first attempt
+	tries    int // failed invocations of this unit and the units it was split from (the backoff)
 	nextAt   time.Time
 	lastErr  error
-	partial  bool // the function named these items as failed: no bisecting needed
+	endpoint bool // waiting after an endpoint failure: retried at once when the circuit closes
+	probe    bool // the probe of an open circuit
 
 	// Filled by the worker.
-	next     []*unit // to retry
-	finished int     // items acknowledged or dead-lettered
+	next       []*unit // to retry
+	finished   int     // items acknowledged or dead-lettered
+	health     health
+	retryAfter time.Duration
+	err        error
 }
 
 func newFunction(d *Dispatcher, def Definition, inv Invoker) *function {
@@ -109,7 +122,9 @@ func newFunction(d *Dispatcher, def Definition, inv Invoker) *function {
 		inflight: make(map[string]int),
 		retrying: make(map[string]int),
 		batcher:  def.Batch.NewBatcher(),
+		circuit:  newCircuit(def.Circuit, time.Now()),
 	}
+	f.circuitV.set(f.circuit)
 	f.maxPending = min(max(4*f.batcher.MaxEvents()*def.Concurrency, minPending), maxPendingCap)
 	s, l := d.metrics, `{function="`+def.Name+`"}`
 	res := func(r string) *metrics.Counter {
@@ -123,6 +138,12 @@ func newFunction(d *Dispatcher, def Definition, inv Invoker) *function {
 		retries:     s.GetOrCreateCounter(`fleetgate_function_retries_total` + l),
 		deadLetters: s.GetOrCreateCounter(`fleetgate_function_dead_letters_total` + l),
 		published:   out("published"), reingested: out("reingested"), drop: out("dropped"),
+		outputRetries: s.GetOrCreateCounter(`fleetgate_function_output_retries_total` + l),
+		errSent:       s.GetOrCreateCounter(`fleetgate_function_error_events_total{function="` + def.Name + `",result="sent"}`),
+		errDropped:    s.GetOrCreateCounter(`fleetgate_function_error_events_total{function="` + def.Name + `",result="dropped"}`),
+		toOpen:        s.GetOrCreateCounter(`fleetgate_function_circuit_transitions_total{function="` + def.Name + `",to="open"}`),
+		toHalfOpen:    s.GetOrCreateCounter(`fleetgate_function_circuit_transitions_total{function="` + def.Name + `",to="half_open"}`),
+		toClose:       s.GetOrCreateCounter(`fleetgate_function_circuit_transitions_total{function="` + def.Name + `",to="closed"}`),
 		batchSize: s.GetOrCreatePrometheusHistogramExt(`fleetgate_function_batch_size`+l,
 			[]float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000}),
 		duration: s.GetOrCreatePrometheusHistogram(`fleetgate_function_duration_seconds` + l),
@@ -131,6 +152,12 @@ func newFunction(d *Dispatcher, def Definition, inv Invoker) *function {
 	s.GetOrCreateGauge(`fleetgate_function_dead_letter_depth`+l, func() float64 { return float64(d.store.DeadLetterDepth(def.Name)) })
 	s.GetOrCreateGauge(`fleetgate_function_lag_seconds`+l, func() float64 { return f.lag().Seconds() })
 	s.GetOrCreateGauge(`fleetgate_function_in_flight`+l, func() float64 { return float64(f.inFlight.Load()) })
+	s.GetOrCreateGauge(`fleetgate_function_circuit_open`+l, func() float64 {
+		if f.m.circuitOpen.Load() {
+			return 1
+		}
+		return 0
+	})
 	return f
 }
 
@@ -255,12 +282,7 @@ func (f *function) intake() {
 		f.readSeq = it.Seq
 		f.addFresh(it, now)
 	}
-	for _, it := range injected {
-		if it.Seq > f.readSeq {
-			continue // catch-up will read it
-		}
-		f.addFresh(it, now)
-	}
+	f.addReplayed(injected, now)
 }
 
 func (f *function) addFresh(it storage.Item, now time.Time) {
@@ -297,6 +319,21 @@ func (f *function) schedule(now time.Time) time.Duration {
 		if d >= 0 && (wait < 0 || d < wait) {
 			wait = d
 		}
+	}
+	if !f.circuit.allows(now) {
+		// The endpoint looks down, or asked to be left alone: at most one probe.
+		if f.circuit.probeDue(now) && len(f.running) < f.def.Concurrency {
+			if u := f.probeUnit(); u != nil {
+				f.circuit.probing(now)
+				f.circuitChanged(CircuitHalfOpen)
+				f.start(u)
+			}
+		}
+		setWait(f.circuit.until(now))
+		if f.circuit.state == CircuitOpen && wait == 0 {
+			wait = 10 * time.Millisecond // a probe is due but its subject is busy
+		}
+		return wait
 	}
 	if len(f.retries) > 0 {
 		var blocked map[string]bool
@@ -420,9 +457,87 @@ func (f *function) formBatch(now time.Time) (*unit, time.Duration) {
 	return u, 0
 }
 
+// probeUnit takes one item, the oldest waiting for a retry or else the oldest fresh one, as
+// the probe of the open circuit; nil when none may go now (its subject is in flight).
+func (f *function) probeUnit() *unit {
+	if len(f.retries) > 0 {
+		u := f.retries[0]
+		it := u.items[0]
+		if f.inflight[it.Event.Subject] > 0 {
+			return nil
+		}
+		f.retrying[it.Event.Subject]--
+		if f.retrying[it.Event.Subject] == 0 {
+			delete(f.retrying, it.Event.Subject)
+		}
+		if len(u.items) == 1 {
+			f.retries = slices.Delete(f.retries, 0, 1)
+		} else {
+			u.items = u.items[1:]
+		}
+		f.m.retries.Inc()
+		f.retriesN.Add(1)
+		return &unit{items: []*pitem{it}, tries: u.tries, lastErr: u.lastErr, probe: true}
+	}
+	for f.freshHead < len(f.fresh) {
+		it := f.fresh[f.freshHead]
+		s := it.Event.Subject
+		if f.inflight[s] > 0 || f.retrying[s] > 0 {
+			return nil
+		}
+		f.fresh[f.freshHead] = nil
+		f.freshHead++
+		return &unit{items: []*pitem{it}, probe: true}
+	}
+	return nil
+}
+
+// circuitChanged publishes a transition of the circuit to state.
+func (f *function) circuitChanged(state string) {
+	f.circuitV.set(f.circuit)
+	f.m.circuitOpen.Store(state != CircuitClosed)
+	switch state {
+	case CircuitOpen:
+		f.m.toOpen.Inc()
+		f.logger.Warn("function circuit open: its endpoint looks down; one probe event at a time until it answers, the other events wait",
+			"consecutive_failures", f.circuit.failures, "next_probe_in", f.circuit.nextProbe.Sub(time.Now()).Round(time.Millisecond), "err", f.circuit.lastErr)
+	case CircuitHalfOpen:
+		f.m.toHalfOpen.Inc()
+	case CircuitClosed:
+		f.m.toClose.Inc()
+		f.logger.Info("function circuit closed: delivering again")
+		now := time.Now()
+		for _, u := range f.retries {
+			if u.endpoint && u.nextAt.After(now) {
+				u.nextAt = now // waited for the endpoint, which is back
+			}
+		}
+		f.rescan = true
+		if f.def.RedriveOnRecovery {
+			go f.redrive()
+		}
+	}
+}
+
+// redrive replays the function's dead letters after its circuit closed (redrive_on_recovery).
+func (f *function) redrive() {
+	if f.d.stopping.Load() || f.d.store.DeadLetterDepth(f.name) == 0 {
+		return
+	}
+	n, err := f.d.replay(f.name, nil)
+	if err != nil {
+		if !errors.Is(err, storage.ErrClosed) {
+			f.logger.Error("redriving dead letters after recovery", "err", err)
+		}
+		return
+	}
+	f.logger.Info("dead letters redriven after recovery", "events", n)
+}
+
 // start runs u on its own goroutine.
 func (f *function) start(u *unit) {
 	f.running[u] = struct{}{}
+	f.flying.add(u)
 	for _, it := range u.items {
 		f.inflight[it.Event.Subject]++
 	}
@@ -432,7 +547,14 @@ func (f *function) start(u *unit) {
 
 // finish takes a worker's result back into the loop's state.
 func (f *function) finish(u *unit) {
+	prev := f.circuit.failures
+	if to := f.circuit.record(u.health, u.probe, u.retryAfter, errString(u.err), time.Now()); to != "" {
+		f.circuitChanged(to)
+	} else if u.health == healthDown || u.retryAfter > 0 || prev != f.circuit.failures {
+		f.circuitV.set(f.circuit)
+	}
 	delete(f.running, u)
+	f.flying.remove(u)
 	f.inFlight.Add(-1)
 	for _, it := range u.items {
 		s := it.Event.Subject
@@ -495,6 +617,11 @@ func (f *function) setLastErr(err error) {
 
 // run invokes u, then acknowledges, schedules retries or dead-letters, and reports to the loop.
 // It never blocks the loop: the loop always receives from done.
+//
+// Attempts are charged to an event only when it is shown to fail: it failed alone, or the
+// function named it as failed. A batch that failed as a whole is split in halves (nobody is
+// charged) until the failing events are alone; a failure of an unavailable endpoint
+// (ErrUnavailable) is charged to nobody and the batch waits whole for the endpoint.
 func (f *function) run(u *unit) {
 	defer func() { f.done <- u }()
 	batch := &Batch{Function: f.name, Items: make([]storage.Item, len(u.items))}
@@ -502,10 +629,11 @@ func (f *function) run(u *unit) {
 		batch.Items[i] = it.Item
 	}
 	start := time.Now()
-	if u.first.IsZero() {
-		u.first = start
+	for _, it := range u.items {
+		if it.first.IsZero() {
+			it.first = start
+		}
 	}
-	u.attempts++
 	ctx, cancel := context.WithTimeout(f.d.baseCtx, f.def.Timeout)
 	res, err := f.invoke(ctx, batch)
 	cancel()
@@ -518,6 +646,13 @@ func (f *function) run(u *unit) {
 		// Shutting down: leave everything queued in storage for the next start.
 		u.finished = len(u.items)
 		return
+	}
+	u.health, u.err = healthUp, err
+	if err != nil {
+		u.retryAfter = retryAfterOf(err)
+		if errors.Is(err, ErrRetryable) {
+			u.health = healthDown
+		}
 	}
 	var ok, failed []*pitem
 	if err != nil {
@@ -555,7 +690,7 @@ func (f *function) run(u *unit) {
 			err = errNotAcked
 		}
 		f.setLastErr(err)
-		f.logger.Warn("function failed", "events", len(u.items), "attempt", u.attempts, "err", err)
+		f.logger.Warn("function failed", "events", len(u.items), "probe", u.probe, "err", err)
 	}
 	if len(ok) > 0 {
 		f.ack(ok)
@@ -565,28 +700,49 @@ func (f *function) run(u *unit) {
 		return
 	}
 	var retry []*unit
-	if err != nil && len(failed) > 1 {
+	switch {
+	case err == nil || err == errNotAcked:
+		// The function named these events: each is shown to fail.
+		for _, it := range failed {
+			it.attempts++
+		}
+		retry = []*unit{{items: failed, tries: u.tries + 1, lastErr: errNotAcked}}
+	case errors.Is(err, ErrUnavailable):
+		// The endpoint did not take the batch: nobody is charged; the batch waits whole.
+		retry = []*unit{{items: failed, tries: u.tries + 1, lastErr: err, endpoint: true}}
+	case len(failed) == 1:
+		failed[0].attempts++
+		retry = []*unit{{items: failed, tries: u.tries + 1, lastErr: err, endpoint: u.health == healthDown}}
+	default:
 		// The whole batch failed: bisect it, so a poison event ends up alone.
 		h := len(failed) / 2
 		retry = []*unit{
-			{items: failed[:h:h], attempts: u.attempts, first: u.first, lastErr: err},
-			{items: failed[h:], attempts: u.attempts, first: u.first, lastErr: err},
+			{items: failed[:h:h], tries: u.tries + 1, lastErr: err},
+			{items: failed[h:], tries: u.tries + 1, lastErr: err},
 		}
-	} else {
-		if err == nil {
-			err = errNotAcked
-		}
-		retry = []*unit{{items: failed, attempts: u.attempts, first: u.first, lastErr: err, partial: err == errNotAcked}}
 	}
 	now := time.Now()
 	for _, r := range retry {
-		give := now.Sub(r.first) >= f.def.Retry.MaxAge ||
-			(r.attempts >= f.def.Retry.MaxAttempts && (len(r.items) == 1 || r.partial))
-		if give && f.deadLetter(r, now) == nil {
-			u.finished += len(r.items)
+		var give, keep []*pitem
+		for _, it := range r.items {
+			if it.attempts >= f.def.Retry.MaxAttempts || now.Sub(it.first) >= f.def.Retry.MaxAge {
+				give = append(give, it)
+			} else {
+				keep = append(keep, it)
+			}
+		}
+		if len(give) > 0 {
+			if f.deadLetter(give, r.lastErr, now) == nil {
+				u.finished += len(give)
+			} else {
+				keep = r.items // keep them all, in order, and try again later
+			}
+		}
+		if len(keep) == 0 {
 			continue
 		}
-		r.nextAt = now.Add(f.backoff(r.attempts))
+		r.items = keep
+		r.nextAt = now.Add(max(f.backoff(r.tries), u.retryAfter))
 		u.next = append(u.next, r)
 	}
 }
@@ -615,40 +771,45 @@ func (f *function) backoff(attempts int) time.Duration {
 // ack removes delivered items from the queue. A failed ack is logged: the items stay queued
 // and are delivered again after a restart (at least once).
 func (f *function) ack(items []*pitem) {
-	seqs := make([]uint64, len(items))
+	delivered := make([]storage.Item, len(items)) // acked with a record in each event's fate
 	for i, it := range items {
-		seqs[i] = it.Seq
+		delivered[i] = it.Item
 	}
 	var err error
 	for try := 0; try < 3; try++ {
-		if err = f.d.store.Ack(f.name, seqs...); err == nil || errors.Is(err, storage.ErrClosed) {
+		if err = f.d.store.Delivered(f.name, delivered); err == nil || errors.Is(err, storage.ErrClosed) {
 			break
 		}
 		time.Sleep(time.Duration(try+1) * 50 * time.Millisecond)
 	}
 	if err != nil {
-		f.logger.Error("acknowledging delivered events; they will be delivered again after a restart", "events", len(seqs), "err", err)
+		f.logger.Error("acknowledging delivered events; they will be delivered again after a restart", "events", len(delivered), "err", err)
 	}
 }
 
-// deadLetter moves r's items to the function's dead letters with the last error.
-func (f *function) deadLetter(r *unit, now time.Time) error {
-	reason := errString(r.lastErr)
-	letters := make([]storage.DeadLetter, len(r.items))
-	for i, it := range r.items {
-		letters[i] = storage.DeadLetter{Seq: it.Seq, Attempts: r.attempts, Reason: reason, At: now}
+// deadLetter moves items to the function's dead letters, each with its charged attempts and
+// the last error.
+func (f *function) deadLetter(items []*pitem, lastErr error, now time.Time) error {
+	reason := errString(lastErr)
+	f.toErrorFunctions(items, reason)
+	letters := make([]storage.DeadLetter, len(items))
+	for i, it := range items {
+		letters[i] = storage.DeadLetter{Seq: it.Seq, Attempts: it.attempts, Reason: reason, At: now, Item: it.Item}
 	}
 	if err := f.d.store.DeadLetter(f.name, letters); err != nil {
 		f.logger.Error("dead-lettering events; will retry", "events", len(letters), "err", err)
 		return err
 	}
 	f.m.deadLetters.Add(len(letters))
-	f.logger.Warn("events dead-lettered", "events", len(letters), "attempts", r.attempts, "reason", reason)
+	f.logger.Warn("events dead-lettered", "events", len(letters), "attempts", items[0].attempts, "reason", reason)
 	return nil
 }
 
 // outputs publishes a batch's outputs, and re-ingests them for functions with reingest. A
-// failed re-ingest fails the batch (it is retried); a failed publish is logged and counted.
+// failed re-ingest fails the batch (it is retried, as an unavailable endpoint: nobody is
+// charged). A failed publish is retried with the function's backoff, up to
+// retry.max_attempts tries; an output still refused then is dropped, counted and logged as an
+// error with the batch's event ids.
 func (f *function) outputs(u *unit, outs []Output) error {
 	if len(outs) == 0 {
 		return nil
@@ -684,24 +845,75 @@ func (f *function) outputs(u *unit, outs []Output) error {
 			err := f.d.opts.Reingest(ctx, evs)
 			cancel()
 			if err != nil {
-				return fmt.Errorf("%w: re-ingesting %d outputs: %v", ErrRetryable, len(evs), err)
+				return &UnavailableError{Err: fmt.Errorf("re-ingesting %d outputs: %w", len(evs), err)}
 			}
 			f.m.reingested.Add(len(evs))
 		}
 	}
+	return f.publish(u, outs)
+}
+
+// publish sends outs through the Publisher, retrying the refused ones.
+func (f *function) publish(u *unit, outs []Output) error {
 	pub := f.d.opts.Publisher
-	for i := range outs {
-		o := &outs[i]
-		err := ErrNoPublisher
-		if pub != nil {
-			err = pub.Publish(o.Topic, o.PayloadBytes(), o.QoS, o.Retain)
+	if pub == nil {
+		f.m.drop.Add(len(outs))
+		f.logger.Error("publishing outputs", "outputs", len(outs), "event_ids", eventIDs(u.items), "err", ErrNoPublisher)
+		return nil
+	}
+	pending := make([]int, len(outs))
+	for i := range pending {
+		pending[i] = i
+	}
+	var lastErr error
+	for try := 1; ; try++ {
+		kept := pending[:0]
+		for _, i := range pending {
+			o := &outs[i]
+			if err := pub.Publish(o.Topic, o.PayloadBytes(), o.QoS, o.Retain); err != nil {
+				lastErr = err
+				kept = append(kept, i)
+				continue
+			}
+			f.m.published.Inc()
 		}
-		if err != nil {
-			f.m.drop.Inc()
-			f.logger.Warn("publishing output", "topic", o.Topic, "err", err)
-			continue
+		pending = kept
+		if len(pending) == 0 {
+			return nil
 		}
-		f.m.published.Inc()
+		if try >= f.def.Retry.MaxAttempts {
+			break
+		}
+		f.m.outputRetries.Add(len(pending))
+		t := time.NewTimer(f.backoff(try))
+		select {
+		case <-t.C:
+		case <-f.d.baseCtx.Done():
+			t.Stop()
+			// Shutting down: the batch stays queued and is invoked again after the restart.
+			return &UnavailableError{Err: fmt.Errorf("publishing %d outputs: %w", len(pending), f.d.baseCtx.Err())}
+		}
+	}
+	f.m.drop.Add(len(pending))
+	for _, i := range pending {
+		f.logger.Error("publishing output failed; dropped after retry.max_attempts tries", "topic", outs[i].Topic,
+			"tries", f.def.Retry.MaxAttempts, "event_ids", eventIDs(u.items), "err", lastErr)
 	}
 	return nil
+}
+
+// eventIDs lists the ids of items for a log line (at most 20, then how many more).
+func eventIDs(items []*pitem) string {
+	var b strings.Builder
+	for i, it := range items {
+		if i == 20 {
+			fmt.Fprintf(&b, " (+%d more)", len(items)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(it.Event.ID)
+	}
+	return b.String()
 }

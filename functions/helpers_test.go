@@ -207,9 +207,14 @@ func fastRetry(max int) RetryPolicy {
 	return RetryPolicy{MaxAttempts: max, InitialBackoff: 2 * time.Millisecond, MaxBackoff: 10 * time.Millisecond, MaxAge: time.Hour}
 }
 
+// fastCircuit opens after failures endpoint failures in a row and probes every few milliseconds.
+func fastCircuit(failures int) CircuitPolicy {
+	return CircuitPolicy{Failures: failures, ProbeInitial: 2 * time.Millisecond, ProbeMax: 10 * time.Millisecond}
+}
+
 func httpDef(name, url string) Definition {
 	return Definition{Name: name, Type: TypeHTTP, URL: url, Timeout: 2 * time.Second, Retry: fastRetry(5),
-		Batch: BatchPolicy{MaxEvents: 10, MaxWait: 5 * time.Millisecond}}
+		Circuit: fastCircuit(5), Batch: BatchPolicy{MaxEvents: 10, MaxWait: 5 * time.Millisecond}}
 }
 
 // capturePublisher records publishes.

@@ -2,8 +2,12 @@ package functions
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -57,10 +61,13 @@ func (h *httpInvoker) Invoke(ctx context.Context, b *Batch) (Result, error) {
 		deadline = d
 	}
 	if err := h.client.DoDeadline(req, resp, deadline); err != nil {
+		if unreachable(err) {
+			return Result{}, &UnavailableError{Err: fmt.Errorf("calling %s: %w", h.url, err)}
+		}
 		return Result{}, fmt.Errorf("%w: calling %s: %v", ErrRetryable, h.url, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return Result{}, fmt.Errorf("%w: calling %s: %v", ErrRetryable, h.url, err)
+		return Result{}, &UnavailableError{Err: fmt.Errorf("calling %s: %w", h.url, err)}
 	}
 	status := resp.StatusCode()
 	body := resp.Body()
@@ -71,11 +78,71 @@ func (h *httpInvoker) Invoke(ctx context.Context, b *Batch) (Result, error) {
 			return Result{}, fmt.Errorf("answer of %s: %w", h.url, err)
 		}
 		return r, nil
-	case status == fasthttp.StatusTooManyRequests || status >= 500:
+	case status == fasthttp.StatusTooManyRequests || status == fasthttp.StatusBadGateway ||
+		status == fasthttp.StatusServiceUnavailable || status == fasthttp.StatusGatewayTimeout:
+		return Result{}, &UnavailableError{
+			RetryAfter: parseRetryAfter(resp.Header.Peek(fasthttp.HeaderRetryAfter), time.Now()),
+			Err:        fmt.Errorf("%s answered %d: %s", h.url, status, snippet(body)),
+		}
+	case status >= 500:
 		return Result{}, fmt.Errorf("%w: %s answered %d: %s", ErrRetryable, h.url, status, snippet(body))
 	default:
 		return Result{}, fmt.Errorf("%w: %s answered %d: %s", ErrRejected, h.url, status, snippet(body))
 	}
+}
+
+// unreachable reports whether a transport error means the endpoint could not be reached or did
+// not answer in time (as opposed to a connection that broke while it worked on the batch).
+func unreachable(err error) bool {
+	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) ||
+		errors.Is(err, fasthttp.ErrTLSHandshakeTimeout) || errors.Is(err, fasthttp.ErrNoFreeConns) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+		return true
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return true
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// maxRetryAfter bounds the wait a Retry-After header can impose.
+const maxRetryAfter = time.Hour
+
+// parseRetryAfter reads a Retry-After value: delay seconds or an HTTP date (relative to now).
+// It returns 0 when v is empty, malformed or in the past, and at most maxRetryAfter.
+func parseRetryAfter(v []byte, now time.Time) time.Duration {
+	s := strings.TrimSpace(string(v))
+	if s == "" {
+		return 0
+	}
+	var d time.Duration
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		d = time.Duration(min(n, int64(maxRetryAfter/time.Second))) * time.Second
+	} else if t, err := http1Date(s); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
+}
+
+// http1Date parses an HTTP date in any of the three formats RFC 9110 allows.
+func http1Date(s string) (time.Time, error) {
+	var err error
+	for _, layout := range []string{time.RFC1123, time.RFC850, time.ANSIC} {
+		var t time.Time
+		if t, err = time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, err
 }
 
 // snippet returns at most 1 KiB of a response body as a one-line reason.

@@ -51,7 +51,7 @@ func DefaultHTTPConfig() HTTPConfig {
 	return HTTPConfig{
 		Addr: ":8080", MaxBodyBytes: 1 << 20, MaxEvents: 10000,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		Concurrency: 256 * 1024, ShutdownTimeout: 20 * time.Second,
+		MaxConnsPerIP: 1000, Concurrency: 256 * 1024, ShutdownTimeout: 20 * time.Second,
 	}
 }
 
@@ -71,6 +71,9 @@ func (c *HTTPConfig) Validate() error {
 	}
 	if c.MaxEvents <= 0 {
 		errs = append(errs, fmt.Errorf("http.max_events_per_request: must be positive, got %d", c.MaxEvents))
+	}
+	if c.MaxConnsPerIP < 0 {
+		errs = append(errs, fmt.Errorf("http.max_conns_per_ip: must not be negative (0 is no limit), got %d", c.MaxConnsPerIP))
 	}
 	if c.RateLimit < 0 {
 		errs = append(errs, fmt.Errorf("http.rate_limit: must not be negative, got %g", c.RateLimit))
@@ -116,6 +119,7 @@ type Server struct {
 	requests *metrics.Counter
 	limits   *senderLimits // nil when http.rate_limit is 0
 	limited  *metrics.Counter
+	cert     *certReloader // nil without http.tls
 }
 
 type mount struct {
@@ -160,16 +164,26 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		s.limits = newSenderLimits(opts.Config.RateLimit, opts.Config.RateBurst)
 	}
 	s.srv = &fasthttp.Server{
-		Handler:               s.handle,
-		ErrorHandler:          s.handleTransportError,
-		Name:                  "fleetgate",
-		MaxRequestBodySize:    opts.Config.MaxBodyBytes,
+		Handler:      s.handle,
+		ErrorHandler: s.handleTransportError,
+		Name:         "fleetgate",
+		// Bodies are streamed: the handler runs after the headers, checks the token, and
+		// reads the body (bounded by http.max_body_bytes) only then; see http_body.go.
+		StreamRequestBody:  true,
+		MaxRequestBodySize: streamPrefetch,
+		// Multipart bodies are not parsed ahead of the handler (that would read them before
+		// authentication, with no limit but fasthttp's).
+		DisablePreParseMultipartForm: true,
+		// fasthttp's errors and logs do not quote the request (its headers hold tokens).
+		SecureErrorLogMessage: true,
+		// ReadTimeout bounds the request line, the headers and the body together, from the
+		// first byte: a slow (slowloris) client is cut off after http.read_timeout.
 		ReadTimeout:           opts.Config.ReadTimeout,
 		WriteTimeout:          opts.Config.WriteTimeout,
 		IdleTimeout:           opts.Config.IdleTimeout,
 		MaxConnsPerIP:         opts.Config.MaxConnsPerIP,
 		Concurrency:           opts.Config.Concurrency,
-		ReadBufferSize:        16 << 10,
+		ReadBufferSize:        readBufferSize,
 		NoDefaultServerHeader: false,
 		NoDefaultContentType:  true,
 		CloseOnShutdown:       true,
@@ -177,6 +191,10 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	return s, nil
 }
+
+// readBufferSize is fasthttp's per-connection read buffer: the request line and headers
+// must fit in it.
+const readBufferSize = 16 << 10
 
 // Mount serves prefix (under /admin/v1/) with h, for operator tokens only.
 func (s *Server) Mount(prefix string, h fasthttp.RequestHandler) {
@@ -193,12 +211,13 @@ func (s *Server) Start() error {
 		return fmt.Errorf("http: listening on %s (http.addr): %w", s.opts.Config.Addr, err)
 	}
 	if c := s.opts.Config.TLS; c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		cr, err := newCertReloader(c.CertFile, c.KeyFile)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("http: loading http.tls.cert_file/key_file: %w", err)
+			return err
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		s.cert = cr
+		ln = tls.NewListener(ln, &tls.Config{GetCertificate: cr.get, MinVersion: tls.VersionTLS12})
 	}
 	s.ln = ln
 	s.ready.Store(true)
@@ -254,6 +273,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	default:
 		s.fail(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+string(path))
 	}
+	closeIfBodyUnread(ctx)
 	s.countCode(ctx.Response.StatusCode())
 }
 
@@ -280,19 +300,14 @@ func (s *Server) handleReady(ctx *fasthttp.RequestCtx) {
 	ctx.SetBodyString("ready\n")
 }
 
-// handleTransportError answers errors fasthttp meets before the handler runs, such as a body
-// over http.max_body_bytes, in the JSON error format.
+// handleTransportError answers errors fasthttp meets before the handler runs, such as a
+// malformed or oversized request head, in the JSON error format. The answer carries no
+// request data (see errorAnswer); fasthttp closes the connection after it.
 func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
-	switch {
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large",
-			fmt.Sprintf("request body over http.max_body_bytes (%d bytes)", s.opts.Config.MaxBodyBytes))
-	case isTimeout(err):
-		s.fail(ctx, fasthttp.StatusRequestTimeout, "timeout", "request not received within http.read_timeout")
-	default:
-		s.fail(ctx, fasthttp.StatusBadRequest, "bad_request", "malformed HTTP request: "+err.Error())
-	}
-	s.countCode(ctx.Response.StatusCode())
+	status, code, msg := errorAnswer(err, s.opts.Config.MaxBodyBytes)
+	ctx.Response.Reset()
+	s.fail(ctx, status, code, msg)
+	s.countCode(status)
 }
 
 func isTimeout(err error) bool {
@@ -310,13 +325,18 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) *auth.Principal {
 	token, ok := bytes.CutPrefix(h, []byte("Bearer "))
 	if !ok || len(token) == 0 {
 		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Bearer realm="fleetgate"`)
-		s.fail(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "missing bearer token: send Authorization: Bearer <JWT>")
+		failWithID(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "missing bearer token: send Authorization: Bearer <JWT>", requestID(ctx))
 		return nil
 	}
 	p, err := s.opts.Auth.Verify(string(bytes.TrimSpace(token)))
 	if err != nil {
+		// The reason names keys, issuers and algorithms of the configuration: it goes to the
+		// log, under the request id the sender gets.
+		id := requestID(ctx)
+		s.log.Debug("http: token refused", "request_id", id, "reason", auth.Reason(err), "error", err,
+			"remote", ctx.RemoteIP().String(), "path", clip(ctx.Path()))
 		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Bearer realm="fleetgate", error="invalid_token"`)
-		s.fail(ctx, fasthttp.StatusUnauthorized, "unauthenticated", err.Error())
+		failWithID(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "invalid token", id)
 		return nil
 	}
 	return p
@@ -325,6 +345,14 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) *auth.Principal {
 func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 	p := s.authenticate(ctx)
 	if p == nil {
+		return
+	}
+	if p.AdminUntrusted() {
+		id := requestID(ctx)
+		s.log.Debug("http: admin role from a key not trusted for admin", "request_id", id,
+			"subject", p.Subject, "role", p.Role, "kid", p.SignerKeyID(), "remote", ctx.RemoteIP().String())
+		failWithID(ctx, fasthttp.StatusForbidden, "forbidden",
+			"the token's role grants the admin API, but its signing key is not trusted for admin tokens (auth.admin_keys, auth.admin_issuer)", id)
 		return
 	}
 	if !p.IsAdmin() {
@@ -344,6 +372,9 @@ func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
 	s.mu.RUnlock()
 	if h == nil {
 		s.fail(ctx, fasthttp.StatusNotFound, "not_found", "no such admin endpoint: "+path)
+		return
+	}
+	if !s.loadBody(ctx) { // only now, for an operator: the mounted APIs take ctx.PostBody()
 		return
 	}
 	h(ctx)
@@ -436,7 +467,14 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		s.fail(ctx, fasthttp.StatusForbidden, "forbidden", fmt.Sprintf("the policy of role %q does not allow publishing to %q", p.Role, name))
 		return
 	}
-	body := ctx.PostBody()
+	bodyBuf := getBodyBuf()
+	defer putBodyBuf(bodyBuf)
+	body, err := readBody(ctx, s.opts.Config.MaxBodyBytes, *bodyBuf)
+	*bodyBuf = body
+	if err != nil {
+		s.failBody(ctx, err)
+		return
+	}
 	parsed, err := parseBody(string(ctx.Request.Header.ContentType()), body, s.opts.Config.MaxEvents)
 	if err != nil {
 		if errors.Is(err, errUnsupportedType) {
@@ -513,18 +551,15 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 	}
 	// Wait for the outcome whatever happens to the connection: the answer must say what was stored.
 	if err := s.opts.Gateway.Accept(context.Background(), events, AcceptOptions{IdempotencyKey: idem}); err != nil {
-		switch {
-		case errors.Is(err, ErrBusy):
-			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
-			s.fail(ctx, fasthttp.StatusServiceUnavailable, "busy", err.Error())
-		case errors.Is(err, ErrTooLarge):
-			s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, "too_large", "too many events for one request (each event and each function it goes to counts): split the request")
-		case errors.Is(err, ErrInvalid):
-			s.fail(ctx, fasthttp.StatusBadRequest, "invalid", err.Error())
-		default:
-			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "5")
-			s.fail(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		r := RefusalFor(err)
+		if r.RetryAfter != "" {
+			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, r.RetryAfter)
 		}
+		msg := err.Error()
+		if errors.Is(err, ErrTooLarge) {
+			msg = "too many events for one request (each event and each function it goes to counts): split the request"
+		}
+		s.fail(ctx, r.HTTPStatus, r.Code, msg)
 		return
 	}
 	writeAccepted(ctx, events)

@@ -36,9 +36,19 @@ type testServer struct {
 
 func startServer(t testing.TB, mod ...func(*HTTPConfig)) *testServer {
 	t.Helper()
+	return startServerStore(t, nil, mod...)
+}
+
+// startServerStore is startServer with storeMod applied to the store's options.
+func startServerStore(t testing.TB, storeMod func(*storage.Options), mod ...func(*HTTPConfig)) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	ms := metrics.NewSet()
-	st, err := storage.Open(storage.Options{Dir: dir + "/log", SweepInterval: time.Hour, Metrics: ms})
+	so := storage.Options{Dir: dir + "/log", SweepInterval: time.Hour, Metrics: ms}
+	if storeMod != nil {
+		storeMod(&so)
+	}
+	st, err := storage.Open(so)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,9 @@ type Rule struct {
 	Select map[string]string `yaml:"select" json:"select,omitempty"`
 	// Enabled: nil means true.
 	Enabled *bool `yaml:"enabled" json:"enabled,omitempty"`
+	// ErrorFunction names a function that receives the events the rule's functions
+	// dead-letter (with why), besides their dead-letter queues; "" for none.
+	ErrorFunction string `yaml:"error_function" json:"error_function,omitempty"`
 }
 
 // IsEnabled reports whether the rule takes part in matching (Enabled nil or true).
@@ -236,6 +239,12 @@ func (c *compiler) rule(i int, r *Rule) *compiledRule {
 		c.add(i, r.ID, "functions", "a rule needs functions, routes, or both")
 	}
 	cr.functions = c.functions(i, r.ID, "functions", r.Functions)
+	if r.ErrorFunction != "" {
+		if c.opts.KnownFunction != nil && !c.opts.KnownFunction(r.ErrorFunction) {
+			c.add(i, r.ID, "error_function", "unknown function %q: configure it under functions: or fix the name", r.ErrorFunction)
+		}
+		cr.errorFunction = r.ErrorFunction
+	}
 	defaultAt := -1
 	for j, rt := range r.Routes {
 		field := fmt.Sprintf("routes[%d]", j)
@@ -327,6 +336,8 @@ type compiledRule struct {
 	routes    []compiledRoute
 	selects   []selectField // sorted by name
 	stats     *ruleStats    // nil unless the set belongs to an Engine
+
+	errorFunction string
 }
 
 type compiledRoute struct {
@@ -364,6 +375,15 @@ func (s *Set) Rule(id string) (Rule, bool) {
 		return Rule{}, false
 	}
 	return s.rules[i].clone(), true
+}
+
+// ErrorFunction returns the error function of the rule with the given id ("" when the rule
+// names none or is not in the set).
+func (s *Set) ErrorFunction(id string) string {
+	if i, ok := s.byID[id]; ok {
+		return s.compiled[i].errorFunction
+	}
+	return ""
 }
 
 // Len is the number of rules in the set.

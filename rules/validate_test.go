@@ -116,6 +116,26 @@ func TestCompileProblemsOneByOne(t *testing.T) {
 	f("regex not constant", Rule{ID: "x", Topic: "a", When: `topic matches subject`, Functions: fn}, "when", "constant string")
 	f("bad regex", Rule{ID: "x", Topic: "a", When: `topic matches "("`, Functions: fn}, "when", "missing closing")
 	f("disabled rule still validated", Rule{ID: "x", Topic: "a/#/b", Functions: fn, Enabled: new(false)}, "topic", "'#'")
+	f("unknown error function", Rule{ID: "x", Topic: "a", Functions: fn, ErrorFunction: "zzz"}, "error_function", `unknown function "zzz"`)
+}
+
+func TestErrorFunctionOfRule(t *testing.T) {
+	s, err := Compile([]Rule{
+		{ID: "with", Topic: "a", Functions: []string{"f"}, ErrorFunction: "g"},
+		{ID: "without", Topic: "b", Functions: []string{"f"}},
+	}, CompileOptions{KnownFunction: known("f", "g")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.ErrorFunction("with"); got != "g" {
+		t.Errorf("ErrorFunction(with) = %q, want g", got)
+	}
+	if got := s.ErrorFunction("without") + s.ErrorFunction("gone"); got != "" {
+		t.Errorf("ErrorFunction of a rule without one = %q", got)
+	}
+	if r, _ := s.Rule("with"); r.ErrorFunction != "g" {
+		t.Errorf("Rule(with).ErrorFunction = %q", r.ErrorFunction)
+	}
 }
 
 func TestCompileTooManyRules(t *testing.T) {

@@ -16,4 +16,9 @@ var (
 	ErrNotFound = errors.New("storage: not found")
 	// ErrInvalid is returned for a malformed argument, such as an empty function name.
 	ErrInvalid = errors.New("storage: invalid argument")
+	// ErrDamaged means Open found the data dir damaged (a MANIFEST missing, truncated or
+	// corrupt, a table file missing, truncated or corrupt) and refused to start rather than let
+	// Badger drop data. Nothing in the dir was changed; the message names the files and why.
+	// Restore a backup, or salvage with Repair (`fleetgate storage repair`).
+	ErrDamaged = errors.New("storage: data dir damaged")
 )

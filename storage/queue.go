@@ -37,7 +37,7 @@ type DeadLetter struct {
 	Attempts int
 	Reason   string
 	At       time.Time
-	Item     Item // filled by DeadLetters
+	Item     Item // filled by DeadLetters; given to Store.DeadLetter, its event is described in the event's fate
 }
 
 // ReadQueue returns up to max pending items of function with Seq > afterSeq, in Seq order.
@@ -156,9 +156,10 @@ func (s *Store) Ack(function string, seqs ...uint64) error {
 }
 
 // DeadLetter moves items from function's queue to its dead-letter queue with their reasons,
-// atomically and durably. Seqs not in the queue are ignored.
+// atomically and durably. Seqs not in the queue are ignored. Letters whose Item carries its
+// event are also recorded in the event's fate, in the same commit.
 func (s *Store) DeadLetter(function string, letters []DeadLetter) error {
-	ops := make([]*op, len(letters))
+	ops := make([]*op, len(letters), 2*len(letters))
 	for i, l := range letters {
 		at := l.At
 		if at.IsZero() {
@@ -172,6 +173,16 @@ func (s *Store) DeadLetter(function string, letters []DeadLetter) error {
 			key: fnKey(nsQueue, function, l.Seq), moveTo: fnKey(nsDead, function, l.Seq),
 			wrap: func(old []byte) []byte { return append(head, old...) },
 			fn:   function, dq: -1, dd: 1,
+		}
+	}
+	for _, l := range letters {
+		it, at := l.Item, l.At
+		it.Seq = l.Seq
+		if at.IsZero() {
+			at = time.Now()
+		}
+		if o := s.outcomeOp(function, outcomeDead, &it, at, l.Attempts, l.Reason); o != nil {
+			ops = append(ops, o)
 		}
 	}
 	if err := s.write(ops, nil); err != nil {

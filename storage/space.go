@@ -116,7 +116,6 @@ func (s *Store) admit(reqs []*writeReq, bytes int64) []*writeReq {
 			continue
 		}
 		s.pending.Add(-r.size)
-		s.m.busy.Inc()
 		r.done(fmt.Errorf("committing: %w: disk almost full (%d bytes free, storage.min_free_bytes is %d): free space on the disk",
 			ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes))
 	}

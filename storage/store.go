@@ -27,6 +27,9 @@ type Target struct {
 	Function string
 	Rule     string
 	Data     []byte // the rule's select output; nil means the event's own data
+	// RuleVersion is the rule set version that chose the function (0: not known); it is kept
+	// in the event's fate (see Store.Fate), not in the queue entry.
+	RuleVersion int
 }
 
 // Entry is one event to append with the functions it must be delivered to.
@@ -53,6 +56,7 @@ type Options struct {
 	MinFreeBytes    int64         // refuse appends with ErrFull while the disk has less free space (default 4 × MemTableBytes; <0: no check)
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
 	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
+	FateTTL         time.Duration // how long an event's fate can be looked up after it arrived and after each delivery or dead letter (default 24h; <0: no fate records)
 	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
 	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
 	MemTableBytes   int64         // Badger memtable size (default 64 MiB); one commit may use 15% of it
@@ -74,6 +78,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdempotencyTTL <= 0 {
 		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.FateTTL == 0 {
+		o.FateTTL = 24 * time.Hour
 	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 5 * time.Second
@@ -208,7 +215,7 @@ func Open(opts Options) (*Store, error) {
 	}
 	bo := badger.DefaultOptions(opts.Dir).
 		WithInMemory(opts.InMemory).
-		WithSyncWrites(true).
+		WithSyncWrites(syncWrites).
 		WithDetectConflicts(false).
 		WithLogger(badgerLogger{opts.Logger}).
 		WithNumVersionsToKeep(1).
@@ -218,6 +225,9 @@ func Open(opts Options) (*Store, error) {
 		WithMetricsEnabled(false)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
+	}
+	if err := checkBeforeOpen(&opts); err != nil { // refuse a damaged dir: Badger would drop data or panic
+		return nil, err
 	}
 	db, err := badger.Open(bo)
 	if err != nil {
@@ -358,6 +368,10 @@ func (s *Store) AppendAsync(entries []*Entry, done func(error)) {
 	count := 0
 	for _, e := range entries {
 		count += 2 + len(e.Targets)
+		if s.fateOn() {
+			count++ // the fate index
+			size += fateIndexBytes
+		}
 		if e.Event == nil {
 			done(fmt.Errorf("appending: %w: entry without event", ErrInvalid))
 			return
@@ -431,6 +445,10 @@ var numMemtables = 3
 
 // lingerEnabled switches the committer's linger (see commitLoop); benchmarks compare both.
 var lingerEnabled = true
+
+// syncWrites makes every commit fsync before it is acknowledged. Only tests change it: the
+// power-loss tests turn it off once to prove they notice.
+var syncWrites = false
 
 // group is one transaction's worth of requests on its way through Badger.
 type group struct {
@@ -696,6 +714,11 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 				*groupKeys = map[string]*Entry{}
 			}
 			(*groupKeys)[e.IdempotencyKey] = e
+		}
+		if s.fateOn() {
+			if err := s.putFateIndex(txn, e); err != nil {
+				return err
+			}
 		}
 	}
 	for _, o := range r.ops {

@@ -40,8 +40,8 @@ func BenchmarkAppendBatched(b *testing.B) {
 
 func benchAppend(b *testing.B, writers int) { benchAppendN(b, writers, 1) }
 
-func benchAppendN(b *testing.B, writers, per int) {
-	s := openTest(b, b.TempDir())
+func benchAppendN(b *testing.B, writers, per int, mod ...func(*Options)) {
+	s := openTest(b, b.TempDir(), mod...)
 	payload := []byte(strings.Repeat("x", 256))
 	b.SetBytes(256)
 	b.ReportAllocs()

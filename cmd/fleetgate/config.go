@@ -33,14 +33,21 @@ type Config struct {
 
 // StorageConfig is the `storage:` section: the safety valves of the durable log.
 type StorageConfig struct {
-	// MaxBytes: new events are refused (HTTP 503, MQTT quota exceeded) while the data dir is
-	// this large; 0 means no limit but the disk's.
+	// MaxBytes: new events are refused (HTTP 503, MQTT quota exceeded) while the log holds this
+	// many bytes of events, queue entries and dead letters; 0 means no limit but the disk's.
 	MaxBytes int64 `yaml:"max_bytes"`
+	// MinFreeBytes: new events are refused while the disk has less free space than this, so
+	// that the log never runs out of room for its own files; 0 means 4 × memtable_bytes, and a
+	// negative value turns the check off.
+	MinFreeBytes int64 `yaml:"min_free_bytes"`
 	// MaxAge: events older than this are deleted even if a function has not received them
 	// (logged as an error and counted); 0 means never.
 	MaxAge time.Duration `yaml:"max_age"`
 	// IdempotencyTTL is how long event ids and Idempotency-Keys are remembered (default 24h).
 	IdempotencyTTL time.Duration `yaml:"idempotency_ttl"`
+	// FateTTL is how long an event's fate (`fleetgate events get ID`) can be looked up after it
+	// arrived and after each delivery or dead letter (default 24h); 0 turns fate records off.
+	FateTTL time.Duration `yaml:"fate_ttl"`
 	// MemtableBytes is the size of Badger's memtables (default 64 MiB; 3 of them at most are
 	// in memory). Smaller uses less memory, flushes more often, and lowers how much one
 	// request may carry (15% of it).
@@ -63,7 +70,7 @@ func DefaultConfig() Config {
 		MQTT:    broker.DefaultConfig(),
 		HTTP:    ingest.DefaultHTTPConfig(),
 		Auth:    auth.DefaultConfig(),
-		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour, MemtableBytes: 64 << 20},
+		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour, FateTTL: 24 * time.Hour, MemtableBytes: 64 << 20},
 		Log:     LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -130,6 +137,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.MemtableBytes < storage.MinMemTableBytes {
 		errs = append(errs, fmt.Errorf("storage.memtable_bytes: at least %d (8 MiB), got %d", storage.MinMemTableBytes, c.Storage.MemtableBytes))
+	}
+	if c.Storage.FateTTL < 0 {
+		errs = append(errs, fmt.Errorf("storage.fate_ttl: must not be negative (0 turns event fates off), got %s", c.Storage.FateTTL))
 	}
 	if c.Storage.MaxAge < 0 {
 		errs = append(errs, fmt.Errorf("storage.max_age: must not be negative, got %s", c.Storage.MaxAge))

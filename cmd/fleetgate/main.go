@@ -1,5 +1,5 @@
 // Command fleetgate runs the gateway (serve), mints development tokens (token), and drives a
-// running gateway's admin API (rules, dlq).
+// running gateway's admin API (rules, dlq, events), and checks or repairs a data dir (storage).
 package main
 
 import (
@@ -21,7 +21,11 @@ commands:
   serve     run the gateway (MQTT, HTTP, rules, functions)
   token     print a JWT signed with the gateway's own key (development and tests)
   rules     list, apply, delete and test routing rules on a running gateway
-  dlq       list and replay a function's dead letters on a running gateway
+  dlq       list, replay and purge a function's dead letters on a running gateway
+  events    show what became of an event (its fate) on a running gateway
+  revoke    revoke a subject's tokens (closing its MQTT connections) or one token (jti)
+  revocations  list and delete revocations on a running gateway
+  storage   check or repair a stopped gateway's data dir (after a crash or disk damage)
   version   print the version
 
 Run 'fleetgate <command> -h' for a command's flags.
@@ -46,6 +50,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return rulesCmd(rest, stdout, stderr)
 	case "dlq":
 		return cmdDLQ(rest, stdout, stderr)
+	case "events":
+		return cmdEvents(rest, stdout, stderr)
+	case "revoke":
+		return cmdRevoke(rest, stdout, stderr)
+	case "revocations":
+		return cmdRevocations(rest, stdout, stderr)
+	case "storage":
+		return cmdStorage(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "fleetgate", version)
 		return 0

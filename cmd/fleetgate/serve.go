@@ -108,6 +108,23 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	log.Info("ready", "mqtt", mqttAddr, "mqtt_tls", addrString(g.broker.TLSAddr()), "mqtt_ws", addrString(g.broker.WSAddr()),
 		"http", g.http.Addr().String(), "data_dir", cfg.DataDir)
 
+	// SIGHUP reloads the auth keys (key files, auth.jwks_file, auth.jwks_url) and the HTTP
+	// listener's certificate in place: connections stay up, tokens of removed keys are refused
+	// from then on.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Info("SIGHUP: reloading auth keys")
+			if err := g.verifier.Reload(); err != nil {
+				log.Error("SIGHUP: auth keys not (all) reloaded; the last good keys stay in use", "err", err)
+			}
+			if err := g.http.ReloadTLS(); err != nil {
+				log.Error("SIGHUP: HTTP certificate not reloaded; the current one stays in use", "err", err)
+			}
+		}
+	}()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig
@@ -134,15 +151,16 @@ func addrString(a net.Addr) string {
 
 // gateway is a running fleetgate: every component, wired.
 type gateway struct {
-	store      *storage.Store
-	verifier   *auth.Verifier
-	ingest     *ingest.Gateway
-	rules      *rules.Engine
-	dispatcher *functions.Dispatcher
-	broker     *broker.Broker
-	http       *ingest.Server
-	metrics    *metrics.Set
-	log        *slog.Logger
+	store       *storage.Store
+	verifier    *auth.Verifier
+	revocations *auth.Revocations
+	ingest      *ingest.Gateway
+	rules       *rules.Engine
+	dispatcher  *functions.Dispatcher
+	broker      *broker.Broker
+	http        *ingest.Server
+	metrics     *metrics.Set
+	log         *slog.Logger
 }
 
 // lazyPublisher lets functions publish through the broker, which is created after them.
@@ -160,10 +178,19 @@ type rulesRouter struct{ e *rules.Engine }
 
 func (r rulesRouter) Route(ev *event.Event, dst []storage.Target) []storage.Target {
 	var buf [4]rules.Target
-	for _, t := range r.e.Match(ev, buf[:0]) {
-		dst = append(dst, storage.Target{Function: t.Function, Rule: t.Rule, Data: t.Data})
+	set, version := r.e.Live() // the version is kept in the event's fate
+	for _, t := range set.Match(ev, buf[:0]) {
+		dst = append(dst, storage.Target{Function: t.Function, Rule: t.Rule, Data: t.Data, RuleVersion: version})
 	}
 	return dst
+}
+
+// fateTTL maps storage.fate_ttl (0: off) to storage.Options.FateTTL (<0: off).
+func fateTTL(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // startGateway opens storage and starts every component; on error everything opened is closed.
@@ -178,14 +205,20 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 		return nil, fmt.Errorf("creating data_dir: %w", err)
 	}
 	g.store, err = storage.Open(storage.Options{
-		Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MaxAge: cfg.Storage.MaxAge,
-		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes,
+		Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MinFreeBytes: cfg.Storage.MinFreeBytes, MaxAge: cfg.Storage.MaxAge,
+		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: fateTTL(cfg.Storage.FateTTL),
 		Metrics: g.metrics, Logger: log.With("component", "storage"),
 	})
 	if err != nil {
 		return g, err
 	}
-	g.verifier, err = auth.New(cfg.Auth, auth.Options{DataDir: cfg.DataDir, Metrics: g.metrics, Logger: log.With("component", "auth")})
+	g.revocations, err = auth.LoadRevocations(g.store, nil)
+	if err != nil {
+		return g, err
+	}
+	g.verifier, err = auth.New(cfg.Auth, auth.Options{
+		DataDir: cfg.DataDir, Metrics: g.metrics, Logger: log.With("component", "auth"), Revocations: g.revocations,
+	})
 	if err != nil {
 		return g, err
 	}
@@ -198,6 +231,12 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 		Store: g.store, Definitions: cfg.Functions, Publisher: pub,
 		Reingest: func(ctx context.Context, events []*event.Event) error {
 			return g.ingest.Accept(ctx, events, ingest.AcceptOptions{})
+		},
+		// Rules are built after the dispatcher (they check function names against it); the
+		// dispatcher calls this only once started, when g.rules is set.
+		ErrorFunction: func(rule string) string {
+			set, _ := g.rules.Live()
+			return set.ErrorFunction(rule)
 		},
 		DataDir: cfg.DataDir, LogWriter: logOut, Metrics: g.metrics, Logger: log.With("component", "functions"),
 	})
@@ -236,6 +275,10 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 			if _, _, err := g.store.Get("readyz"); err != nil {
 				return fmt.Errorf("storage: %w", err)
 			}
+			// Not ready while new events are refused (disk almost full, storage.max_bytes).
+			if err := g.store.Refusing(); err != nil {
+				return fmt.Errorf("storage: %w", err)
+			}
 			return nil
 		},
 	})
@@ -246,7 +289,9 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	fh := g.dispatcher.AdminHandler()
 	g.http.Mount("/admin/v1/functions/", fh)
 	g.http.Mount("/admin/v1/dlq/", fh)
+	g.http.Mount("/admin/v1/events/", fh)
 	g.http.Mount("/admin/v1/publish/", g.broker.AdminHandler())
+	g.http.Mount(ingest.RevocationsPath+"/", ingest.RevocationsHandler(g.revocations, g.broker, log.With("component", "auth")))
 	// Go's profiler, for operators: curl -H "Authorization: Bearer $T" -o cpu.pprof http://HOST/admin/v1/debug/pprof/profile
 	g.http.Mount("/admin/v1/debug/pprof/", func(ctx *fasthttp.RequestCtx) {
 		ctx.Request.URI().SetPath(strings.TrimPrefix(string(ctx.Path()), "/admin/v1"))
@@ -255,6 +300,7 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	if err := g.http.Start(); err != nil {
 		return g, err
 	}
+	g.verifier.Start() // auth.jwks_url refresh
 	return g, nil
 }
 
@@ -273,6 +319,9 @@ func (g *gateway) shutdown(timeout time.Duration) error {
 		if err := g.broker.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("mqtt: %w", err))
 		}
+	}
+	if g.verifier != nil {
+		g.verifier.Close()
 	}
 	if g.dispatcher != nil {
 		if err := g.dispatcher.Stop(ctx); err != nil {

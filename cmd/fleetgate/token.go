@@ -69,10 +69,13 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	quiet := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	v, err := auth.New(cfg.Auth, auth.Options{DataDir: cfg.DataDir, Logger: quiet})
+	v, err := auth.New(cfg.Auth, auth.Options{DataDir: cfg.DataDir, Logger: quiet, Offline: true})
 	if err != nil {
 		fmt.Fprintln(stderr, "fleetgate token:", err)
 		return 1
+	}
+	if cfg.Auth.Policies[*role].Admin && !v.SignsAdminTokens() {
+		fmt.Fprintf(stderr, "fleetgate token: warning: role %q grants the admin API, but the signing key is not in auth.admin_keys: the admin API will refuse this token (403)\n", *role)
 	}
 	tok, err := v.Sign(auth.MintClaims(*subject, *tenant, *role, claims, *ttl, time.Now()))
 	if err != nil {

@@ -26,7 +26,8 @@ type cacheShard struct {
 
 type cacheEntry struct {
 	p        *Principal
-	deadline int64 // unix nanoseconds after which the token is refused; 0 = never
+	deadline int64  // unix nanoseconds after which the token is refused; 0 = never
+	gen      uint64 // the key set generation it was verified with
 }
 
 func newTokenCache(size int) *tokenCache {
@@ -44,13 +45,15 @@ func (c *tokenCache) shard(token string) *cacheShard {
 	return &c.shards[maphash.String(c.seed, token)&(cacheShards-1)]
 }
 
-// get returns the principal cached for token if its deadline is after now.
-func (c *tokenCache) get(token string, now int64) (*Principal, bool) {
+// get returns the principal cached for token if its deadline is after now and it was verified
+// with key set generation gen (a token verified with an older key set is verified again: its
+// key may be gone).
+func (c *tokenCache) get(token string, now int64, gen uint64) (*Principal, bool) {
 	s := c.shard(token)
 	s.mu.RLock()
 	e, ok := s.m[token]
 	s.mu.RUnlock()
-	if !ok {
+	if !ok || e.gen != gen {
 		return nil, false
 	}
 	if e.deadline != 0 && now >= e.deadline {
@@ -65,13 +68,13 @@ func (c *tokenCache) get(token string, now int64) (*Principal, bool) {
 	return e.p, true
 }
 
-// put caches p under token until deadline (0 = no deadline).
-func (c *tokenCache) put(token string, p *Principal, deadline, now int64) {
+// put caches p under token until deadline (0 = no deadline), for key set generation gen.
+func (c *tokenCache) put(token string, p *Principal, deadline, now int64, gen uint64) {
 	s := c.shard(token)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.m[token]; ok {
-		s.m[token] = cacheEntry{p: p, deadline: deadline}
+		s.m[token] = cacheEntry{p: p, deadline: deadline, gen: gen}
 		return
 	}
 	if len(s.m) >= c.perShard {
@@ -93,7 +96,7 @@ func (c *tokenCache) put(token string, p *Principal, deadline, now int64) {
 		delete(s.m, victim)
 		c.size.Add(-1)
 	}
-	s.m[token] = cacheEntry{p: p, deadline: deadline}
+	s.m[token] = cacheEntry{p: p, deadline: deadline, gen: gen}
 	c.size.Add(1)
 }
 

@@ -47,7 +47,38 @@ type Config struct {
 	// RequireExp refuses tokens without an "exp" claim (they are accepted by default, for
 	// long-lived device credentials).
 	RequireExp bool `yaml:"require_exp"`
+	// AdminKeys are the ids of keys under Keys trusted to sign tokens whose role grants the
+	// admin API. A token of an admin role signed by any other key authenticates, but is not
+	// admin. With no keys configured at all, the generated key is trusted for admin.
+	AdminKeys []string `yaml:"admin_keys"`
+	// AdminIssuer, when set, also trusts for admin the tokens verified by a JWKS key
+	// (JWKSFile or JWKSURL) whose "iss" equals it.
+	AdminIssuer string `yaml:"admin_issuer"`
+	// JWKSURL is an https URL of a JWKS document, fetched at start and every JWKSRefresh, and
+	// again (at most once per JWKSMinRefetch) when a token names an unknown kid.
+	JWKSURL string `yaml:"jwks_url"`
+	// JWKSCAFile is a PEM bundle of the CAs trusted for JWKSURL's certificate, instead of the
+	// system's roots.
+	JWKSCAFile string `yaml:"jwks_ca_file"`
+	// JWKSRefresh is how often JWKSURL is fetched again.
+	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
 }
+
+// JWKS fetch bounds.
+const (
+	// DefaultJWKSRefresh is Config.JWKSRefresh's default.
+	DefaultJWKSRefresh = 5 * time.Minute
+	// MinJWKSRefresh is the shortest Config.JWKSRefresh accepted.
+	MinJWKSRefresh = time.Second
+	// JWKSMinRefetch is the least time between two fetches of jwks_url caused by tokens
+	// naming an unknown kid (any fetch counts), so such tokens cannot make the gateway
+	// hammer the identity provider.
+	JWKSMinRefetch = 10 * time.Second
+	// MaxJWKSBytes is the largest JWKS document read from jwks_url.
+	MaxJWKSBytes = 1 << 20
+	// JWKSFetchTimeout bounds one fetch of jwks_url (connect, TLS, headers and body).
+	JWKSFetchTimeout = 10 * time.Second
+)
 
 // DefaultCacheSize is the verified-token cache bound used when Config.CacheSize is 0.
 const DefaultCacheSize = 100000
@@ -56,8 +87,9 @@ const DefaultCacheSize = 100000
 // 30s leeway, and the device, app and operator policies.
 func DefaultConfig() Config {
 	return Config{
-		Leeway:    30 * time.Second,
-		CacheSize: DefaultCacheSize,
+		Leeway:      30 * time.Second,
+		CacheSize:   DefaultCacheSize,
+		JWKSRefresh: DefaultJWKSRefresh,
 		Policies: map[string]Policy{
 			"device":   {Publish: []string{"devices/${sub}/#"}, Subscribe: []string{"devices/${sub}/#"}},
 			"app":      {Publish: []string{"apps/#"}},
@@ -74,8 +106,13 @@ type Options struct {
 	Metrics *metrics.Set
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
-	// Now is the clock for exp/nbf and the cache; nil means time.Now.
+	// Now is the clock for exp/nbf, the cache and the unknown-kid refetch limit; nil means
+	// time.Now.
 	Now func() time.Time
+	// Revocations, when set, is consulted on every verification (cached tokens included).
+	Revocations *Revocations
+	// Offline skips fetching auth.jwks_url (for commands that only sign, like `fleetgate token`).
+	Offline bool
 }
 
 // ConfigError lists every problem found in an auth config, each prefixed with its field path
@@ -163,6 +200,24 @@ func (c *Config) Validate() error {
 				ce.add("%s: %s takes public_key_file, not secret or secret_file", p, k.Alg)
 			}
 		}
+	}
+	for i, id := range c.AdminKeys {
+		if _, ok := ids[id]; !ok || id == "" {
+			ce.add("auth.admin_keys[%d]: no key with id %q under auth.keys", i, id)
+		}
+	}
+	if c.AdminIssuer != "" && c.JWKSFile == "" && c.JWKSURL == "" {
+		ce.add("auth.admin_issuer: set, but there is no auth.jwks_file or auth.jwks_url to verify that issuer's tokens with (use auth.admin_keys for keys under auth.keys)")
+	}
+	if c.JWKSURL != "" {
+		if err := checkJWKSURL(c.JWKSURL); err != nil {
+			ce.add("auth.jwks_url: %v", err)
+		}
+	} else if c.JWKSCAFile != "" {
+		ce.add("auth.jwks_ca_file: set without auth.jwks_url")
+	}
+	if c.JWKSRefresh != 0 && c.JWKSRefresh < MinJWKSRefresh {
+		ce.add("auth.jwks_refresh: %s is below %s (0 means the default, %s)", c.JWKSRefresh, MinJWKSRefresh, DefaultJWKSRefresh)
 	}
 	if c.Leeway < 0 {
 		ce.add("auth.leeway: %s is negative", c.Leeway)

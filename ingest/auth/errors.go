@@ -10,7 +10,8 @@ var (
 	// ErrMalformed: the token is not a well-formed JWS compact JWT (segments, base64, JSON,
 	// claim types), or is longer than MaxTokenBytes.
 	ErrMalformed = errors.New("malformed token")
-	// ErrUnknownKey: the token's "kid" names no configured key.
+	// ErrUnknownKey: the token's "kid" names no configured key (after fetching auth.jwks_url
+	// again, when configured and allowed by JWKSMinRefetch).
 	ErrUnknownKey = errors.New("unknown signing key")
 	// ErrBadSignature: the signature does not verify with the selected key(s).
 	ErrBadSignature = errors.New("bad token signature")
@@ -29,9 +30,16 @@ var (
 	ErrNoSubject = errors.New("token has no subject")
 	// ErrNoRole: the token has no string "role" claim, or no policy is configured for its role.
 	ErrNoRole = errors.New("token role not accepted")
+	// ErrRevoked: the token's "jti", or its subject (tenant and "sub") with an "iat" at or
+	// before the revocation, is on the revocation list (see Revocations).
+	ErrRevoked = errors.New("token revoked")
+	// ErrInvalidRevocation: a revocation names neither a subject nor a jti, or both, or a
+	// value too long.
+	ErrInvalidRevocation = errors.New("invalid revocation")
 	// ErrNoSigningKey: Sign was called but no HMAC (HS256/384/512) key is configured or generated.
 	ErrNoSigningKey = errors.New("no HMAC signing key")
-	// ErrInvalidConfig: the auth configuration, a key file or the JWKS file is invalid.
+	// ErrInvalidConfig: the auth configuration, a key file, the JWKS file or the document at
+	// auth.jwks_url is invalid (or could not be fetched).
 	// Validate and New wrap it with every problem found, each with its field path.
 	ErrInvalidConfig = errors.New("invalid auth config")
 )

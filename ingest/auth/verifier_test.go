@@ -532,6 +532,7 @@ func TestSignUsesFirstHMACKey(t *testing.T) {
 		{ID: "h384", Alg: "HS384", SecretFile: secretFile},
 		{ID: "h256", Alg: "HS256", Secret: strings.Repeat("x", 32)},
 	}
+	cfg.AdminKeys = []string{"h384"}
 	v := mustNew(t, cfg, Options{})
 	tok, err := v.Sign(MintClaims("op", "", "operator", nil, time.Minute, time.Now()))
 	if err != nil {

@@ -60,7 +60,7 @@ func BenchmarkVerifyUncached(b *testing.B) {
 			tok := signWith(b, keys(b)[alg], "k-"+alg, deviceClaims("dev-0001", time.Now()))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, _, err := v.verify(tok); err != nil {
+				if _, _, _, err := v.verify(tok, v.set.Load()); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -8,10 +8,12 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Error is the JSON body of every error response: {"error":"...","code":"..."}.
+// Error is the JSON body of every error response: {"error":"...","code":"..."}, plus
+// "request_id" on refusals whose details are only in the log, under that id.
 type Error struct {
-	Error string `json:"error"`
-	Code  string `json:"code"`
+	Error     string `json:"error"`
+	Code      string `json:"code"`
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // WriteJSON answers with status and v encoded as JSON.

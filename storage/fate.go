@@ -1,0 +1,478 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/fleetgate/fleetgate/event"
+)
+
+// An event's fate: what became of an event, looked up by its id. Two small records, both with
+// the TTL Options.FateTTL, written in the commits that already happen:
+//
+//	f <event id>                             → <seq:8> <rule set version uvarint>   with the event (Append)
+//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>                          with the ack (Delivered) or the dead letter (DeadLetter)
+//
+// Everything else (queued, dead-lettered, the event itself while it is stored) is read from the
+// queue and dead-letter entries, which exist anyway.
+const (
+	nsFate    = 'f'
+	nsOutcome = 'o'
+
+	outcomeDelivered = 'D'
+	outcomeDead      = 'X'
+
+	maxFateReason  = 512 // bytes of a dead letter's reason kept in its outcome record
+	fateIndexBytes = 48  // estimated size of one fate index record, for the commit's accounting
+)
+
+// States of an event for one function, as Fate reports them.
+const (
+	FateQueued       = "queued"        // in the function's queue (pending, in flight or waiting for a retry)
+	FateDelivered    = "delivered"     // acknowledged by the function
+	FateDeadLettered = "dead_lettered" // in the function's dead letters
+	FatePurged       = "purged"        // was dead-lettered; the dead letter is gone (purged, or storage.max_age)
+)
+
+// Fate is what became of one event.
+type Fate struct {
+	ID          string
+	Seq         uint64
+	RuleVersion int       // the rule set version that routed the event (0: not known)
+	Event       EventInfo // zero when the event is no longer described anywhere
+	Functions   []FunctionFate
+}
+
+// EventInfo describes an event without its payload.
+type EventInfo struct {
+	Topic, Subject, Tenant, Protocol, ContentType string
+	Time                                          time.Time
+	PayloadSize                                   int
+}
+
+// FunctionFate is an event's state for one function its rules chose.
+type FunctionFate struct {
+	Function string
+	Rule     string
+	State    string // FateQueued, FateDelivered, FateDeadLettered or FatePurged
+	// DeliveredAt is set once the function acknowledged the event.
+	DeliveredAt time.Time
+	// Attempts, LastError and DeadLetteredAt describe the last time the event was
+	// dead-lettered, if it was (also after a replay).
+	Attempts       int
+	LastError      string
+	DeadLetteredAt time.Time
+}
+
+// fateOn reports whether fate records are written.
+func (s *Store) fateOn() bool { return s.opts.FateTTL > 0 }
+
+// fateID reports whether id can key fate records (ids are ULIDs unless a sender chose them).
+func fateID(id string) bool { return id != "" && len(id) <= 255 && !strings.ContainsRune(id, 0) }
+
+// putFateIndex writes the id → seq record of a newly appended event into txn.
+func (s *Store) putFateIndex(txn *badger.Txn, e *Entry) error {
+	if !fateID(e.Event.ID) {
+		return nil
+	}
+	var version uint64
+	if len(e.Targets) > 0 && e.Targets[0].RuleVersion > 0 {
+		version = uint64(e.Targets[0].RuleVersion)
+	}
+	kv := make([]byte, 0, 1+len(e.Event.ID)+8+binary.MaxVarintLen64)
+	kv = append(kv, nsFate)
+	kv = append(kv, e.Event.ID...)
+	k := kv[:len(kv):len(kv)]
+	kv = binary.BigEndian.AppendUint64(kv, e.Seq)
+	kv = binary.AppendUvarint(kv, version)
+	if err := txn.SetEntry(badger.NewEntry(k, kv[len(k):]).WithTTL(s.opts.FateTTL)); err != nil {
+		return fmt.Errorf("storing fate index: %w", err)
+	}
+	return nil
+}
+
+func fateKey(id string) []byte { return append([]byte{nsFate}, id...) }
+
+func outcomePrefix(id string) []byte {
+	k := make([]byte, 0, 2+len(id))
+	k = append(k, nsOutcome)
+	k = append(k, id...)
+	return append(k, 0)
+}
+
+// outcomeOp is the op that records an outcome of it for function, or nil when fate records
+// are off or the item does not carry its event.
+func (s *Store) outcomeOp(function string, kind byte, it *Item, at time.Time, attempts int, reason string) *op {
+	if !s.fateOn() || it.Event == nil || !fateID(it.Event.ID) {
+		return nil
+	}
+	ev := it.Event
+	k := outcomePrefix(ev.ID)
+	k = append(k, function...)
+	k = append(k, 0, kind)
+	if len(reason) > maxFateReason {
+		reason = reason[:maxFateReason]
+	}
+	v := make([]byte, 0, 48+len(it.Rule)+len(reason)+len(ev.Topic)+len(ev.Subject)+len(ev.Tenant)+len(ev.Protocol)+len(ev.ContentType))
+	v = binary.AppendUvarint(v, it.Seq)
+	v = binary.AppendVarint(v, at.UnixNano())
+	v = binary.AppendUvarint(v, uint64(max(attempts, 0)))
+	for _, str := range []string{it.Rule, reason, ev.Topic, ev.Subject, ev.Tenant, ev.Protocol, ev.ContentType} {
+		v = binary.AppendUvarint(v, uint64(len(str)))
+		v = append(v, str...)
+	}
+	v = binary.AppendVarint(v, ev.Time.UnixNano())
+	v = binary.AppendUvarint(v, uint64(len(ev.Data)))
+	return &op{key: k, value: v, ttl: s.opts.FateTTL}
+}
+
+// outcome is a decoded outcome record.
+type outcome struct {
+	seq      uint64
+	at       time.Time
+	attempts int
+	rule     string
+	reason   string
+	info     EventInfo
+}
+
+func decodeOutcome(v []byte) (o outcome, ok bool) {
+	uv := func() uint64 {
+		x, n := binary.Uvarint(v)
+		if n <= 0 {
+			ok = false
+			return 0
+		}
+		v = v[n:]
+		return x
+	}
+	sv := func() int64 {
+		x, n := binary.Varint(v)
+		if n <= 0 {
+			ok = false
+			return 0
+		}
+		v = v[n:]
+		return x
+	}
+	str := func() string {
+		l := uv()
+		if !ok || uint64(len(v)) < l {
+			ok = false
+			return ""
+		}
+		s := string(v[:l])
+		v = v[l:]
+		return s
+	}
+	ok = true
+	o.seq = uv()
+	o.at = time.Unix(0, sv()).UTC()
+	o.attempts = int(uv())
+	o.rule, o.reason = str(), str()
+	o.info.Topic, o.info.Subject, o.info.Tenant, o.info.Protocol, o.info.ContentType = str(), str(), str(), str(), str()
+	o.info.Time = time.Unix(0, sv()).UTC()
+	o.info.PayloadSize = int(uv())
+	return o, ok
+}
+
+func infoOf(ev *event.Event) EventInfo {
+	return EventInfo{Topic: ev.Topic, Subject: ev.Subject, Tenant: ev.Tenant, Protocol: ev.Protocol,
+		ContentType: ev.ContentType, Time: ev.Time, PayloadSize: len(ev.Data)}
+}
+
+// Fate returns what became of the event with this id: for each function its rules chose,
+// whether it is queued, delivered or dead-lettered. An event can be looked up for FateTTL after
+// it was appended, and for FateTTL after each delivery or dead-lettering; after that, or for
+// an unknown id, or with fate records off, the error is ErrNotFound.
+func (s *Store) Fate(id string) (Fate, error) {
+	if s.closed.Load() {
+		return Fate{}, ErrClosed
+	}
+	if !s.fateOn() {
+		return Fate{}, fmt.Errorf("event %q: %w: event fates are not recorded (storage.fate_ttl is 0)", id, ErrNotFound)
+	}
+	if !fateID(id) {
+		return Fate{}, fmt.Errorf("event %q: %w", id, ErrNotFound)
+	}
+	f := Fate{ID: id}
+	known := s.Functions()
+	err := s.db.View(func(txn *badger.Txn) error {
+		found := false
+		item, err := txn.Get(fateKey(id))
+		switch {
+		case err == nil:
+			err = item.Value(func(v []byte) error {
+				if len(v) < 8 {
+					return fmt.Errorf("fate index of %q: %w", id, event.ErrCorrupt)
+				}
+				f.Seq = binary.BigEndian.Uint64(v)
+				if ver, n := binary.Uvarint(v[8:]); n > 0 {
+					f.RuleVersion = int(ver)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			found = true
+		case !errors.Is(err, badger.ErrKeyNotFound):
+			return err
+		}
+		// Outcome records, by function.
+		type pair struct{ delivered, dead *outcome }
+		outcomes := map[string]*pair{}
+		prefix := outcomePrefix(id)
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 16, Prefix: prefix})
+		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+			rest := it.Item().Key()[len(prefix):]
+			if len(rest) < 3 || rest[len(rest)-2] != 0 {
+				continue
+			}
+			fn, kind := string(rest[:len(rest)-2]), rest[len(rest)-1]
+			var o outcome
+			ok := false
+			if err := it.Item().Value(func(v []byte) error { o, ok = decodeOutcome(v); return nil }); err != nil {
+				it.Close()
+				return err
+			}
+			if !ok {
+				continue
+			}
+			p := outcomes[fn]
+			if p == nil {
+				p = &pair{}
+				outcomes[fn] = p
+			}
+			if kind == outcomeDelivered {
+				p.delivered = &o
+			} else if kind == outcomeDead {
+				p.dead = &o
+			}
+			if !found {
+				f.Seq, found = o.seq, true
+			}
+		}
+		it.Close()
+		if !found {
+			return ErrNotFound
+		}
+		fns := map[string]bool{}
+		for _, fn := range known {
+			fns[fn] = true
+		}
+		for fn := range outcomes {
+			fns[fn] = true
+		}
+		names := make([]string, 0, len(fns))
+		for fn := range fns {
+			names = append(names, fn)
+		}
+		sort.Strings(names)
+		haveInfo := false
+		for _, fn := range names {
+			ff := FunctionFate{Function: fn}
+			var qi Item
+			stored := false
+			if v, err := getValue(txn, fnKey(nsQueue, fn, f.Seq)); err == nil {
+				ff.State, stored = FateQueued, true
+				qi, err = decodeItem(txn, fn, f.Seq, v)
+				if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, event.ErrCorrupt) {
+					return err
+				}
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			} else if v, err := getValue(txn, fnKey(nsDead, fn, f.Seq)); err == nil {
+				l, target, ok := decodeDead(v)
+				if ok {
+					ff.State, stored = FateDeadLettered, true
+					ff.Attempts, ff.LastError, ff.DeadLetteredAt = l.Attempts, l.Reason, l.At
+					qi, err = decodeItem(txn, fn, f.Seq, target)
+					if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, event.ErrCorrupt) {
+						return err
+					}
+				}
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+			p := outcomes[fn]
+			if !stored && p == nil {
+				continue // not chosen for this function (or long forgotten)
+			}
+			if stored {
+				ff.Rule = qi.Rule
+				if qi.Event != nil && !haveInfo {
+					f.Event, haveInfo = infoOf(qi.Event), true
+				}
+			}
+			if p != nil {
+				for _, o := range []*outcome{p.dead, p.delivered} {
+					if o == nil {
+						continue
+					}
+					if ff.Rule == "" {
+						ff.Rule = o.rule
+					}
+					if !haveInfo {
+						f.Event, haveInfo = o.info, true
+					}
+				}
+				if p.dead != nil && ff.State != FateDeadLettered {
+					ff.Attempts, ff.LastError, ff.DeadLetteredAt = p.dead.attempts, p.dead.reason, p.dead.at
+				}
+				if !stored {
+					switch {
+					case p.delivered != nil:
+						ff.State, ff.DeliveredAt = FateDelivered, p.delivered.at
+					default:
+						ff.State = FatePurged
+					}
+				}
+			}
+			f.Functions = append(f.Functions, ff)
+		}
+		if !haveInfo {
+			// No function holds it (none was chosen, or all are done): the stand-alone event, if
+			// retention has not deleted it yet.
+			if ev, err := getEvent(txn, f.Seq); err == nil {
+				f.Event = infoOf(ev)
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return Fate{}, fmt.Errorf("event %q: %w (unknown, or older than storage.fate_ttl)", id, ErrNotFound)
+	}
+	if err != nil {
+		return Fate{}, fmt.Errorf("reading the fate of event %q: %w", id, err)
+	}
+	return f, nil
+}
+
+func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
+	item, err := txn.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	return item.ValueCopy(nil)
+}
+
+// Delivered acknowledges items the function received (as Ack does: they leave its queue) and,
+// with fate records on, records each delivery in its event's fate, in the same durable commit.
+// Items not in the queue are ignored (their delivery is still recorded).
+func (s *Store) Delivered(function string, items []Item) error {
+	if len(items) == 0 {
+		return nil
+	}
+	now := time.Now()
+	ops := make([]*op, 0, 2*len(items))
+	for i := range items {
+		ops = append(ops, &op{key: fnKey(nsQueue, function, items[i].Seq), delete: true, fn: function, dq: -1})
+		if o := s.outcomeOp(function, outcomeDelivered, &items[i], now, 0, ""); o != nil {
+			ops = append(ops, o)
+		}
+	}
+	if err := s.write(ops, nil); err != nil {
+		return fmt.Errorf("acknowledging %d items of %q: %w", len(items), function, err)
+	}
+	return nil
+}
+
+// PurgeDeadLetters deletes dead letters of function, durably: those dead-lettered before
+// before (any time when zero) and, when seqs is not nil, only those seqs. It returns how many
+// it deleted. The dead-letter depth follows.
+func (s *Store) PurgeDeadLetters(function string, before time.Time, seqs []uint64) (int, error) {
+	if s.closed.Load() {
+		return 0, ErrClosed
+	}
+	if !validFunction(function) {
+		return 0, fmt.Errorf("purging dead letters: %w: function name %q", ErrInvalid, function)
+	}
+	keep := func(v []byte) bool {
+		if before.IsZero() {
+			return true
+		}
+		l, _, ok := decodeDead(v)
+		return !ok || l.At.Before(before) // an unreadable dead letter is purged too
+	}
+	const chunk = 5000
+	purged := 0
+	del := func(ops []*op) error {
+		if len(ops) == 0 {
+			return nil
+		}
+		if err := s.write(ops, nil); err != nil {
+			return err
+		}
+		for _, o := range ops {
+			if o.applied {
+				purged++
+			}
+		}
+		return nil
+	}
+	delOp := func(seq uint64) *op {
+		return &op{key: fnKey(nsDead, function, seq), delete: true, fn: function, dd: -1}
+	}
+	if seqs != nil {
+		seqs = append([]uint64(nil), seqs...)
+		sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+		for len(seqs) > 0 {
+			n := min(chunk, len(seqs))
+			var ops []*op
+			err := s.db.View(func(txn *badger.Txn) error {
+				for _, seq := range seqs[:n] {
+					v, err := getValue(txn, fnKey(nsDead, function, seq))
+					if errors.Is(err, badger.ErrKeyNotFound) {
+						continue
+					}
+					if err != nil {
+						return err
+					}
+					if keep(v) {
+						ops = append(ops, delOp(seq))
+					}
+				}
+				return nil
+			})
+			if err == nil {
+				err = del(ops)
+			}
+			if err != nil {
+				return purged, fmt.Errorf("purging dead letters of %q: %w", function, err)
+			}
+			seqs = seqs[n:]
+		}
+		return purged, nil
+	}
+	var after uint64
+	for {
+		var ops []*op
+		scanned := 0
+		err := s.db.View(func(txn *badger.Txn) error {
+			return scanFn(txn, nsDead, function, after, chunk, func(seq uint64, v []byte) error {
+				scanned++
+				after = seq
+				if keep(v) {
+					ops = append(ops, delOp(seq))
+				}
+				return nil
+			})
+		})
+		if err == nil {
+			err = del(ops)
+		}
+		if err != nil {
+			return purged, fmt.Errorf("purging dead letters of %q: %w", function, err)
+		}
+		if scanned < chunk {
+			return purged, nil
+		}
+	}
+}
