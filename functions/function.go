@@ -91,14 +91,14 @@ type pitem struct {
 	storage.Item
 	arrived  time.Time
 	size     int
-	attempts int       // attempts charged: the event failed alone or was named as failed
-	first    time.Time // first attempt (zero: never attempted)
+	attempts int // attempts charged: the event failed alone or was named as failed
 }
 
 // unit is a batch in flight or waiting for a retry, with its retry state.
 type unit struct {
 	items    []*pitem
-	tries    int // failed invocations of this unit and the units it was split from (the backoff)
+	tries    int       // failed invocations of this unit and the units it was split from (the backoff)
+	first    time.Time // first attempt of its items (they were all first tried together)
 	nextAt   time.Time
 	lastErr  error
 	endpoint bool // waiting after an endpoint failure: retried at once when the circuit closes
@@ -477,7 +477,7 @@ func (f *function) probeUnit() *unit {
 		}
 		f.m.retries.Inc()
 		f.retriesN.Add(1)
-		return &unit{items: []*pitem{it}, tries: u.tries, lastErr: u.lastErr, probe: true}
+		return &unit{items: []*pitem{it}, tries: u.tries, first: u.first, lastErr: u.lastErr, probe: true}
 	}
 	for f.freshHead < len(f.fresh) {
 		it := f.fresh[f.freshHead]
@@ -629,10 +629,8 @@ func (f *function) run(u *unit) {
 		batch.Items[i] = it.Item
 	}
 	start := time.Now()
-	for _, it := range u.items {
-		if it.first.IsZero() {
-			it.first = start
-		}
+	if u.first.IsZero() {
+		u.first = start
 	}
 	ctx, cancel := context.WithTimeout(f.d.baseCtx, f.def.Timeout)
 	res, err := f.invoke(ctx, batch)
@@ -706,26 +704,26 @@ func (f *function) run(u *unit) {
 		for _, it := range failed {
 			it.attempts++
 		}
-		retry = []*unit{{items: failed, tries: u.tries + 1, lastErr: errNotAcked}}
+		retry = []*unit{{items: failed, tries: u.tries + 1, first: u.first, lastErr: errNotAcked}}
 	case errors.Is(err, ErrUnavailable):
 		// The endpoint did not take the batch: nobody is charged; the batch waits whole.
-		retry = []*unit{{items: failed, tries: u.tries + 1, lastErr: err, endpoint: true}}
+		retry = []*unit{{items: failed, tries: u.tries + 1, first: u.first, lastErr: err, endpoint: true}}
 	case len(failed) == 1:
 		failed[0].attempts++
-		retry = []*unit{{items: failed, tries: u.tries + 1, lastErr: err, endpoint: u.health == healthDown}}
+		retry = []*unit{{items: failed, tries: u.tries + 1, first: u.first, lastErr: err, endpoint: u.health == healthDown}}
 	default:
 		// The whole batch failed: bisect it, so a poison event ends up alone.
 		h := len(failed) / 2
 		retry = []*unit{
-			{items: failed[:h:h], tries: u.tries + 1, lastErr: err},
-			{items: failed[h:], tries: u.tries + 1, lastErr: err},
+			{items: failed[:h:h], tries: u.tries + 1, first: u.first, lastErr: err},
+			{items: failed[h:], tries: u.tries + 1, first: u.first, lastErr: err},
 		}
 	}
 	now := time.Now()
 	for _, r := range retry {
 		var give, keep []*pitem
 		for _, it := range r.items {
-			if it.attempts >= f.def.Retry.MaxAttempts || now.Sub(it.first) >= f.def.Retry.MaxAge {
+			if it.attempts >= f.def.Retry.MaxAttempts || now.Sub(r.first) >= f.def.Retry.MaxAge {
 				give = append(give, it)
 			} else {
 				keep = append(keep, it)

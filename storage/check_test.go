@@ -516,3 +516,47 @@ func TestRepairAsksFirst(t *testing.T) {
 		t.Fatal("a refused repair changed the dir")
 	}
 }
+
+// TestCheckRefusesOpenStore: Check and Repair do not read or touch a store a process has open.
+func TestCheckRefusesOpenStore(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	if err := s.Append(context.Background(), []*Entry{newEntry("a", "x", "f")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Check(dir); !errors.Is(err, errInUse) {
+		t.Fatalf("Check on an open store = %v", err)
+	}
+	if _, err := Repair(dir, RepairOptions{}); !errors.Is(err, errInUse) {
+		t.Fatalf("Repair on an open store = %v", err)
+	}
+	s.Close()
+	r, err := Check(dir)
+	if err != nil || r.Damaged() {
+		t.Fatalf("Check after Close = %+v, %v", r, err)
+	}
+}
+
+// TestEmptyWriteAheadLogSetAside: a power cut between Badger creating a memtable's log and its
+// first sync leaves an empty .mem file, and Badger then refuses to open at all. Such a file held
+// nothing acknowledged: the store sets it aside (never deletes it) and opens with every event.
+func TestEmptyWriteAheadLogSetAside(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	if err := s.Append(context.Background(), []*Entry{newEntry("kept", `{"n":1}`, "f")}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := os.WriteFile(filepath.Join(dir, "99999.mem"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir)
+	items, err := s.ReadQueue("f", 0, 0)
+	if err != nil || len(items) != 1 || items[0].Event.ID != "kept" {
+		t.Fatalf("after setting the empty log aside: %d items, %v", len(items), err)
+	}
+	aside, _ := filepath.Glob(filepath.Join(dir, "damaged-*", "99999.mem"))
+	if len(aside) != 1 {
+		t.Fatalf("the empty log was not moved aside: %v", aside)
+	}
+}

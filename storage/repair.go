@@ -29,6 +29,9 @@ type RepairOptions struct {
 	Now time.Time
 	// Confirm is shown what Repair is about to do and says whether to go ahead (default: yes).
 	Confirm func(plan []string) bool
+	// MemTableBytes is the memtable size the repaired store is opened with to count what it
+	// holds; give the gateway's (storage.memtable_bytes). Default: Open's.
+	MemTableBytes int64
 }
 
 // RepairReport says what Repair found and did.
@@ -163,7 +166,8 @@ func Repair(dir string, opts RepairOptions) (*RepairReport, error) {
 	locked = false
 
 	// Open the result the way the gateway will, and count what it holds.
-	s, err := Open(Options{Dir: dir, SweepInterval: time.Hour, GCInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s, err := Open(Options{Dir: dir, MemTableBytes: opts.MemTableBytes, SweepInterval: time.Hour, GCInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return rep, fmt.Errorf("repaired storage in %q does not open: %w", dir, err)
 	}
@@ -255,8 +259,7 @@ func tableContents(path string, comp options.CompressionType) (held string) {
 	var counts [5]int64 // events, queue entries, dead letters, other, deletions
 	var total uint32
 	readErr := func() (err error) {
-		debug.SetPanicOnFault(true)
-		defer debug.SetPanicOnFault(false)
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 		var mf *z.MmapFile
 		defer func() {
 			if p := recover(); p != nil {

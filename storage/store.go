@@ -448,7 +448,7 @@ var lingerEnabled = true
 
 // syncWrites makes every commit fsync before it is acknowledged. Only tests change it: the
 // power-loss tests turn it off once to prove they notice.
-var syncWrites = false
+var syncWrites = true
 
 // group is one transaction's worth of requests on its way through Badger.
 type group struct {

@@ -74,7 +74,7 @@ func cmdStorage(args []string, stdout, stderr io.Writer) int {
 	if sub == "check" {
 		return storageCheck(dir, stdout, stderr)
 	}
-	return storageRepair(dir, yes, stdout, stderr)
+	return storageRepair(dir, cfg.Storage.MemtableBytes, yes, stdout, stderr)
 }
 
 func storageCheck(dir string, stdout, stderr io.Writer) int {
@@ -88,7 +88,11 @@ func storageCheck(dir string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "ok: no damage found (%s)\n", r.Took.Round(time.Millisecond))
 		return 0
 	}
-	fmt.Fprintf(stdout, "%d problems. Nothing was changed. Restore the data dir from a backup, or run `fleetgate storage repair` (same --data-dir/--config) to keep what is readable.\n", len(r.Problems))
+	problems := fmt.Sprintf("%d problems", len(r.Problems))
+	if len(r.Problems) == 1 {
+		problems = "1 problem"
+	}
+	fmt.Fprintf(stdout, "%s. Nothing was changed. Restore the data dir from a backup, or run `fleetgate storage repair` (same --data-dir/--config) to keep what is readable.\n", problems)
 	return 1
 }
 
@@ -130,9 +134,9 @@ func printCheck(w io.Writer, r *storage.CheckReport) {
 	}
 }
 
-func storageRepair(dir string, yes bool, stdout, stderr io.Writer) int {
+func storageRepair(dir string, memtable int64, yes bool, stdout, stderr io.Writer) int {
 	in := bufio.NewReader(os.Stdin)
-	rep, err := storage.Repair(dir, storage.RepairOptions{Confirm: func(plan []string) bool {
+	rep, err := storage.Repair(dir, storage.RepairOptions{MemTableBytes: memtable, Confirm: func(plan []string) bool {
 		fmt.Fprintln(stdout, "plan:")
 		for _, p := range plan {
 			fmt.Fprintln(stdout, "  "+p)

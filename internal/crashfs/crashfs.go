@@ -14,6 +14,10 @@
 // does not pass fsync on to the backing file system: the backing directory is a test's
 // scratch space, and power loss is what crashfs itself simulates.
 //
+// Run the code under test in another process than the one serving the mount (re-exec the test
+// binary): a page fault on a mapped file of the mount (Badger maps its files) waits for the
+// server, and in the same Go process it can stall the runtime that has to answer it.
+//
 // Mounting needs /dev/fuse and either root (a direct mount) or a fusermount helper; Available
 // says why it cannot be used, so that tests can skip with the reason.
 package crashfs
@@ -365,7 +369,7 @@ func (fl *file) truncating(size int64) syscall.Errno {
 	return fl.saveSparse(size, st.Size)
 }
 
-// synced marks the current content durable.
+// fsynced marks the current content durable.
 func (fl *file) fsynced() syscall.Errno {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()

@@ -1,9 +1,14 @@
 package crashfs
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -217,42 +222,55 @@ func TestTruncate(t *testing.T) {
 	}
 }
 
+// TestMmap writes through a shared mapping in a child process (the process serving a FUSE
+// mount must not take page faults on it: the Go runtime could stall while the fault waits for
+// its own server).
 func TestMmap(t *testing.T) {
+	if os.Getenv(mmapChildEnv) != "" {
+		t.Skip("child mode")
+	}
 	m := newMachine(t)
 	durable := append(pattern(4096, 'a'), pattern(4096, 'b')...)
 	m.writeFile("mapped", durable)
-	f, err := os.OpenFile(m.path("mapped"), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := unix.Mmap(int(f.Fd()), 0, len(durable), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Page 0: written through the mapping and msynced.
-	copy(data[100:], "MSYNCED")
-	if err := unix.Msync(data[:4096], unix.MS_SYNC); err != nil {
-		t.Fatal(err)
-	}
 	copy(durable[100:], "MSYNCED")
-	// Page 1: written and pushed out to the file system (as the kernel's writeback would), but
-	// not msynced.
-	copy(data[5000:], "LOST")
-	if err := unix.SyncFileRange(int(f.Fd()), 4096, 4096, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMmapChild$")
+	cmd.Env = append(os.Environ(), mmapChildEnv+"="+m.path("mapped"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
 		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	ready := false
+	for !ready && sc.Scan() {
+		ready = sc.Text() == "READY"
+	}
+	if !ready {
+		stdin.Close()
+		cmd.Wait()
+		t.Fatalf("mmap child failed:\n%s", stderr.String())
 	}
 	if b, _ := os.ReadFile(filepath.Join(m.backing, "mapped")); !bytes.Contains(b, []byte("LOST")) {
 		t.Fatal("the mmap write did not reach the file system")
 	}
-	// Page 1 again: written and never pushed out before the crash.
-	copy(data[6000:], "DIRTY")
+	// The child still has "DIRTY" in its mapping, never written back.
 	if err := m.fs.Crash(); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Munmap(data); err != nil {
-		t.Fatal(err)
+	stdin.Close() // the child exits; the kernel writes its dirty page back, into the void
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("mmap child: %v\n%s", err, stderr.String())
 	}
-	f.Close()
 	if err := m.fs.Unmount(); err != nil {
 		t.Fatal(err)
 	}
@@ -261,6 +279,37 @@ func TestMmap(t *testing.T) {
 		t.Fatalf("after the crash: msynced=%v lost=%v dirty=%v, want only the msynced write",
 			bytes.Contains(got, []byte("MSYNCED")), bytes.Contains(got, []byte("LOST")), bytes.Contains(got, []byte("DIRTY")))
 	}
+}
+
+const mmapChildEnv = "CRASHFS_MMAP_CHILD"
+
+// TestMmapChild is TestMmap's child: it maps the file named by its environment, writes page 0
+// and msyncs it, writes page 1 and pushes it out to the file system without an fsync (as the
+// kernel's writeback would), dirties page 1 again, prints READY and waits for stdin to close.
+func TestMmapChild(t *testing.T) {
+	path := os.Getenv(mmapChildEnv)
+	if path == "" {
+		t.Skip("runs only as the child of TestMmap")
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := unix.Mmap(int(f.Fd()), 0, 2*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(data[100:], "MSYNCED")
+	if err := unix.Msync(data[:pageSize], unix.MS_SYNC); err != nil {
+		t.Fatal(err)
+	}
+	copy(data[5000:], "LOST")
+	if err := unix.SyncFileRange(int(f.Fd()), pageSize, pageSize, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+		t.Fatal(err)
+	}
+	copy(data[6000:], "DIRTY")
+	fmt.Println("READY")
+	io.Copy(io.Discard, os.Stdin)
 }
 
 func TestAvailableSaysWhy(t *testing.T) {

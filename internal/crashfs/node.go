@@ -110,14 +110,14 @@ func (n *node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscal
 }
 
 func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	size, ok := in.GetSize()
-	if !ok || n.IsDir() {
-		return n.LoopbackNode.Setattr(ctx, fh, in, out)
-	}
 	n.fs.crashMu.RLock()
 	defer n.fs.crashMu.RUnlock()
 	if n.fs.crashed {
 		return n.LoopbackNode.Getattr(ctx, fh, out)
+	}
+	size, ok := in.GetSize()
+	if !ok || n.IsDir() {
+		return n.LoopbackNode.Setattr(ctx, fh, in, out)
 	}
 	fl, errno := n.fs.track(n.key(), handleFd(fh), n.backingPath())
 	if errno != 0 {
