@@ -151,6 +151,9 @@ func TestUnauthenticatedConnectMemory(t *testing.T) {
 }
 
 func TestMaxConnsPerIP(t *testing.T) {
+	// Loopback is not counted in production (a local proxy or load generator): count it here.
+	countLoopback = true
+	t.Cleanup(func() { countLoopback = false })
 	e := newEnv(t, "", func(c *Config, _ *Options) { c.MaxConnsPerIP = 3 })
 	var held []*rawClient
 	for range 3 {
@@ -173,6 +176,15 @@ func TestMaxConnsPerIP(t *testing.T) {
 	rc := dialRaw(t, e.addr, 4)
 	if ack := rc.connect("d1", e.token("d1", "device", time.Hour), true, nil); ack.ReasonCode != 0 {
 		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	// Loopback as in production: not counted.
+	countLoopback = false
+	for range 3 {
+		held = append(held, dialRaw(t, e.addr, 4))
+	}
+	ok := dialRaw(t, e.addr, 4)
+	if ack := ok.connect("d2", e.token("d2", "device", time.Hour), true, nil); ack.ReasonCode != 0 {
+		t.Fatalf("loopback connection refused by max_conns_per_ip: CONNACK %#x", ack.ReasonCode)
 	}
 }
 

@@ -294,10 +294,24 @@ func remoteIP(c net.Conn) string {
 	return a.String()
 }
 
+// loopback reports whether ip is a loopback address: a local proxy or load generator, not
+// counted by max_conns_per_ip (a remote attacker cannot connect from there).
+func loopback(ip string) bool {
+	if countLoopback {
+		return false
+	}
+	a := net.ParseIP(ip)
+	return a != nil && a.IsLoopback()
+}
+
+// countLoopback makes max_conns_per_ip count loopback addresses too (tests only: they have no
+// other address).
+var countLoopback = false
+
 // admitIP counts a new connection from ip; false (and nothing counted) beyond max_conns_per_ip.
 func (b *Broker) admitIP(ip string) bool {
 	limit := b.cfg.MaxConnsPerIP
-	if limit <= 0 {
+	if limit <= 0 || loopback(ip) {
 		return true
 	}
 	b.ipMu.Lock()
@@ -313,7 +327,7 @@ func (b *Broker) admitIP(ip string) bool {
 }
 
 func (b *Broker) releaseIP(ip string) {
-	if b.cfg.MaxConnsPerIP <= 0 {
+	if b.cfg.MaxConnsPerIP <= 0 || loopback(ip) {
 		return
 	}
 	b.ipMu.Lock()

@@ -419,3 +419,57 @@ func TestRedriveOnRecovery(t *testing.T) {
 		return st.QueueDepth("redrive") == 0 && st.DeadLetterDepth("redrive") == 0
 	})
 }
+
+// Events of one subject keep their commit order and are never in two calls at once across an
+// outage: the circuit opens, probes one event at a time, and closes.
+func TestPerSubjectOrderAcrossAnOutage(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	var downCalls atomic.Int64
+	var mu sync.Mutex
+	lastN := map[string]int{}
+	var violations []string
+	srv := newFnServer(t, func(call int, evs []ceEvent, ctx *fasthttp.RequestCtx) {
+		if down.Load() || call%5 == 0 {
+			downCalls.Add(1)
+			ctx.SetStatusCode(503)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range evs {
+			var p struct{ N int }
+			json.Unmarshal(e.Data, &p)
+			if last, ok := lastN[e.Subject]; ok && p.N <= last {
+				violations = append(violations, e.Subject+": "+strconv.Itoa(p.N)+" after "+strconv.Itoa(last))
+			}
+			lastN[e.Subject] = p.N
+		}
+	})
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	def := httpDef("ordered", srv.URL)
+	def.Retry = fastRetry(3)
+	def.Circuit = fastCircuit(2)
+	startDispatcher(t, Options{Store: st, Definitions: []Definition{def}})
+	var ids []string
+	for i := 0; i < 10; i++ {
+		ids = append(ids, appendEvents(t, st, "ordered", i*20, 20, 6)...)
+	}
+	waitFor(t, 10*time.Second, "probes while down", func() bool { return downCalls.Load() >= 20 })
+	down.Store(false)
+	waitFor(t, 20*time.Second, "all delivered", func() bool { return srv.delivered(ids) })
+	if n := st.DeadLetterDepth("ordered"); n != 0 {
+		t.Fatalf("%d dead letters", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.overlap {
+		t.Error("a subject was in two calls at once")
+	}
+	if len(violations) > 0 {
+		t.Errorf("out of order: %v", violations[:min(5, len(violations))])
+	}
+}

@@ -23,6 +23,8 @@ func TestValidateDefinitionsReportsEveryProblem(t *testing.T) {
 		{Name: "down", Type: TypeRepublish, Topic: "devices/${who}/x"},
 		{Name: "bad", Type: "ftp", Concurrency: -2, Retry: RetryPolicy{InitialBackoff: time.Minute, MaxBackoff: time.Second}},
 		{Name: "sec", Type: TypeHTTP, URL: "https://x", Headers: map[string]string{"Authorization": "${env:FLEETGATE_TEST_UNSET_VAR}"}},
+		{Name: "brk", Type: TypeLog, Circuit: CircuitPolicy{ProbeInitial: time.Minute, ProbeMax: time.Second}},
+		{Name: "brk2", Type: TypeLog, Circuit: CircuitPolicy{ProbeInitial: -time.Second}},
 	}
 	err := ValidateDefinitions(defs)
 	if err == nil {
@@ -39,6 +41,8 @@ func TestValidateDefinitionsReportsEveryProblem(t *testing.T) {
 		"functions[6] (bad).concurrency: -2",
 		"functions[6] (bad).retry: initial_backoff 1m0s is above max_backoff 1s",
 		"functions[7] (sec).headers.Authorization: environment variable FLEETGATE_TEST_UNSET_VAR is not set",
+		"functions[8] (brk).circuit: probe_initial 1m0s is above probe_max 1s",
+		"functions[9] (brk2).circuit.probe_initial: -1s must be positive",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
@@ -58,6 +62,8 @@ func TestDefinitionYAMLAndDefaults(t *testing.T) {
   concurrency: 4
   timeout: 5s
   retry: {max_attempts: 10, initial_backoff: 100ms, max_backoff: 30s, max_age: 24h}
+  circuit: {failures: 3, probe_initial: 2s, probe_max: 1m}
+  redrive_on_recovery: true
 - name: threshold
   type: wasm
   module: bin/functions/threshold.wasm
@@ -73,12 +79,14 @@ func TestDefinitionYAMLAndDefaults(t *testing.T) {
 	if err := ValidateDefinitions(defs); err != nil {
 		t.Fatal(err)
 	}
-	if defs[0].Batch.MaxWait != 20*time.Millisecond || defs[0].Retry.MaxAge != 24*time.Hour || defs[1].Env["THRESHOLD"] != "50" {
+	if defs[0].Batch.MaxWait != 20*time.Millisecond || defs[0].Retry.MaxAge != 24*time.Hour || defs[1].Env["THRESHOLD"] != "50" ||
+		defs[0].Circuit != (CircuitPolicy{3, 2 * time.Second, time.Minute}) || !defs[0].RedriveOnRecovery {
 		t.Fatalf("parsed %+v", defs)
 	}
 	d := defs[2].WithDefaults()
 	if d.Batch != (BatchPolicy{100, 1 << 20, 20 * time.Millisecond}) || d.Concurrency != 4 || d.Timeout != 10*time.Second ||
-		d.Retry != (RetryPolicy{10, 100 * time.Millisecond, 30 * time.Second, 24 * time.Hour}) || d.MaxHops != 3 {
+		d.Retry != (RetryPolicy{10, 100 * time.Millisecond, 30 * time.Second, 24 * time.Hour}) || d.MaxHops != 3 ||
+		d.Circuit != (CircuitPolicy{5, time.Second, 30 * time.Second}) || d.RedriveOnRecovery {
 		t.Fatalf("defaults = %+v", d)
 	}
 }

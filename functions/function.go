@@ -331,6 +331,9 @@ func (f *function) schedule(now time.Time) time.Duration {
 		}
 		setWait(f.circuit.until(now))
 		if f.circuit.state == CircuitOpen && wait == 0 {
+			if len(f.retries) == 0 && f.freshHead >= len(f.fresh) {
+				return -1 // nothing to probe with: the next event wakes the loop
+			}
 			wait = 10 * time.Millisecond // a probe is due but its subject is busy
 		}
 		return wait
@@ -470,10 +473,14 @@ func (f *function) probeUnit() *unit {
 		if f.retrying[it.Event.Subject] == 0 {
 			delete(f.retrying, it.Event.Subject)
 		}
-		if len(u.items) == 1 {
-			f.retries = slices.Delete(f.retries, 0, 1)
-		} else {
+		f.retries = slices.Delete(f.retries, 0, 1)
+		if len(u.items) > 1 {
+			// The rest waits on, at its place in Seq order.
 			u.items = u.items[1:]
+			i, _ := slices.BinarySearchFunc(f.retries, u.items[0].Seq, func(x *unit, seq uint64) int {
+				return cmpSeq(x.items[0].Seq, seq)
+			})
+			f.retries = slices.Insert(f.retries, i, u)
 		}
 		f.m.retries.Inc()
 		f.retriesN.Add(1)
@@ -514,7 +521,11 @@ func (f *function) circuitChanged(state string) {
 		}
 		f.rescan = true
 		if f.def.RedriveOnRecovery {
-			go f.redrive()
+			f.d.loops.Add(1) // Stop waits for it: the loop holds a count of its own
+			go func() {
+				defer f.d.loops.Done()
+				f.redrive()
+			}()
 		}
 	}
 }
