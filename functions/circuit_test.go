@@ -473,3 +473,55 @@ func TestPerSubjectOrderAcrossAnOutage(t *testing.T) {
 		t.Errorf("out of order: %v", violations[:min(5, len(violations))])
 	}
 }
+
+// Many events of one subject while the endpoint answers 500 to everything: batches are
+// bisected until the oldest event is alone, the circuit opens, and it keeps probing (one event
+// at a time, the wait doubling up to probe_max) for as long as the endpoint fails. Once it
+// answers 200 again the next probe closes the circuit and every event is delivered, none
+// dead-lettered.
+func TestCircuitKeepsProbingOneSubject(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	var probes atomic.Int64 // calls of one event while failing
+	srv := newFnServer(t, func(_ int, evs []ceEvent, ctx *fasthttp.RequestCtx) {
+		if failing.Load() {
+			if len(evs) == 1 {
+				probes.Add(1)
+			}
+			ctx.SetStatusCode(500)
+			ctx.SetBodyString("failing on purpose")
+		}
+	})
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	set := metrics.NewSet()
+	def := httpDef("onesubject", srv.URL)
+	def.Batch = BatchPolicy{MaxEvents: 50, MaxWait: 5 * time.Millisecond}
+	def.Retry = RetryPolicy{MaxAttempts: 1000, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, MaxAge: time.Hour}
+	def.Circuit = CircuitPolicy{Failures: 5, ProbeInitial: 50 * time.Millisecond, ProbeMax: 200 * time.Millisecond}
+	d := startDispatcher(t, Options{Store: st, Definitions: []Definition{def}, Metrics: set})
+	var ids []string
+	for i := 0; i < 20; i++ { // they keep arriving while it fails, all from one subject
+		ids = append(ids, appendEvents(t, st, "onesubject", i*17, 17, 1)...)
+	}
+	halfOpen := func() float64 {
+		return metricValue(t, set, `fleetgate_function_circuit_transitions_total{function="onesubject",to="half_open"}`)
+	}
+	waitFor(t, 10*time.Second, "the circuit open", func() bool { return statsOf(t, d, "onesubject").Circuit.State != CircuitClosed })
+	// Probes go on while it fails: at 50, 100, 200, 200, 200ms... 6 take about a second.
+	waitFor(t, 10*time.Second, "6 probes while the endpoint fails", func() bool { return halfOpen() >= 6 })
+	failing.Store(false)
+	waitFor(t, 10*time.Second, "every event delivered after recovery", func() bool { return srv.delivered(ids) })
+	waitFor(t, 5*time.Second, "queue drained", func() bool { return st.QueueDepth("onesubject") == 0 })
+	if c := statsOf(t, d, "onesubject").Circuit; c.State != CircuitClosed {
+		t.Fatalf("circuit %s after recovery", c.State)
+	}
+	if n := st.DeadLetterDepth("onesubject"); n != 0 {
+		t.Fatalf("%d dead letters", n)
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.overlap {
+		t.Error("the subject was in two calls at once")
+	}
+}

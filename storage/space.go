@@ -104,15 +104,25 @@ func (s *Store) Refusing() error {
 
 // admit runs on the committer before a group is written: with too little disk left it fails
 // the group's appends of new events with ErrFull, and keeps everything else (acks, dead
-// letters, deletes, small KV writes), which frees space or costs almost none.
+// letters, deletes, small KV writes), which frees space or costs almost none. Below half the
+// reserve it fails everything: a write can make Badger switch to a new memtable, whose log it
+// must allocate (two memtables), and Badger does not survive failing that (it exits on an
+// assertion). Deliveries then wait, and are tried again, until space is back.
 func (s *Store) admit(reqs []*writeReq, bytes int64) []*writeReq {
 	if s.checkDisk(bytes) {
 		return reqs
 	}
+	critical := s.disk.free.Load()-2*bytes < s.opts.MinFreeBytes/2
 	kept := reqs[:0]
 	for _, r := range reqs {
-		if len(r.entries) == 0 {
+		if len(r.entries) == 0 && !critical {
 			kept = append(kept, r)
+			continue
+		}
+		if len(r.entries) == 0 {
+			s.pending.Add(-r.size)
+			r.done(fmt.Errorf("writing: %w: disk almost full (%d bytes free, under half of storage.min_free_bytes, %d): free space on the disk; deliveries wait until then",
+				ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes))
 			continue
 		}
 		s.pending.Add(-r.size)

@@ -112,13 +112,13 @@ func fill(t *testing.T, path string, n int64) {
 	}
 }
 
-// TestDiskFullRefusesAndRecovers fills a real 96 MiB file system with 150 KB events from 8
+// TestDiskFullRefusesAndRecovers fills a real 128 MiB file system with 150 KB events from 8
 // writers (the case that used to kill the gateway with SIGBUS in Badger's mmapped write-ahead
 // log, and again at every restart). The store must refuse with ErrFull before the disk is
 // exhausted, keep every acknowledged event across a reopen, and accept again on its own once
 // space is freed. Badger's mmapped files make a missing reserve fatal: the test process dies.
 func TestDiskFullRefusesAndRecovers(t *testing.T) {
-	disk := mountTmpfs(t, 96<<20)
+	disk := mountTmpfs(t, 128<<20)
 	filler := filepath.Join(disk, "filler")
 	fill(t, filler, 24<<20)
 	dir := filepath.Join(disk, "log")
@@ -223,5 +223,41 @@ func TestOpenRefusesWithoutRoomToReplay(t *testing.T) {
 	_, err := Open(Options{Dir: dir, MemTableBytes: MinMemTableBytes, SweepInterval: time.Hour, GCInterval: time.Hour})
 	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "free space") {
 		t.Fatalf("Open on a full disk = %v", err)
+	}
+}
+
+// TestDeliveriesWaitBelowHalfTheReserve: below half of storage.min_free_bytes even acks are
+// refused (a write may make Badger allocate a new memtable log, and Badger exits when that
+// fails); nothing crashes, and everything goes on once space is back.
+func TestDeliveriesWaitBelowHalfTheReserve(t *testing.T) {
+	disk := mountTmpfs(t, 128<<20)
+	s := openTest(t, filepath.Join(disk, "log"), func(o *Options) { o.MemTableBytes = MinMemTableBytes })
+	if err := s.Append(context.Background(), []*Entry{newEntry("a", `{"n":1}`, "f")}); err != nil {
+		t.Fatal(err)
+	}
+	items, err := s.ReadQueue("f", 0, 0)
+	if err != nil || len(items) != 1 {
+		t.Fatalf("queue: %d items, %v", len(items), err)
+	}
+	free, err := freeBytes(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filler := filepath.Join(disk, "filler")
+	fill(t, filler, free-s.opts.MinFreeBytes/2+(2<<20)) // leaves 2 MiB less than half the reserve
+	if err := s.Ack("f", items[0].Seq); !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "deliveries wait") {
+		t.Fatalf("ack below half the reserve = %v", err)
+	}
+	if err := s.Append(context.Background(), []*Entry{newEntry("b", `{"n":2}`, "f")}); !errors.Is(err, ErrFull) {
+		t.Fatalf("append below half the reserve = %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack("f", items[0].Seq); err != nil {
+		t.Fatalf("ack once space is back: %v", err)
+	}
+	if n, err := s.ReadQueue("f", 0, 0); err != nil || len(n) != 0 {
+		t.Fatalf("queue after the ack: %d items, %v", len(n), err)
 	}
 }

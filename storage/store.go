@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -222,7 +223,8 @@ func Open(opts Options) (*Store, error) {
 		WithMemTableSize(opts.MemTableBytes).
 		WithBlockCacheSize(opts.BlockCacheBytes).
 		WithNumMemtables(numMemtables).
-		WithMetricsEnabled(false)
+		WithMetricsEnabled(false).
+		WithValueLogFileSize(valueLogFileBytes)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
@@ -438,6 +440,12 @@ func (s *Store) write(ops []*op, after func()) error {
 // NewTransaction waits until earlier commits are done, so the next group is collected while the
 // previous one is being fsynced: it grows with the load instead of the log idling.
 const maxInflightCommits = 4
+
+// valueLogFileBytes is the size of Badger's value log files, which hold only values over 1 MiB
+// (few events are that large). Badger maps twice this size, and the patched ristretto in
+// third_party allocates every mapped file's blocks up front (no SIGBUS on a full disk), so the
+// default of 1 GiB would take 2 GiB of disk at open.
+const valueLogFileBytes = 16 << 20
 
 // numMemtables is how many memtables Badger keeps (the one written and those being flushed);
 // Badger's default of 5 costs up to 320 MiB of memory at 64 MiB each.
@@ -732,7 +740,8 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 // classify maps Badger and OS errors to the package's sentinels.
 func (s *Store) classify(err error) error {
 	switch {
-	case errors.Is(err, syscall.ENOSPC):
+	case errors.Is(err, syscall.ENOSPC), strings.Contains(err.Error(), syscall.ENOSPC.Error()):
+		// Badger wraps some errors as text only: "no space left on device" is matched too.
 		return fmt.Errorf("committing: %w: disk full: %v", ErrFull, err)
 	case errors.Is(err, badger.ErrTxnTooBig):
 		return fmt.Errorf("committing: %w: %v", ErrTooLarge, err)
