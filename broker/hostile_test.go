@@ -152,8 +152,8 @@ func TestUnauthenticatedConnectMemory(t *testing.T) {
 
 func TestMaxConnsPerIP(t *testing.T) {
 	// Loopback is not counted in production (a local proxy or load generator): count it here.
-	countLoopback = true
-	t.Cleanup(func() { countLoopback = false })
+	countLoopback.Store(true)
+	t.Cleanup(func() { countLoopback.Store(false) })
 	e := newEnv(t, "", func(c *Config, _ *Options) { c.MaxConnsPerIP = 3 })
 	var held []*rawClient
 	for range 3 {
@@ -178,7 +178,7 @@ func TestMaxConnsPerIP(t *testing.T) {
 		t.Fatalf("CONNACK %#x", ack.ReasonCode)
 	}
 	// Loopback as in production: not counted.
-	countLoopback = false
+	countLoopback.Store(false)
 	for range 3 {
 		held = append(held, dialRaw(t, e.addr, 4))
 	}

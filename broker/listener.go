@@ -297,7 +297,7 @@ func remoteIP(c net.Conn) string {
 // loopback reports whether ip is a loopback address: a local proxy or load generator, not
 // counted by max_conns_per_ip (a remote attacker cannot connect from there).
 func loopback(ip string) bool {
-	if countLoopback {
+	if countLoopback.Load() {
 		return false
 	}
 	a := net.ParseIP(ip)
@@ -306,7 +306,7 @@ func loopback(ip string) bool {
 
 // countLoopback makes max_conns_per_ip count loopback addresses too (tests only: they have no
 // other address).
-var countLoopback = false
+var countLoopback atomic.Bool
 
 // admitIP counts a new connection from ip; false (and nothing counted) beyond max_conns_per_ip.
 func (b *Broker) admitIP(ip string) bool {

@@ -478,7 +478,7 @@ func TestPerSubjectOrderAcrossAnOutage(t *testing.T) {
 // bisected until the oldest event is alone, the circuit opens, and it keeps probing (one event
 // at a time, the wait doubling up to probe_max) for as long as the endpoint fails. Once it
 // answers 200 again the next probe closes the circuit and every event is delivered, none
-// dead-lettered.
+// dead-lettered. (TestDiskFullEndToEnd's function in miniature.)
 func TestCircuitKeepsProbingOneSubject(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)
@@ -508,8 +508,14 @@ func TestCircuitKeepsProbingOneSubject(t *testing.T) {
 		return metricValue(t, set, `fleetgate_function_circuit_transitions_total{function="onesubject",to="half_open"}`)
 	}
 	waitFor(t, 10*time.Second, "the circuit open", func() bool { return statsOf(t, d, "onesubject").Circuit.State != CircuitClosed })
-	// Probes go on while it fails: at 50, 100, 200, 200, 200ms... 6 take about a second.
+	// Probes go on while it fails (at 50, 100, 200, 200, 200ms...), and events keep arriving.
+	waitFor(t, 10*time.Second, "3 probes while the endpoint fails", func() bool { return halfOpen() >= 3 })
+	ids = append(ids, appendEvents(t, st, "onesubject", 340, 20, 1)...)
 	waitFor(t, 10*time.Second, "6 probes while the endpoint fails", func() bool { return halfOpen() >= 6 })
+	waitFor(t, 5*time.Second, "the probes answered 500", func() bool { return probes.Load() >= 6 })
+	if n := st.DeadLetterDepth("onesubject"); n != 0 {
+		t.Fatalf("%d dead letters during the outage", n)
+	}
 	failing.Store(false)
 	waitFor(t, 10*time.Second, "every event delivered after recovery", func() bool { return srv.delivered(ids) })
 	waitFor(t, 5*time.Second, "queue drained", func() bool { return st.QueueDepth("onesubject") == 0 })

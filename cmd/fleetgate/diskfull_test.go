@@ -133,6 +133,11 @@ rules:
 	s.setFailing(false)
 	deadline := time.Now().Add(60 * time.Second)
 	for s.has(acked) > 0 {
+		select {
+		case <-p.exited:
+			t.Fatalf("gateway exited on a full disk:\n%s", p.logs())
+		default:
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d acknowledged events not delivered on the full disk after 60s\n%s", s.has(acked), len(acked), p.logs())
 		}

@@ -131,6 +131,7 @@ func TestEventFateDLQPurgeAndReplayOrder(t *testing.T) {
 	s := startScriptSink(t)
 	s.setFailing(true)
 	cfg := writeTestFile(t, dir, "fleetgate.yaml", fmt.Sprintf(`
+storage: {fate_ttl: 1h}
 functions:
   - name: sink
     type: http
