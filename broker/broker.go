@@ -5,6 +5,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,7 @@ type Options struct {
 // Broker is the embedded MQTT broker. Create it with New, then Start; Close stops it.
 type Broker struct {
 	cfg     Config
+	tls     *tlsSource // mqtt.tls, reloadable; nil without it
 	gw      Acceptor
 	auth    Authenticator
 	store   *storage.Store
@@ -228,9 +230,14 @@ func (b *Broker) Start() error {
 	if err := b.checkHooks(); err != nil {
 		return err
 	}
-	tlsCfg, err := b.cfg.TLS.load()
+	src, err := newTLSSource(b.cfg.TLS)
 	if err != nil {
 		return err
+	}
+	b.tls = src
+	var tlsCfg *tls.Config
+	if src != nil {
+		tlsCfg = src.config()
 	}
 	var specs []listenerSpec
 	switch {

@@ -108,8 +108,8 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	log.Info("ready", "mqtt", mqttAddr, "mqtt_tls", addrString(g.broker.TLSAddr()), "mqtt_ws", addrString(g.broker.WSAddr()),
 		"http", g.http.Addr().String(), "data_dir", cfg.DataDir)
 
-	// SIGHUP reloads the auth keys (key files, auth.jwks_file, auth.jwks_url) and the HTTP
-	// listener's certificate in place: connections stay up, tokens of removed keys are refused
+	// SIGHUP reloads the auth keys (key files, auth.jwks_file, auth.jwks_url) and the HTTP and
+	// MQTT listeners' certificates (and mqtt.tls.client_ca_file) in place: connections stay up, tokens of removed keys are refused
 	// from then on.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -122,6 +122,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 			}
 			if err := g.http.ReloadTLS(); err != nil {
 				log.Error("SIGHUP: HTTP certificate not reloaded; the current one stays in use", "err", err)
+			}
+			if err := g.broker.ReloadTLS(); err != nil {
+				log.Error("SIGHUP: MQTT certificate not reloaded; the current one stays in use", "err", err)
 			}
 		}
 	}()
