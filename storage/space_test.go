@@ -112,13 +112,13 @@ func fill(t *testing.T, path string, n int64) {
 	}
 }
 
-// TestDiskFullRefusesAndRecovers fills a real 128 MiB file system with 150 KB events from 8
+// TestDiskFullRefusesAndRecovers fills a real 160 MiB file system with 150 KB events from 8
 // writers (the case that used to kill the gateway with SIGBUS in Badger's mmapped write-ahead
 // log, and again at every restart). The store must refuse with ErrFull before the disk is
 // exhausted, keep every acknowledged event across a reopen, and accept again on its own once
 // space is freed. Badger's mmapped files make a missing reserve fatal: the test process dies.
 func TestDiskFullRefusesAndRecovers(t *testing.T) {
-	disk := mountTmpfs(t, 128<<20)
+	disk := mountTmpfs(t, 160<<20)
 	filler := filepath.Join(disk, "filler")
 	fill(t, filler, 24<<20)
 	dir := filepath.Join(disk, "log")
