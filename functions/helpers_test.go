@@ -34,7 +34,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 func openStore(t testing.TB, dir string) *storage.Store {
 	t.Helper()
-	st, err := storage.Open(storage.Options{Dir: dir, InMemory: dir == "", Logger: quietLogger()})
+	st, err := storage.Open(storage.Options{Dir: dir, InMemory: dir == "", Logger: quietLogger(), FateTTL: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func fateOf(t *testing.T, s *Store, id, fn string) (Fate, FunctionFate) {
 
 func TestFateThroughEveryState(t *testing.T) {
 	dir := t.TempDir()
-	s := openTest(t, dir)
+	s := openTest(t, dir, fatesOn)
 	e := newEntry("ev-1", `{"t":1}`, "f1", "f2")
 	e.Event.Tenant, e.Event.ContentType = "acme", "application/json"
 	for i := range e.Targets {
@@ -75,7 +75,7 @@ func TestFateThroughEveryState(t *testing.T) {
 	}
 	check("before reopen")
 	s.Close()
-	s = openTest(t, dir)
+	s = openTest(t, dir, fatesOn)
 	check("after reopen")
 
 	// Replayed: queued again, the dead-lettering still shown; then delivered.
@@ -159,7 +159,7 @@ func TestFateOff(t *testing.T) {
 
 func TestPurgeDeadLetters(t *testing.T) {
 	dir := t.TempDir()
-	s := openTest(t, dir)
+	s := openTest(t, dir, fatesOn)
 	var entries []*Entry
 	for _, id := range []string{"p0", "p1", "p2", "p3", "p4"} {
 		entries = append(entries, newEntry(id, `{}`, "f1", "f2"))
@@ -200,7 +200,7 @@ func TestPurgeDeadLetters(t *testing.T) {
 		t.Fatalf("p0 for f1 = %+v", ff)
 	}
 	s.Close()
-	s = openTest(t, dir)
+	s = openTest(t, dir, fatesOn)
 	if d := s.DeadLetterDepth("f1"); d != 1 {
 		t.Fatalf("dead letter depth after reopen = %d, want 1", d)
 	}
@@ -218,3 +218,6 @@ func TestPurgeDeadLetters(t *testing.T) {
 		t.Fatalf("purge of an invalid name = %v", err)
 	}
 }
+
+// fatesOn turns fate records on (they are off by default).
+func fatesOn(o *Options) { o.FateTTL = 24 * time.Hour }

@@ -188,14 +188,6 @@ func (r rulesRouter) Route(ev *event.Event, dst []storage.Target) []storage.Targ
 	return dst
 }
 
-// fateTTL maps storage.fate_ttl (0: off) to storage.Options.FateTTL (<0: off).
-func fateTTL(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
-}
-
 // startGateway opens storage and starts every component; on error everything opened is closed.
 func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Writer) (g *gateway, err error) {
 	g = &gateway{metrics: metrics.NewSet(), log: log}
@@ -209,7 +201,7 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	}
 	g.store, err = storage.Open(storage.Options{
 		Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MinFreeBytes: cfg.Storage.MinFreeBytes, MaxAge: cfg.Storage.MaxAge,
-		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: fateTTL(cfg.Storage.FateTTL),
+		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: cfg.Storage.FateTTL,
 		Metrics: g.metrics, Logger: log.With("component", "storage"),
 	})
 	if err != nil {
