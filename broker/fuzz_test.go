@@ -87,3 +87,73 @@ func FuzzConnection(f *testing.F) {
 		c2.c.Close()
 	})
 }
+
+// bytesConn is a net.Conn that reads from a fixed byte slice, in chunks of at most chunk bytes.
+type bytesConn struct {
+	net.Conn
+	data   []byte
+	chunk  int
+	closed bool
+}
+
+func (c *bytesConn) Read(p []byte) (int, error) {
+	if c.closed || len(c.data) == 0 {
+		return 0, net.ErrClosed
+	}
+	n := min(len(p), c.chunk, len(c.data))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func (c *bytesConn) Close() error { c.closed = true; return nil }
+
+// FuzzFirstPacket: the guard in front of mochi reads untrusted bytes before any authentication.
+// It never panics, never reads past the fixed header before deciding, refuses what is not a
+// CONNECT within the limit, and once it lets a connection through hands mochi exactly the
+// bytes that were sent, in order, whatever the read sizes.
+func FuzzFirstPacket(f *testing.F) {
+	for _, s := range [][]byte{
+		{0x10, 0x0c, 0, 4, 'M', 'Q', 'T', 'T', 5, 2, 0, 30, 0, 0},
+		{0x10, 0xf0, 0xfe, 0x0f}, // CONNECT declaring 262000 bytes
+		{0x30, 0x02, 0, 0},       // PUBLISH first
+		{0x10, 0xff, 0xff, 0xff, 0xff, 0x01},
+		{0x10},
+		{},
+	} {
+		f.Add(s, uint8(1))
+		f.Add(s, uint8(7))
+	}
+	const limit = 8192
+	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
+		src := &bytesConn{data: append([]byte(nil), data...), chunk: int(chunk)%16 + 1}
+		c := &firstPacketConn{Conn: src, max: limit}
+		var got []byte
+		buf := make([]byte, 1+int(chunk)%32)
+		for {
+			n, err := c.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		if !c.checked {
+			return // refused, or the input ended inside the fixed header
+		}
+		if data[0] != 0x10 {
+			t.Fatalf("let through a first packet of type byte %#x", data[0])
+		}
+		length, mult, i := 0, 1, 1
+		for ; data[i]&0x80 != 0; i++ {
+			length += int(data[i]&0x7f) * mult
+			mult *= 128
+		}
+		length += int(data[i]&0x7f) * mult
+		if length > limit {
+			t.Fatalf("let through a CONNECT declaring %d bytes (limit %d)", length, limit)
+		}
+		if string(got) != string(data) {
+			t.Fatalf("handed on %x, sent %x", got, data)
+		}
+	})
+}

@@ -21,7 +21,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 # corpus_count DIR TARGET: how many inputs the target's corpus holds in the repo.
-corpus_count() { find "$1/testdata/fuzz/$2" -type f 2>/dev/null | wc -l; }
+corpus_count() {
+  if [ -d "$1/testdata/fuzz/$2" ]; then find "$1/testdata/fuzz/$2" -type f | wc -l; else echo 0; fi
+}
 
 while IFS= read -r file; do
   dir=$(dirname "$file")
