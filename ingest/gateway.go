@@ -125,16 +125,13 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 		}
 		e := &backing[i]
 		e.Event = ev
+		// An event without an id gets one from the log when it is committed (event.NewSeqID:
+		// it carries its seq, so its fate needs no index); nothing here reads it before.
 		switch {
 		case opts.IdempotencyKey != "":
 			e.IdempotencyKey = "r\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + opts.IdempotencyKey + "\x00" + strconv.Itoa(i)
-			if ev.ID == "" {
-				ev.ID = event.NewID()
-			}
 		case ev.ID != "":
 			e.IdempotencyKey = "e\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + ev.ID
-		default:
-			ev.ID = event.NewID()
 		}
 		if ev.Time.IsZero() {
 			ev.Time = start

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"time"
@@ -13,17 +14,35 @@ import (
 	"github.com/fleetgate/fleetgate/event"
 )
 
-// An event's fate: what became of an event, looked up by its id. Two small records, both with
-// the TTL Options.FateTTL, written in the commits that already happen:
+// An event's fate: what became of an event, looked up by its id. Its records have the TTL
+// Options.FateTTL and are written in commits that happen anyway:
 //
-//	f <event id>                             → <seq:8> <rule set version uvarint>   with the event (Append)
-//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>                          with the ack (Delivered) or the dead letter (DeadLetter)
+//	f <event id>                         → <seq:8> <rule set version uvarint>
+//	    with the event (Append), only for an id a sender chose
+//	a <function> 0x00 <max seq:8> <min seq:8> <nonce:4>
+//	    → <delivered-at varint> <rules: count uvarint, (len uvarint, name)…>
+//	      <items: count uvarint, (<seq − previous seq varint> <id tail:8> <rule index uvarint>)…>
+//	    one per Delivered call, whatever its size (the previous seq of the first item is max seq)
+//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>
+//	    with a dead letter (DeadLetter); versions before the delivery records also wrote kind D
+//	    with each delivery, and they are still read
 //
+// An event that came without an id gets one from the log (event.NewSeqID) that carries its
+// sequence number, so it needs no index: Fate reads the number back from the id and checks it
+// against what is stored for that number (the queue and dead-letter entries, the stand-alone
+// event, or the delivery record, which keeps the part of each id its seq does not give).
+// A delivery record is found by seeking to the event's seq in the function's records (ordered by
+// the highest seq of their batch) and reading at most maxDeliveryScan of them: an event whose
+// ack came more than that many acks of later events after it is reported without its delivery.
 // Everything else (queued, dead-lettered, the event itself while it is stored) is read from the
-// queue and dead-letter entries, which exist anyway.
+// queue and dead-letter entries, which exist anyway. The rule set version is known only for
+// ids a sender chose (it is kept in their index).
 const (
-	nsFate    = 'f'
-	nsOutcome = 'o'
+	nsFate      = 'f'
+	nsOutcome   = 'o'
+	nsDelivered = 'a'
+
+	maxDeliveryScan = 10000 // delivery records Fate reads, at most, to find one event's (see above)
 
 	outcomeDelivered = 'D'
 	outcomeDead      = 'X'
@@ -204,6 +223,9 @@ func (s *Store) Fate(id string) (Fate, error) {
 	f := Fate{ID: id}
 	known := s.Functions()
 	err := s.db.View(func(txn *badger.Txn) error {
+		// found: a record names id itself (the index of an id a sender chose, or an outcome
+		// record), so f.Seq is its seq. Otherwise id may be one the log made (event.NewSeqID):
+		// its seq is read from it and trusted only once what is stored for that seq has this id.
 		found := false
 		item, err := txn.Get(fateKey(id))
 		switch {
@@ -260,8 +282,24 @@ func (s *Store) Fate(id string) (Fate, error) {
 			}
 		}
 		it.Close()
+		verified := found
 		if !found {
-			return ErrNotFound
+			seq, _, ok := event.ParseSeqID(id)
+			if !ok {
+				return ErrNotFound
+			}
+			f.Seq = seq
+		}
+		// other reports whether ev, stored under f.Seq, is another event than id's.
+		other := func(ev *event.Event) bool {
+			if found || ev == nil {
+				return false
+			}
+			if ev.ID != id {
+				return true
+			}
+			verified = true
+			return false
 		}
 		fns := map[string]bool{}
 		for _, fn := range known {
@@ -286,6 +324,9 @@ func (s *Store) Fate(id string) (Fate, error) {
 				if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, event.ErrCorrupt) {
 					return err
 				}
+				if other(qi.Event) {
+					return ErrNotFound
+				}
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			} else if v, err := getValue(txn, fnKey(nsDead, fn, f.Seq)); err == nil {
@@ -297,12 +338,31 @@ func (s *Store) Fate(id string) (Fate, error) {
 					if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, event.ErrCorrupt) {
 						return err
 					}
+					if other(qi.Event) {
+						return ErrNotFound
+					}
 				}
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			}
+			var deliveredAt time.Time
+			if !stored {
+				d, ok, err := findDelivery(txn, fn, f.Seq)
+				if err != nil {
+					return err
+				}
+				if ok && !found {
+					if d.tail == 0 || event.SeqIDFrom(f.Seq, d.tail) != id {
+						return ErrNotFound // seq was delivered, as another event
+					}
+					verified = true
+				}
+				if ok {
+					deliveredAt, ff.Rule = d.at, d.rule
+				}
+			}
 			p := outcomes[fn]
-			if !stored && p == nil {
+			if !stored && p == nil && deliveredAt.IsZero() {
 				continue // not chosen for this function (or long forgotten)
 			}
 			if stored {
@@ -326,7 +386,7 @@ func (s *Store) Fate(id string) (Fate, error) {
 				if p.dead != nil && ff.State != FateDeadLettered {
 					ff.Attempts, ff.LastError, ff.DeadLetteredAt = p.dead.attempts, p.dead.reason, p.dead.at
 				}
-				if !stored {
+				if !stored && deliveredAt.IsZero() {
 					switch {
 					case p.delivered != nil:
 						ff.State, ff.DeliveredAt = FateDelivered, p.delivered.at
@@ -335,14 +395,23 @@ func (s *Store) Fate(id string) (Fate, error) {
 					}
 				}
 			}
+			if !stored && !deliveredAt.IsZero() {
+				ff.State, ff.DeliveredAt = FateDelivered, deliveredAt
+			}
 			f.Functions = append(f.Functions, ff)
 		}
 		if !haveInfo {
 			// No function holds it (none was chosen, or all are done): the stand-alone event, if
 			// retention has not deleted it yet.
 			if ev, err := getEvent(txn, f.Seq); err == nil {
+				if other(ev) {
+					return ErrNotFound
+				}
 				f.Event = infoOf(ev)
 			}
+		}
+		if !verified {
+			return ErrNotFound
 		}
 		return nil
 	})
@@ -364,24 +433,169 @@ func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
 }
 
 // Delivered acknowledges items the function received (as Ack does: they leave its queue) and,
-// with fate records on, records each delivery in its event's fate, in the same durable commit.
-// Items not in the queue are ignored (their delivery is still recorded).
+// with fate records on, records the delivery in the fates of their events, in the same durable
+// commit (one record for the whole call). Items not in the queue are ignored (their delivery is
+// still recorded).
 func (s *Store) Delivered(function string, items []Item) error {
 	if len(items) == 0 {
 		return nil
 	}
-	now := time.Now()
-	ops := make([]*op, 0, 2*len(items))
+	backing := make([]op, len(items))
+	ops := make([]*op, len(items), len(items)+1)
 	for i := range items {
-		ops = append(ops, &op{key: fnKey(nsQueue, function, items[i].Seq), delete: true, fn: function, dq: -1})
-		if o := s.outcomeOp(function, outcomeDelivered, &items[i], now, 0, ""); o != nil {
-			ops = append(ops, o)
-		}
+		backing[i] = op{key: fnKey(nsQueue, function, items[i].Seq), delete: true, fn: function, dq: -1}
+		ops[i] = &backing[i]
+	}
+	if o := s.deliveryOp(function, items, time.Now()); o != nil {
+		ops = append(ops, o)
 	}
 	if err := s.write(ops, nil); err != nil {
 		return fmt.Errorf("acknowledging %d items of %q: %w", len(items), function, err)
 	}
 	return nil
+}
+
+const deliveryKeyTail = 8 + 8 + 4 // max seq, min seq, nonce
+
+// deliveryOp is the op that records the delivery of items to function at at, or nil when fate
+// records are off.
+func (s *Store) deliveryOp(function string, items []Item, at time.Time) *op {
+	if !s.fateOn() {
+		return nil
+	}
+	lo, hi := items[0].Seq, items[0].Seq
+	for i := range items {
+		lo, hi = min(lo, items[i].Seq), max(hi, items[i].Seq)
+	}
+	k := make([]byte, 0, 2+len(function)+deliveryKeyTail)
+	k = append(k, nsDelivered)
+	k = append(k, function...)
+	k = append(k, 0)
+	k = binary.BigEndian.AppendUint64(k, hi)
+	k = binary.BigEndian.AppendUint64(k, lo)
+	k = binary.BigEndian.AppendUint32(k, rand.Uint32()) // two calls may ack the same seqs (a replay)
+	// The rules of the batch, each once (a batch rarely holds more than a few).
+	var small [8]string
+	rules := small[:0]
+	ruleBytes := 0
+	idx := func(rule string) int {
+		for j, r := range rules {
+			if r == rule {
+				return j
+			}
+		}
+		rules = append(rules, rule)
+		ruleBytes += len(rule)
+		return len(rules) - 1
+	}
+	for i := range items {
+		idx(items[i].Rule)
+	}
+	v := make([]byte, 0, 3*binary.MaxVarintLen64+ruleBytes+len(rules)*2+len(items)*(3+8+1))
+	v = binary.AppendVarint(v, at.UnixNano())
+	v = binary.AppendUvarint(v, uint64(len(rules)))
+	for _, r := range rules {
+		v = binary.AppendUvarint(v, uint64(len(r)))
+		v = append(v, r...)
+	}
+	v = binary.AppendUvarint(v, uint64(len(items)))
+	prev := hi
+	for i := range items {
+		seq := items[i].Seq
+		v = binary.AppendVarint(v, int64(seq-prev))
+		prev = seq
+		var tail uint64 // 0: the event's id is not one the log made for this seq
+		if ev := items[i].Event; ev != nil {
+			if idSeq, t, ok := event.ParseSeqID(ev.ID); ok && idSeq == seq {
+				tail = t
+			}
+		}
+		v = binary.BigEndian.AppendUint64(v, tail)
+		v = binary.AppendUvarint(v, uint64(idx(items[i].Rule)))
+	}
+	return &op{key: k, value: v, ttl: s.opts.FateTTL}
+}
+
+// delivery is what a delivery record says about one event.
+type delivery struct {
+	at   time.Time
+	tail uint64 // the event id's tail (event.ParseSeqID), 0 when the log did not make the id
+	rule string
+}
+
+// findDelivery looks for the delivery record of seq to function (see maxDeliveryScan).
+func findDelivery(txn *badger.Txn, function string, seq uint64) (d delivery, found bool, err error) {
+	prefix := fnPrefix(nsDelivered, function)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	n := 0
+	for it.Seek(fnKey(nsDelivered, function, seq)); it.ValidForPrefix(prefix) && n < maxDeliveryScan; it.Next() {
+		n++
+		k := it.Item().Key()[len(prefix):]
+		if len(k) != deliveryKeyTail || binary.BigEndian.Uint64(k[8:16]) > seq {
+			continue
+		}
+		hi := binary.BigEndian.Uint64(k)
+		err = it.Item().Value(func(v []byte) error {
+			d, found = scanDelivery(v, hi, seq)
+			return nil
+		})
+		if err != nil || found {
+			return d, found, err
+		}
+	}
+	return delivery{}, false, nil
+}
+
+// scanDelivery looks for seq in a delivery record value of a batch whose highest seq is hi.
+func scanDelivery(v []byte, hi, seq uint64) (d delivery, found bool) {
+	uv := func() (uint64, bool) {
+		x, n := binary.Uvarint(v)
+		if n <= 0 {
+			return 0, false
+		}
+		v = v[n:]
+		return x, true
+	}
+	nanos, n := binary.Varint(v)
+	if n <= 0 {
+		return d, false
+	}
+	v = v[n:]
+	nrules, ok := uv()
+	if !ok || nrules > uint64(len(v)) {
+		return d, false
+	}
+	rules := make([][]byte, nrules)
+	for i := range rules {
+		l, ok := uv()
+		if !ok || l > uint64(len(v)) {
+			return d, false
+		}
+		rules[i], v = v[:l], v[l:]
+	}
+	count, ok := uv()
+	if !ok {
+		return d, false
+	}
+	prev := hi
+	for range count {
+		delta, n := binary.Varint(v)
+		if n <= 0 || len(v) < n+8 {
+			return d, false
+		}
+		prev += uint64(delta)
+		tail := binary.BigEndian.Uint64(v[n:])
+		v = v[n+8:]
+		ri, ok := uv()
+		if !ok || ri >= nrules {
+			return d, false
+		}
+		if prev == seq {
+			return delivery{at: time.Unix(0, nanos).UTC(), tail: tail, rule: string(rules[ri])}, true
+		}
+	}
+	return d, false
 }
 
 // PurgeDeadLetters deletes dead letters of function, durably: those dead-lettered before

@@ -146,7 +146,7 @@ func TestFateOff(t *testing.T) {
 		it := txn.NewIterator(badger.IteratorOptions{})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			if k := it.Item().Key(); k[0] == nsFate || k[0] == nsOutcome {
+			if k := it.Item().Key(); k[0] == nsFate || k[0] == nsOutcome || k[0] == nsDelivered {
 				n++
 			}
 		}

@@ -13,8 +13,9 @@ import (
 //	d <function> 0x00 <seq:8>  → <dead letter value>       dead letter of event seq for function
 //	i <idempotency key>        → <seq:8> <event id>        with a TTL
 //	k <key>                    → value                     small KV for other packages
-//	f <event id>               → <seq:8> <rule version>    an event's fate index, with a TTL (fate.go)
-//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>   a delivery or dead letter, with a TTL (fate.go)
+//	f <event id>               → <seq:8> <rule version>    fate index of an id a sender chose, with a TTL (fate.go)
+//	a <function> 0x00 <max seq:8> <min seq:8> <nonce:4> → <deliveries>   one per Delivered call, with a TTL (fate.go)
+//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>   a dead letter, with a TTL (fate.go)
 //	m seq                      → <seq:8>                   highest sequence number ever assigned
 const (
 	nsEvent    = 'e'
