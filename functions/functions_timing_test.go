@@ -43,6 +43,10 @@ func benchEntries(n, subjects int) []*storage.Entry {
 func BenchmarkDispatcherHotTail(b *testing.B) {
 	st := openStore(b, "")
 	defer st.Close()
+	benchHotTail(b, st, benchEntries(b.N, 1000))
+}
+
+func benchHotTail(b *testing.B, st *storage.Store, entries []*storage.Entry) {
 	var count atomic.Int64
 	d, err := NewDispatcher(Options{Store: st, Registry: noopRegistry(&count), LogWriter: io.Discard, Logger: quietLogger(),
 		Definitions: []Definition{{Name: "noop", Type: "noop", Batch: BatchPolicy{MaxEvents: 100, MaxWait: time.Millisecond}}}})
@@ -51,7 +55,6 @@ func BenchmarkDispatcherHotTail(b *testing.B) {
 	}
 	d.Start()
 	defer d.Stop(context.Background())
-	entries := benchEntries(b.N, 1000)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i += 100 {
@@ -61,6 +64,35 @@ func BenchmarkDispatcherHotTail(b *testing.B) {
 	}
 	for count.Load() < int64(b.N) || st.QueueDepth("noop") > 0 {
 		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// BenchmarkDispatcherHotTailFate is BenchmarkDispatcherHotTail with fate records off
+// (storage.fate_ttl 0) and on, in one run, for events that get their ids from the log (as most
+// do: no fate index) and events that carry their own (one index entry each).
+func BenchmarkDispatcherHotTailFate(b *testing.B) {
+	for _, senderIDs := range []bool{false, true} {
+		for _, fate := range []bool{false, true} {
+			ids := map[bool]string{false: "log", true: "sender"}[senderIDs]
+			b.Run(fmt.Sprintf("ids=%s/fate=%v", ids, fate), func(b *testing.B) {
+				ttl := time.Duration(-1)
+				if fate {
+					ttl = 24 * time.Hour
+				}
+				st, err := storage.Open(storage.Options{InMemory: true, Logger: quietLogger(), FateTTL: ttl})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer st.Close()
+				entries := benchEntries(b.N, 1000)
+				if !senderIDs {
+					for _, e := range entries {
+						e.Event.ID = ""
+					}
+				}
+				benchHotTail(b, st, entries)
+			})
+		}
 	}
 }
 

@@ -305,6 +305,9 @@ func (s *Store) Fate(id string) (Fate, error) {
 		for _, fn := range known {
 			fns[fn] = true
 		}
+		for _, fn := range deliveryFunctions(txn) {
+			fns[fn] = true // a function whose queue is empty now (and after a reopen, unknown)
+		}
 		for fn := range outcomes {
 			fns[fn] = true
 		}
@@ -514,6 +517,28 @@ func (s *Store) deliveryOp(function string, items []Item, at time.Time) *op {
 		v = binary.AppendUvarint(v, uint64(idx(items[i].Rule)))
 	}
 	return &op{key: k, value: v, ttl: s.opts.FateTTL}
+}
+
+// deliveryFunctions lists the functions that have delivery records, with one seek each.
+func deliveryFunctions(txn *badger.Txn) []string {
+	prefix := []byte{nsDelivered}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	var fns []string
+	for it.Rewind(); it.ValidForPrefix(prefix); {
+		k := it.Item().Key()
+		end := len(k) - deliveryKeyTail - 1
+		if end < 1 || k[end] != 0 {
+			it.Next()
+			continue
+		}
+		fn := string(k[1:end])
+		fns = append(fns, fn)
+		next := fnPrefix(nsDelivered, fn)
+		next[len(next)-1] = 1 // past every key of fn
+		it.Seek(next)
+	}
+	return fns
 }
 
 // delivery is what a delivery record says about one event.

@@ -41,6 +41,12 @@ func BenchmarkAppendBatched(b *testing.B) {
 func benchAppend(b *testing.B, writers int) { benchAppendN(b, writers, 1) }
 
 func benchAppendN(b *testing.B, writers, per int, mod ...func(*Options)) {
+	benchAppendIDs(b, writers, per, true, mod...)
+}
+
+// benchAppendIDs is benchAppendN where senderIDs says whether events carry their own ids (as a
+// sender may choose) or get them from the log (as most do).
+func benchAppendIDs(b *testing.B, writers, per int, senderIDs bool, mod ...func(*Options)) {
 	s := openTest(b, b.TempDir(), mod...)
 	payload := []byte(strings.Repeat("x", 256))
 	b.SetBytes(256)
@@ -56,7 +62,11 @@ func benchAppendN(b *testing.B, writers, per int, mod ...func(*Options)) {
 			for next.Add(int64(per)) <= int64(b.N) {
 				entries := make([]*Entry, per)
 				for i := range entries {
-					entries[i] = &Entry{Event: &event.Event{ID: event.NewID(), Subject: "dev", Topic: "devices/dev/t", Protocol: "mqtt", Data: payload},
+					var id string
+					if senderIDs {
+						id = event.NewID()
+					}
+					entries[i] = &Entry{Event: &event.Event{ID: id, Subject: "dev", Topic: "devices/dev/t", Protocol: "mqtt", Data: payload},
 						Targets: []Target{{Function: "log", Rule: "default"}}}
 				}
 				if err := s.Append(context.Background(), entries); err != nil {
