@@ -51,6 +51,9 @@ const (
 	fateIndexBytes = 48  // estimated size of one fate index record, for the commit's accounting
 )
 
+// DefaultFateTTL is Options.FateTTL when it is not set.
+const DefaultFateTTL = 24 * time.Hour
+
 // States of an event for one function, as Fate reports them.
 const (
 	FateQueued       = "queued"        // in the function's queue (pending, in flight or waiting for a retry)

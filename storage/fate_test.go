@@ -221,7 +221,7 @@ func TestPurgeDeadLetters(t *testing.T) {
 	}
 }
 
-// fatesOn turns fate records on (they are off by default).
+// fatesOn turns fate records on (the default; tests say so where it matters).
 func fatesOn(o *Options) { o.FateTTL = 24 * time.Hour }
 
 // TestFateOfLogIDs: events that come without an id get one that carries their seq; their fate

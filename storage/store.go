@@ -64,7 +64,7 @@ type Options struct {
 	MinFreeBytes    int64         // refuse appends with ErrFull while the disk has less free space (default 4 × MemTableBytes; <0: no check)
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
 	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
-	FateTTL         time.Duration // how long an event's fate can be looked up after it arrived and after each delivery or dead letter (default 0: no fate records; see Store.Fate for what they cost)
+	FateTTL         time.Duration // how long an event's fate can be looked up after it arrived and after each delivery or dead letter (default 24h; <0: no fate records)
 	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
 	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
 	MemTableBytes   int64         // Badger memtable size (default 64 MiB); one commit may use 15% of it
@@ -86,6 +86,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdempotencyTTL <= 0 {
 		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.FateTTL == 0 {
+		o.FateTTL = DefaultFateTTL
 	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 5 * time.Second
