@@ -20,7 +20,7 @@ import (
 //	f <event id>                         → <seq:8> <rule set version uvarint>
 //	    with the event (Append), only for an id a sender chose
 //	a <function> 0x00 <max seq:8> <min seq:8> <nonce:4>
-//	    → <delivered-at varint> <rules: count uvarint, (len uvarint, name)…>
+//	    → <delivered-at varint> <rules: count uvarint, (len uvarint, name, rule set version uvarint)…>
 //	      <items: count uvarint, (<seq − previous seq varint> <id tail:8> <rule index uvarint>)…>
 //	    one per Delivered call, whatever its size (the previous seq of the first item is max seq)
 //	o <event id> 0x00 <function> 0x00 <kind> → <outcome>
@@ -35,8 +35,8 @@ import (
 // the highest seq of their batch) and reading at most maxDeliveryScan of them: an event whose
 // ack came more than that many acks of later events after it is reported without its delivery.
 // Everything else (queued, dead-lettered, the event itself while it is stored) is read from the
-// queue and dead-letter entries, which exist anyway. The rule set version is known only for
-// ids a sender chose (it is kept in their index).
+// queue and dead-letter entries, which exist anyway; the rule set version is kept in the queue
+// entry (and so in the dead letter) and in the delivery record.
 const (
 	nsFate      = 'f'
 	nsOutcome   = 'o'
@@ -365,6 +365,9 @@ func (s *Store) Fate(id string) (Fate, error) {
 				}
 				if ok {
 					deliveredAt, ff.Rule = d.at, d.rule
+					if f.RuleVersion == 0 {
+						f.RuleVersion = d.version
+					}
 				}
 			}
 			p := outcomes[fn]
@@ -373,6 +376,9 @@ func (s *Store) Fate(id string) (Fate, error) {
 			}
 			if stored {
 				ff.Rule = qi.Rule
+				if f.RuleVersion == 0 {
+					f.RuleVersion = qi.RuleVersion
+				}
 				if qi.Event != nil && !haveInfo {
 					f.Event, haveInfo = infoOf(qi.Event), true
 				}
@@ -480,29 +486,35 @@ func (s *Store) deliveryOp(function string, items []Item, at time.Time) *op {
 	k = binary.BigEndian.AppendUint64(k, hi)
 	k = binary.BigEndian.AppendUint64(k, lo)
 	k = binary.BigEndian.AppendUint32(k, rand.Uint32()) // two calls may ack the same seqs (a replay)
-	// The rules of the batch, each once (a batch rarely holds more than a few).
-	var small [8]string
+	// The rules of the batch with their rule set versions, each once (a batch rarely holds
+	// more than a few).
+	type ruleAt struct {
+		name    string
+		version int
+	}
+	var small [8]ruleAt
 	rules := small[:0]
 	ruleBytes := 0
-	idx := func(rule string) int {
+	idx := func(it *Item) int {
 		for j, r := range rules {
-			if r == rule {
+			if r.name == it.Rule && r.version == it.RuleVersion {
 				return j
 			}
 		}
-		rules = append(rules, rule)
-		ruleBytes += len(rule)
+		rules = append(rules, ruleAt{it.Rule, it.RuleVersion})
+		ruleBytes += len(it.Rule)
 		return len(rules) - 1
 	}
 	for i := range items {
-		idx(items[i].Rule)
+		idx(&items[i])
 	}
-	v := make([]byte, 0, 3*binary.MaxVarintLen64+ruleBytes+len(rules)*2+len(items)*(3+8+1))
+	v := make([]byte, 0, 3*binary.MaxVarintLen64+ruleBytes+len(rules)*6+len(items)*(3+8+1))
 	v = binary.AppendVarint(v, at.UnixNano())
 	v = binary.AppendUvarint(v, uint64(len(rules)))
 	for _, r := range rules {
-		v = binary.AppendUvarint(v, uint64(len(r)))
-		v = append(v, r...)
+		v = binary.AppendUvarint(v, uint64(len(r.name)))
+		v = append(v, r.name...)
+		v = binary.AppendUvarint(v, uint64(max(r.version, 0)))
 	}
 	v = binary.AppendUvarint(v, uint64(len(items)))
 	prev := hi
@@ -517,7 +529,7 @@ func (s *Store) deliveryOp(function string, items []Item, at time.Time) *op {
 			}
 		}
 		v = binary.BigEndian.AppendUint64(v, tail)
-		v = binary.AppendUvarint(v, uint64(idx(items[i].Rule)))
+		v = binary.AppendUvarint(v, uint64(idx(&items[i])))
 	}
 	return &op{key: k, value: v, ttl: s.opts.FateTTL}
 }
@@ -546,9 +558,10 @@ func deliveryFunctions(txn *badger.Txn) []string {
 
 // delivery is what a delivery record says about one event.
 type delivery struct {
-	at   time.Time
-	tail uint64 // the event id's tail (event.ParseSeqID), 0 when the log did not make the id
-	rule string
+	at      time.Time
+	tail    uint64 // the event id's tail (event.ParseSeqID), 0 when the log did not make the id
+	rule    string
+	version int // of the rule set (0: not known)
 }
 
 // findDelivery looks for the delivery record of seq to function (see maxDeliveryScan).
@@ -595,12 +608,16 @@ func scanDelivery(v []byte, hi, seq uint64) (d delivery, found bool) {
 		return d, false
 	}
 	rules := make([][]byte, nrules)
+	versions := make([]uint64, nrules)
 	for i := range rules {
 		l, ok := uv()
 		if !ok || l > uint64(len(v)) {
 			return d, false
 		}
 		rules[i], v = v[:l], v[l:]
+		if versions[i], ok = uv(); !ok || versions[i] > 1<<31 {
+			return d, false
+		}
 	}
 	count, ok := uv()
 	if !ok {
@@ -620,7 +637,7 @@ func scanDelivery(v []byte, hi, seq uint64) (d delivery, found bool) {
 			return d, false
 		}
 		if prev == seq {
-			return delivery{at: time.Unix(0, nanos).UTC(), tail: tail, rule: string(rules[ri])}, true
+			return delivery{at: time.Unix(0, nanos).UTC(), tail: tail, rule: string(rules[ri]), version: int(versions[ri])}, true
 		}
 	}
 	return d, false

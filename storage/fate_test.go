@@ -230,6 +230,11 @@ func TestFateOfLogIDs(t *testing.T) {
 	dir := t.TempDir()
 	s := openTest(t, dir, fatesOn)
 	one, two := newEntry("", `{"n":1}`, "f1"), newEntry("", `{"n":22}`, "f1", "f2")
+	for _, e := range []*Entry{one, two} {
+		for i := range e.Targets {
+			e.Targets[i].RuleVersion = 5
+		}
+	}
 	if err := s.Append(context.Background(), []*Entry{one, two}); err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +247,7 @@ func TestFateOfLogIDs(t *testing.T) {
 		t.Fatalf("%d fate index records for ids the log made", n)
 	}
 	f, ff := fateOf(t, s, one.Event.ID, "f1")
-	if f.Seq != one.Seq || ff.State != FateQueued || ff.Rule != "r1" || f.Event.PayloadSize != 7 || len(f.Functions) != 1 {
+	if f.Seq != one.Seq || ff.State != FateQueued || ff.Rule != "r1" || f.RuleVersion != 5 || f.Event.PayloadSize != 7 || len(f.Functions) != 1 {
 		t.Fatalf("queued: fate = %+v", f)
 	}
 	items, _ := s.ReadQueue("f1", 0, 10)
@@ -259,12 +264,12 @@ func TestFateOfLogIDs(t *testing.T) {
 	check := func(when string) {
 		t.Helper()
 		f, ff := fateOf(t, s, one.Event.ID, "f1")
-		if f.Seq != one.Seq || ff.State != FateDelivered || ff.DeliveredAt.IsZero() || ff.Rule != "r1" || len(f.Functions) != 1 {
+		if f.Seq != one.Seq || ff.State != FateDelivered || ff.DeliveredAt.IsZero() || ff.Rule != "r1" || f.RuleVersion != 5 || len(f.Functions) != 1 {
 			t.Fatalf("%s: fate of %q = %+v", when, one.Event.ID, f)
 		}
 		f, f1 := fateOf(t, s, two.Event.ID, "f1")
 		_, f2 := fateOf(t, s, two.Event.ID, "f2")
-		if f.Seq != two.Seq || f1.State != FateDelivered || f2.State != FateDeadLettered || f2.Attempts != 2 || f.Event.PayloadSize != 8 {
+		if f.Seq != two.Seq || f1.State != FateDelivered || f2.State != FateDeadLettered || f2.Attempts != 2 || f.Event.PayloadSize != 8 || f.RuleVersion != 5 {
 			t.Fatalf("%s: fate of %q = %+v", when, two.Event.ID, f)
 		}
 	}

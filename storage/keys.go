@@ -57,16 +57,19 @@ func parseFnKey(k []byte) (fn string, seq uint64, ok bool) {
 // validFunction reports whether fn may name a queue: non-empty, no NUL byte.
 func validFunction(fn string) bool { return fn != "" && !strings.ContainsRune(fn, 0) && len(fn) <= 255 }
 
-// Queue entry values: <rule len uvarint><rule><flags><[data len uvarint][data]><[inline event]>.
-// flagData: the rule's select output follows. flagInline: the event itself follows (its commit
-// time, 8 bytes, then its encoding): an event with a single target is stored only there, one
-// Badger entry instead of two.
+// Queue entry values: <rule len uvarint><rule><flags><[rule set version uvarint]>
+// <[data len uvarint][data]><[inline event]>. flagVersion: the version of the rule set that
+// chose the function follows (entries written before it was kept have none, and decode with
+// version 0). flagData: the rule's select output follows. flagInline: the event itself follows
+// (its commit time, 8 bytes, then its encoding): an event with a single target is stored only
+// there, one Badger entry instead of two.
 const (
-	flagData   = 1 << 0
-	flagInline = 1 << 1
+	flagData    = 1 << 0
+	flagInline  = 1 << 1
+	flagVersion = 1 << 2
 )
 
-func encodeTarget(dst []byte, rule string, data, inline []byte) []byte {
+func encodeTarget(dst []byte, rule string, version int, data, inline []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(rule)))
 	dst = append(dst, rule...)
 	var flags byte
@@ -76,7 +79,13 @@ func encodeTarget(dst []byte, rule string, data, inline []byte) []byte {
 	if inline != nil {
 		flags |= flagInline
 	}
+	if version > 0 {
+		flags |= flagVersion
+	}
 	dst = append(dst, flags)
+	if version > 0 {
+		dst = binary.AppendUvarint(dst, uint64(version))
+	}
 	if data != nil {
 		dst = binary.AppendUvarint(dst, uint64(len(data)))
 		dst = append(dst, data...)
@@ -86,26 +95,39 @@ func encodeTarget(dst []byte, rule string, data, inline []byte) []byte {
 
 // decodeTarget splits a queue entry value. data and inline alias v.
 func decodeTarget(v []byte) (rule string, data, inline []byte, ok bool) {
+	rule, _, data, inline, ok = decodeTargetVersion(v)
+	return rule, data, inline, ok
+}
+
+// decodeTargetVersion is decodeTarget that also returns the rule set version (0: not known).
+func decodeTargetVersion(v []byte) (rule string, version int, data, inline []byte, ok bool) {
 	n, w := binary.Uvarint(v)
 	if w <= 0 || uint64(len(v)-w) < n+1 {
-		return "", nil, nil, false
+		return "", 0, nil, nil, false
 	}
 	rule = string(v[w : w+int(n)])
 	flags, rest := v[w+int(n)], v[w+int(n)+1:]
+	if flags&flagVersion != 0 {
+		ver, w := binary.Uvarint(rest)
+		if w <= 0 || ver > 1<<31 {
+			return "", 0, nil, nil, false
+		}
+		version, rest = int(ver), rest[w:]
+	}
 	if flags&flagData != 0 {
 		dl, w := binary.Uvarint(rest)
 		if w <= 0 || uint64(len(rest)-w) < dl {
-			return "", nil, nil, false
+			return "", 0, nil, nil, false
 		}
 		data, rest = rest[w:w+int(dl)], rest[w+int(dl):]
 	}
 	if flags&flagInline != 0 {
 		if len(rest) < 8 {
-			return "", nil, nil, false
+			return "", 0, nil, nil, false
 		}
 		inline = rest
 	} else if len(rest) != 0 {
-		return "", nil, nil, false
+		return "", 0, nil, nil, false
 	}
-	return rule, data, inline, true
+	return rule, version, data, inline, true
 }

@@ -29,7 +29,7 @@ type Target struct {
 	Rule     string
 	Data     []byte // the rule's select output; nil means the event's own data
 	// RuleVersion is the rule set version that chose the function (0: not known); it is kept
-	// in the event's fate (see Store.Fate), not in the queue entry.
+	// in the queue entry and shown in the event's fate (see Store.Fate).
 	RuleVersion int
 }
 
@@ -708,7 +708,7 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 		if len(e.Targets) == 1 {
 			// One function: the event lives in its queue entry alone (one Badger entry, not two).
 			t := e.Targets[0]
-			k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, *buf)
+			k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.RuleVersion, t.Data, *buf)
 			if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 				return fmt.Errorf("storing queue entry: %w", err)
 			}
@@ -720,7 +720,7 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 			}
 			r.logical += int64(len(k) + len(v))
 			for _, t := range e.Targets {
-				k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, nil)
+				k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.RuleVersion, t.Data, nil)
 				if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 					return fmt.Errorf("storing queue entry: %w", err)
 				}
