@@ -70,6 +70,9 @@ const (
 )
 
 func encodeTarget(dst []byte, rule string, version int, data, inline []byte) []byte {
+	if dst == nil {
+		dst = make([]byte, 0, 3*binary.MaxVarintLen64+1+len(rule)+len(data)+len(inline))
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(rule)))
 	dst = append(dst, rule...)
 	var flags byte
