@@ -210,9 +210,12 @@ func infoOf(ev *event.Event) EventInfo {
 }
 
 // Fate returns what became of the event with this id: for each function its rules chose,
-// whether it is queued, delivered or dead-lettered. An event can be looked up for FateTTL after
-// it was appended, and for FateTTL after each delivery or dead-lettering; after that, or for
-// an unknown id, or with fate records off, the error is ErrNotFound.
+// whether it is queued, delivered or dead-lettered. An event can be looked up while it is
+// queued or dead-lettered, for FateTTL after each delivery or dead-lettering, and, when its
+// sender chose its id, for FateTTL after it was appended; after that, or for an unknown id
+// (also a ULID that decodes to the seq of another event), or with fate records off, the error
+// is ErrNotFound. It reads a few entries per function, and at most maxDeliveryScan delivery
+// records per function.
 func (s *Store) Fate(id string) (Fate, error) {
 	if s.closed.Load() {
 		return Fate{}, ErrClosed
