@@ -38,3 +38,21 @@ func TestSeqIDRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseSeqID: ids come from clients (the admin API, the CLI); parsing never panics, and
+// an id that parses is rebuilt from its seq and tail only when it is in canonical form.
+func FuzzParseSeqID(f *testing.F) {
+	f.Add(NewSeqID(time.Now(), 42))
+	f.Add(NewID())
+	f.Add("order-17")
+	f.Add("7ZZZZZZZZZZZZZZZZZZZZZZZZZ")
+	f.Fuzz(func(t *testing.T, id string) {
+		seq, tail, ok := ParseSeqID(id)
+		if !ok {
+			return
+		}
+		if again := SeqIDFrom(seq, tail); len(again) != len(id) {
+			t.Fatalf("SeqIDFrom(%d, %x) = %q from %q", seq, tail, again, id)
+		}
+	})
+}
