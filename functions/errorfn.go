@@ -5,7 +5,6 @@ import (
 	"context"
 	"strconv"
 
-	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -58,7 +57,8 @@ func (f *function) toErrorFunctions(items []*pitem, reason string) {
 			continue
 		}
 		ev := *it.Event
-		ev.ID, ev.Type, ev.Hops = event.NewID(), ErrorEventType, uint8(hops)
+		// The log gives it an id carrying its seq (event.NewSeqID): no fate index needed.
+		ev.ID, ev.Type, ev.Hops = "", ErrorEventType, uint8(hops)
 		ev.Meta = make(map[string]string, len(it.Event.Meta)+len(errorAttributes))
 		for k, v := range it.Event.Meta {
 			ev.Meta[k] = v

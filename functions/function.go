@@ -844,8 +844,8 @@ func (f *function) outputs(u *unit, outs []Output) error {
 			now := time.Now()
 			for i := range outs {
 				o := &outs[i]
-				evs[i] = &event.Event{
-					ID: event.NewID(), Source: "fleetgate://functions/" + f.name, Type: "fleetgate.function.output",
+				evs[i] = &event.Event{ // no ID: the log gives one at the commit (event.NewSeqID)
+					Source: "fleetgate://functions/" + f.name, Type: "fleetgate.function.output",
 					Subject: subject, Tenant: tenant, Time: now, ContentType: "application/json",
 					Data: o.PayloadBytes(), Topic: o.Topic, QoS: o.QoS, Retain: o.Retain, Hops: uint8(hops),
 				}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,6 +44,10 @@ func benchEntries(n, subjects int) []*storage.Entry {
 func BenchmarkDispatcherHotTail(b *testing.B) {
 	st := openStore(b, "")
 	defer st.Close()
+	benchHotTail(b, st, benchEntries(b.N, 1000))
+}
+
+func benchHotTail(b *testing.B, st *storage.Store, entries []*storage.Entry) {
 	var count atomic.Int64
 	d, err := NewDispatcher(Options{Store: st, Registry: noopRegistry(&count), LogWriter: io.Discard, Logger: quietLogger(),
 		Definitions: []Definition{{Name: "noop", Type: "noop", Batch: BatchPolicy{MaxEvents: 100, MaxWait: time.Millisecond}}}})
@@ -51,9 +56,9 @@ func BenchmarkDispatcherHotTail(b *testing.B) {
 	}
 	d.Start()
 	defer d.Stop(context.Background())
-	entries := benchEntries(b.N, 1000)
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := processCPU()
 	for i := 0; i < b.N; i += 100 {
 		if err := st.Append(context.Background(), entries[i:min(i+100, b.N)]); err != nil {
 			b.Fatal(err)
@@ -61,6 +66,36 @@ func BenchmarkDispatcherHotTail(b *testing.B) {
 	}
 	for count.Load() < int64(b.N) || st.QueueDepth("noop") > 0 {
 		time.Sleep(100 * time.Microsecond)
+	}
+	b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/event")
+}
+
+// BenchmarkDispatcherHotTailFate is BenchmarkDispatcherHotTail with fate records off
+// (storage.fate_ttl 0) and on, in one run, for events that get their ids from the log (as most
+// do: no fate index) and events that carry their own (one index entry each).
+func BenchmarkDispatcherHotTailFate(b *testing.B) {
+	for _, senderIDs := range []bool{false, true} {
+		for _, fate := range []bool{false, true} {
+			ids := map[bool]string{false: "log", true: "sender"}[senderIDs]
+			b.Run(fmt.Sprintf("ids=%s/fate=%v", ids, fate), func(b *testing.B) {
+				ttl := time.Duration(-1)
+				if fate {
+					ttl = 24 * time.Hour
+				}
+				st, err := storage.Open(storage.Options{InMemory: true, Logger: quietLogger(), FateTTL: ttl})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer st.Close()
+				entries := benchEntries(b.N, 1000)
+				if !senderIDs {
+					for _, e := range entries {
+						e.Event.ID = ""
+					}
+				}
+				benchHotTail(b, st, entries)
+			})
+		}
 	}
 }
 
@@ -214,3 +249,13 @@ func BenchmarkWASMCommandThreshold100(b *testing.B) {
 
 // BenchmarkWASMCommandStart is the peer of ReactorStart: instantiate a command (not run it).
 func BenchmarkWASMCommandStart(b *testing.B) { benchWASMStart(b, thresholdCommandModule(b)) }
+
+// processCPU is the CPU time the whole test process used so far (user + system): less
+// disturbed by other load on the machine than ns/op.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -94,7 +94,8 @@ type AcceptOptions struct {
 
 // Accept stores events durably and returns nil only once they are fsynced; then each is
 // delivered at least once to every function the live rules chose for it. Every event gets an
-// ID (a ULID) unless it carries one: an event that carries its own ID and was accepted from
+// ID (a ULID that carries its commit sequence number, set when it is committed) unless it
+// carries one: an event that carries its own ID and was accepted from
 // the same tenant and subject in the last 24 h is acknowledged again but not stored twice.
 // On error nothing was stored.
 func (g *Gateway) Accept(ctx context.Context, events []*event.Event, opts AcceptOptions) error {
@@ -109,7 +110,8 @@ func (g *Gateway) Accept(ctx context.Context, events []*event.Event, opts Accept
 }
 
 // AcceptAsync is Accept that calls done exactly once, when the events are durable or have
-// been refused, instead of blocking. done must not block.
+// been refused, instead of blocking. done must not block. An event without an ID gets one
+// when it is committed (event.NewSeqID): read ev.ID only once done has run.
 func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done func(error)) {
 	if len(events) == 0 {
 		done(nil)
@@ -125,16 +127,13 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 		}
 		e := &backing[i]
 		e.Event = ev
+		// An event without an id gets one from the log when it is committed (event.NewSeqID:
+		// it carries its seq, so its fate needs no index); nothing here reads it before.
 		switch {
 		case opts.IdempotencyKey != "":
 			e.IdempotencyKey = "r\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + opts.IdempotencyKey + "\x00" + strconv.Itoa(i)
-			if ev.ID == "" {
-				ev.ID = event.NewID()
-			}
 		case ev.ID != "":
 			e.IdempotencyKey = "e\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + ev.ID
-		default:
-			ev.ID = event.NewID()
 		}
 		if ev.Time.IsZero() {
 			ev.Time = start

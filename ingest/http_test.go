@@ -141,6 +141,12 @@ func TestPostEventsAcceptedAfterCommit(t *testing.T) {
 	if len(items) != 2 {
 		t.Fatalf("202 given but %d events stored", len(items))
 	}
+	// Ids are made by the log at the commit and carry the event's seq (its fate needs no index).
+	for i, it := range items {
+		if seq, ok := event.SeqOfID(ids[i].(string)); !ok || seq != it.Seq {
+			t.Fatalf("id %v of event %d (seq %d) carries seq %d, %v", ids[i], i, it.Seq, seq, ok)
+		}
+	}
 	ev := items[1].Event
 	if ev.ID != ids[1] || string(ev.Data) != `{"n":2}` || ev.Topic != "apps/app-1/click" || ev.Subject != "app-1" ||
 		ev.Tenant != "acme" || ev.Protocol != event.ProtocolHTTP {
@@ -195,8 +201,14 @@ func TestIdempotencyKeyHeader(t *testing.T) {
 	if fmt.Sprint(a3.body["ids"]) == fmt.Sprint(a1.body["ids"]) {
 		t.Fatal("idempotency key shared across subjects")
 	}
-	if n := len(ts.queued(t)); n != 4 {
+	items := ts.queued(t)
+	if n := len(items); n != 4 {
 		t.Fatalf("%d events stored, want 4", n)
+	}
+	for i, id := range a1.body["ids"].([]any) {
+		if seq, ok := event.SeqOfID(id.(string)); !ok || seq != items[i].Seq || items[i].Event.ID != id {
+			t.Fatalf("id %v answered for event %d (seq %d, stored as %q)", id, i, items[i].Seq, items[i].Event.ID)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"time"
@@ -13,17 +14,35 @@ import (
 	"github.com/fleetgate/fleetgate/event"
 )
 
-// An event's fate: what became of an event, looked up by its id. Two small records, both with
-// the TTL Options.FateTTL, written in the commits that already happen:
+// An event's fate: what became of an event, looked up by its id. Its records have the TTL
+// Options.FateTTL and are written in commits that happen anyway:
 //
-//	f <event id>                             → <seq:8> <rule set version uvarint>   with the event (Append)
-//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>                          with the ack (Delivered) or the dead letter (DeadLetter)
+//	f <event id>                         → <seq:8> <rule set version uvarint>
+//	    with the event (Append), only for an id a sender chose
+//	a <function> 0x00 <max seq:8> <min seq:8> <nonce:4>
+//	    → <delivered-at varint> <rules: count uvarint, (len uvarint, name, rule set version uvarint)…>
+//	      <items: count uvarint, (<seq − previous seq varint> <id tail:8> <rule index uvarint>)…>
+//	    one per Delivered call, whatever its size (the previous seq of the first item is max seq)
+//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>
+//	    with a dead letter (DeadLetter); versions before the delivery records also wrote kind D
+//	    with each delivery, and they are still read
 //
+// An event that came without an id gets one from the log (event.NewSeqID) that carries its
+// sequence number, so it needs no index: Fate reads the number back from the id and checks it
+// against what is stored for that number (the queue and dead-letter entries, the stand-alone
+// event, or the delivery record, which keeps the part of each id its seq does not give).
+// A delivery record is found by seeking to the event's seq in the function's records (ordered by
+// the highest seq of their batch) and reading at most maxDeliveryScan of them: an event whose
+// ack came more than that many acks of later events after it is reported without its delivery.
 // Everything else (queued, dead-lettered, the event itself while it is stored) is read from the
-// queue and dead-letter entries, which exist anyway.
+// queue and dead-letter entries, which exist anyway; the rule set version is kept in the queue
+// entry (and so in the dead letter) and in the delivery record.
 const (
-	nsFate    = 'f'
-	nsOutcome = 'o'
+	nsFate      = 'f'
+	nsOutcome   = 'o'
+	nsDelivered = 'a'
+
+	maxDeliveryScan = 10000 // delivery records Fate reads, at most, to find one event's (see above)
 
 	outcomeDelivered = 'D'
 	outcomeDead      = 'X'
@@ -31,6 +50,9 @@ const (
 	maxFateReason  = 512 // bytes of a dead letter's reason kept in its outcome record
 	fateIndexBytes = 48  // estimated size of one fate index record, for the commit's accounting
 )
+
+// DefaultFateTTL is Options.FateTTL when it is not set.
+const DefaultFateTTL = 24 * time.Hour
 
 // States of an event for one function, as Fate reports them.
 const (
@@ -188,9 +210,12 @@ func infoOf(ev *event.Event) EventInfo {
 }
 
 // Fate returns what became of the event with this id: for each function its rules chose,
-// whether it is queued, delivered or dead-lettered. An event can be looked up for FateTTL after
-// it was appended, and for FateTTL after each delivery or dead-lettering; after that, or for
-// an unknown id, or with fate records off, the error is ErrNotFound.
+// whether it is queued, delivered or dead-lettered. An event can be looked up while it is
+// queued or dead-lettered, for FateTTL after each delivery or dead-lettering, and, when its
+// sender chose its id, for FateTTL after it was appended; after that, or for an unknown id
+// (also a ULID that decodes to the seq of another event), or with fate records off, the error
+// is ErrNotFound. It reads a few entries per function, and at most maxDeliveryScan delivery
+// records per function.
 func (s *Store) Fate(id string) (Fate, error) {
 	if s.closed.Load() {
 		return Fate{}, ErrClosed
@@ -204,6 +229,9 @@ func (s *Store) Fate(id string) (Fate, error) {
 	f := Fate{ID: id}
 	known := s.Functions()
 	err := s.db.View(func(txn *badger.Txn) error {
+		// found: a record names id itself (the index of an id a sender chose, or an outcome
+		// record), so f.Seq is its seq. Otherwise id may be one the log made (event.NewSeqID):
+		// its seq is read from it and trusted only once what is stored for that seq has this id.
 		found := false
 		item, err := txn.Get(fateKey(id))
 		switch {
@@ -260,12 +288,31 @@ func (s *Store) Fate(id string) (Fate, error) {
 			}
 		}
 		it.Close()
+		verified := found
 		if !found {
-			return ErrNotFound
+			seq, _, ok := event.ParseSeqID(id)
+			if !ok {
+				return ErrNotFound
+			}
+			f.Seq = seq
+		}
+		// other reports whether ev, stored under f.Seq, is another event than id's.
+		other := func(ev *event.Event) bool {
+			if found || ev == nil {
+				return false
+			}
+			if ev.ID != id {
+				return true
+			}
+			verified = true
+			return false
 		}
 		fns := map[string]bool{}
 		for _, fn := range known {
 			fns[fn] = true
+		}
+		for _, fn := range deliveryFunctions(txn) {
+			fns[fn] = true // a function whose queue is empty now (and after a reopen, unknown)
 		}
 		for fn := range outcomes {
 			fns[fn] = true
@@ -286,6 +333,9 @@ func (s *Store) Fate(id string) (Fate, error) {
 				if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, event.ErrCorrupt) {
 					return err
 				}
+				if other(qi.Event) {
+					return ErrNotFound
+				}
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			} else if v, err := getValue(txn, fnKey(nsDead, fn, f.Seq)); err == nil {
@@ -297,16 +347,41 @@ func (s *Store) Fate(id string) (Fate, error) {
 					if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, event.ErrCorrupt) {
 						return err
 					}
+					if other(qi.Event) {
+						return ErrNotFound
+					}
 				}
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			}
+			var deliveredAt time.Time
+			if !stored {
+				d, ok, err := findDelivery(txn, fn, f.Seq)
+				if err != nil {
+					return err
+				}
+				if ok && !found {
+					if d.tail == 0 || event.SeqIDFrom(f.Seq, d.tail) != id {
+						return ErrNotFound // seq was delivered, as another event
+					}
+					verified = true
+				}
+				if ok {
+					deliveredAt, ff.Rule = d.at, d.rule
+					if f.RuleVersion == 0 {
+						f.RuleVersion = d.version
+					}
+				}
+			}
 			p := outcomes[fn]
-			if !stored && p == nil {
+			if !stored && p == nil && deliveredAt.IsZero() {
 				continue // not chosen for this function (or long forgotten)
 			}
 			if stored {
 				ff.Rule = qi.Rule
+				if f.RuleVersion == 0 {
+					f.RuleVersion = qi.RuleVersion
+				}
 				if qi.Event != nil && !haveInfo {
 					f.Event, haveInfo = infoOf(qi.Event), true
 				}
@@ -326,7 +401,7 @@ func (s *Store) Fate(id string) (Fate, error) {
 				if p.dead != nil && ff.State != FateDeadLettered {
 					ff.Attempts, ff.LastError, ff.DeadLetteredAt = p.dead.attempts, p.dead.reason, p.dead.at
 				}
-				if !stored {
+				if !stored && deliveredAt.IsZero() {
 					switch {
 					case p.delivered != nil:
 						ff.State, ff.DeliveredAt = FateDelivered, p.delivered.at
@@ -335,14 +410,23 @@ func (s *Store) Fate(id string) (Fate, error) {
 					}
 				}
 			}
+			if !stored && !deliveredAt.IsZero() {
+				ff.State, ff.DeliveredAt = FateDelivered, deliveredAt
+			}
 			f.Functions = append(f.Functions, ff)
 		}
 		if !haveInfo {
 			// No function holds it (none was chosen, or all are done): the stand-alone event, if
 			// retention has not deleted it yet.
 			if ev, err := getEvent(txn, f.Seq); err == nil {
+				if other(ev) {
+					return ErrNotFound
+				}
 				f.Event = infoOf(ev)
 			}
+		}
+		if !verified {
+			return ErrNotFound
 		}
 		return nil
 	})
@@ -364,24 +448,202 @@ func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
 }
 
 // Delivered acknowledges items the function received (as Ack does: they leave its queue) and,
-// with fate records on, records each delivery in its event's fate, in the same durable commit.
-// Items not in the queue are ignored (their delivery is still recorded).
+// with fate records on, records the delivery in the fates of their events, in the same durable
+// commit (one record for the whole call). Items not in the queue are ignored (their delivery is
+// still recorded).
 func (s *Store) Delivered(function string, items []Item) error {
 	if len(items) == 0 {
 		return nil
 	}
-	now := time.Now()
-	ops := make([]*op, 0, 2*len(items))
+	backing := make([]op, len(items))
+	ops := make([]*op, len(items), len(items)+1)
 	for i := range items {
-		ops = append(ops, &op{key: fnKey(nsQueue, function, items[i].Seq), delete: true, fn: function, dq: -1})
-		if o := s.outcomeOp(function, outcomeDelivered, &items[i], now, 0, ""); o != nil {
-			ops = append(ops, o)
-		}
+		backing[i] = op{key: fnKey(nsQueue, function, items[i].Seq), delete: true, fn: function, dq: -1}
+		ops[i] = &backing[i]
+	}
+	if o := s.deliveryOp(function, items, time.Now()); o != nil {
+		ops = append(ops, o)
 	}
 	if err := s.write(ops, nil); err != nil {
 		return fmt.Errorf("acknowledging %d items of %q: %w", len(items), function, err)
 	}
 	return nil
+}
+
+const deliveryKeyTail = 8 + 8 + 4 // max seq, min seq, nonce
+
+// deliveryOp is the op that records the delivery of items to function at at, or nil when fate
+// records are off.
+func (s *Store) deliveryOp(function string, items []Item, at time.Time) *op {
+	if !s.fateOn() {
+		return nil
+	}
+	lo, hi := items[0].Seq, items[0].Seq
+	for i := range items {
+		lo, hi = min(lo, items[i].Seq), max(hi, items[i].Seq)
+	}
+	k := make([]byte, 0, 2+len(function)+deliveryKeyTail)
+	k = append(k, nsDelivered)
+	k = append(k, function...)
+	k = append(k, 0)
+	k = binary.BigEndian.AppendUint64(k, hi)
+	k = binary.BigEndian.AppendUint64(k, lo)
+	k = binary.BigEndian.AppendUint32(k, rand.Uint32()) // two calls may ack the same seqs (a replay)
+	// The rules of the batch with their rule set versions, each once (a batch rarely holds
+	// more than a few).
+	type ruleAt struct {
+		name    string
+		version int
+	}
+	var small [8]ruleAt
+	rules := small[:0]
+	ruleBytes := 0
+	idx := func(it *Item) int {
+		for j, r := range rules {
+			if r.name == it.Rule && r.version == it.RuleVersion {
+				return j
+			}
+		}
+		rules = append(rules, ruleAt{it.Rule, it.RuleVersion})
+		ruleBytes += len(it.Rule)
+		return len(rules) - 1
+	}
+	for i := range items {
+		idx(&items[i])
+	}
+	v := make([]byte, 0, 3*binary.MaxVarintLen64+ruleBytes+len(rules)*6+len(items)*(3+8+1))
+	v = binary.AppendVarint(v, at.UnixNano())
+	v = binary.AppendUvarint(v, uint64(len(rules)))
+	for _, r := range rules {
+		v = binary.AppendUvarint(v, uint64(len(r.name)))
+		v = append(v, r.name...)
+		v = binary.AppendUvarint(v, uint64(max(r.version, 0)))
+	}
+	v = binary.AppendUvarint(v, uint64(len(items)))
+	prev := hi
+	for i := range items {
+		seq := items[i].Seq
+		v = binary.AppendVarint(v, int64(seq-prev))
+		prev = seq
+		var tail uint64 // 0: the event's id is not one the log made for this seq
+		if ev := items[i].Event; ev != nil {
+			if idSeq, t, ok := event.ParseSeqID(ev.ID); ok && idSeq == seq {
+				tail = t
+			}
+		}
+		v = binary.BigEndian.AppendUint64(v, tail)
+		v = binary.AppendUvarint(v, uint64(idx(&items[i])))
+	}
+	return &op{key: k, value: v, ttl: s.opts.FateTTL}
+}
+
+// deliveryFunctions lists the functions that have delivery records, with one seek each.
+func deliveryFunctions(txn *badger.Txn) []string {
+	prefix := []byte{nsDelivered}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	var fns []string
+	for it.Rewind(); it.ValidForPrefix(prefix); {
+		k := it.Item().Key()
+		end := len(k) - deliveryKeyTail - 1
+		if end < 1 || k[end] != 0 {
+			it.Next()
+			continue
+		}
+		fn := string(k[1:end])
+		fns = append(fns, fn)
+		next := fnPrefix(nsDelivered, fn)
+		next[len(next)-1] = 1 // past every key of fn
+		it.Seek(next)
+	}
+	return fns
+}
+
+// delivery is what a delivery record says about one event.
+type delivery struct {
+	at      time.Time
+	tail    uint64 // the event id's tail (event.ParseSeqID), 0 when the log did not make the id
+	rule    string
+	version int // of the rule set (0: not known)
+}
+
+// findDelivery looks for the delivery record of seq to function (see maxDeliveryScan).
+func findDelivery(txn *badger.Txn, function string, seq uint64) (d delivery, found bool, err error) {
+	prefix := fnPrefix(nsDelivered, function)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	n := 0
+	for it.Seek(fnKey(nsDelivered, function, seq)); it.ValidForPrefix(prefix) && n < maxDeliveryScan; it.Next() {
+		n++
+		k := it.Item().Key()[len(prefix):]
+		if len(k) != deliveryKeyTail || binary.BigEndian.Uint64(k[8:16]) > seq {
+			continue
+		}
+		hi := binary.BigEndian.Uint64(k)
+		err = it.Item().Value(func(v []byte) error {
+			d, found = scanDelivery(v, hi, seq)
+			return nil
+		})
+		if err != nil || found {
+			return d, found, err
+		}
+	}
+	return delivery{}, false, nil
+}
+
+// scanDelivery looks for seq in a delivery record value of a batch whose highest seq is hi.
+func scanDelivery(v []byte, hi, seq uint64) (d delivery, found bool) {
+	uv := func() (uint64, bool) {
+		x, n := binary.Uvarint(v)
+		if n <= 0 {
+			return 0, false
+		}
+		v = v[n:]
+		return x, true
+	}
+	nanos, n := binary.Varint(v)
+	if n <= 0 {
+		return d, false
+	}
+	v = v[n:]
+	nrules, ok := uv()
+	if !ok || nrules > uint64(len(v)) {
+		return d, false
+	}
+	rules := make([][]byte, nrules)
+	versions := make([]uint64, nrules)
+	for i := range rules {
+		l, ok := uv()
+		if !ok || l > uint64(len(v)) {
+			return d, false
+		}
+		rules[i], v = v[:l], v[l:]
+		if versions[i], ok = uv(); !ok || versions[i] > 1<<31 {
+			return d, false
+		}
+	}
+	count, ok := uv()
+	if !ok {
+		return d, false
+	}
+	prev := hi
+	for range count {
+		delta, n := binary.Varint(v)
+		if n <= 0 || len(v) < n+8 {
+			return d, false
+		}
+		prev += uint64(delta)
+		tail := binary.BigEndian.Uint64(v[n:])
+		v = v[n+8:]
+		ri, ok := uv()
+		if !ok || ri >= nrules {
+			return d, false
+		}
+		if prev == seq {
+			return delivery{at: time.Unix(0, nanos).UTC(), tail: tail, rule: string(rules[ri]), version: int(versions[ri])}, true
+		}
+	}
+	return d, false
 }
 
 // PurgeDeadLetters deletes dead letters of function, durably: those dead-lettered before

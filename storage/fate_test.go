@@ -7,6 +7,8 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/fleetgate/fleetgate/event"
 )
 
 // fateOf returns the fate of id and its entry for function fn (failing when absent).
@@ -146,7 +148,7 @@ func TestFateOff(t *testing.T) {
 		it := txn.NewIterator(badger.IteratorOptions{})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			if k := it.Item().Key(); k[0] == nsFate || k[0] == nsOutcome {
+			if k := it.Item().Key(); k[0] == nsFate || k[0] == nsOutcome || k[0] == nsDelivered {
 				n++
 			}
 		}
@@ -219,5 +221,198 @@ func TestPurgeDeadLetters(t *testing.T) {
 	}
 }
 
-// fatesOn turns fate records on (they are off by default).
+// fatesOn turns fate records on (the default; tests say so where it matters).
 func fatesOn(o *Options) { o.FateTTL = 24 * time.Hour }
+
+// TestFateOfLogIDs: events that come without an id get one that carries their seq; their fate
+// is found from the id alone (no index), queued, delivered and dead-lettered, after a reopen.
+func TestFateOfLogIDs(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, fatesOn)
+	one, two := newEntry("", `{"n":1}`, "f1"), newEntry("", `{"n":22}`, "f1", "f2")
+	for _, e := range []*Entry{one, two} {
+		for i := range e.Targets {
+			e.Targets[i].RuleVersion = 5
+		}
+	}
+	if err := s.Append(context.Background(), []*Entry{one, two}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []*Entry{one, two} {
+		if seq, ok := event.SeqOfID(e.Event.ID); !ok || seq != e.Seq {
+			t.Fatalf("id %q of seq %d carries %d, %v", e.Event.ID, e.Seq, seq, ok)
+		}
+	}
+	if n := countKeys(t, s, nsFate); n != 0 {
+		t.Fatalf("%d fate index records for ids the log made", n)
+	}
+	f, ff := fateOf(t, s, one.Event.ID, "f1")
+	if f.Seq != one.Seq || ff.State != FateQueued || ff.Rule != "r1" || f.RuleVersion != 5 || f.Event.PayloadSize != 7 || len(f.Functions) != 1 {
+		t.Fatalf("queued: fate = %+v", f)
+	}
+	items, _ := s.ReadQueue("f1", 0, 10)
+	if err := s.Delivered("f1", items); err != nil {
+		t.Fatal(err)
+	}
+	items2, _ := s.ReadQueue("f2", 0, 10)
+	if err := s.DeadLetter("f2", []DeadLetter{{Seq: two.Seq, Attempts: 2, Reason: "no", Item: items2[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := countKeys(t, s, nsDelivered); n != 1 {
+		t.Fatalf("%d delivery records for one Delivered call, want 1", n)
+	}
+	check := func(when string) {
+		t.Helper()
+		f, ff := fateOf(t, s, one.Event.ID, "f1")
+		if f.Seq != one.Seq || ff.State != FateDelivered || ff.DeliveredAt.IsZero() || ff.Rule != "r1" || f.RuleVersion != 5 || len(f.Functions) != 1 {
+			t.Fatalf("%s: fate of %q = %+v", when, one.Event.ID, f)
+		}
+		f, f1 := fateOf(t, s, two.Event.ID, "f1")
+		_, f2 := fateOf(t, s, two.Event.ID, "f2")
+		if f.Seq != two.Seq || f1.State != FateDelivered || f2.State != FateDeadLettered || f2.Attempts != 2 || f.Event.PayloadSize != 8 || f.RuleVersion != 5 {
+			t.Fatalf("%s: fate of %q = %+v", when, two.Event.ID, f)
+		}
+	}
+	check("before reopen")
+	s.Close()
+	s = openTest(t, dir, fatesOn)
+	check("after reopen")
+}
+
+// TestFateOfIDsNotMadeByTheLog: an id a sender chose is found through its index, also when it
+// is a ULID; a ULID that decodes to the seq of another event is not taken for it, whether
+// that event is queued, delivered or stored alone.
+func TestFateOfIDsNotMadeByTheLog(t *testing.T) {
+	s := openTest(t, t.TempDir(), fatesOn)
+	senderULID := event.NewID()
+	mine, logs, multi := newEntry(senderULID, `{}`, "f1"), newEntry("", `{}`, "f1"), newEntry("", `{}`, "f1", "f2")
+	named := newEntry("order-17", `{}`, "f1")
+	if err := s.Append(context.Background(), []*Entry{mine, logs, multi, named}); err != nil {
+		t.Fatal(err)
+	}
+	if n := countKeys(t, s, nsFate); n != 2 {
+		t.Fatalf("%d fate index records, want 2 (the ids the sender chose)", n)
+	}
+	// forged returns a ULID that decodes to seq but is not the id the log made for it.
+	forged := func(e *Entry) string {
+		_, tail, _ := event.ParseSeqID(e.Event.ID)
+		return event.SeqIDFrom(e.Seq, tail^1)
+	}
+	// A sender's ULID decodes to some seq: point one at the seq of a stored event.
+	pointing := event.SeqIDFrom(logs.Seq, 42<<16)
+	notFound := func(when string, ids ...string) {
+		t.Helper()
+		for _, id := range ids {
+			if f, err := s.Fate(id); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("%s: Fate(%q) = %+v, %v; want ErrNotFound", when, id, f, err)
+			}
+		}
+	}
+	found := func(when string, e *Entry, fn, state string) {
+		t.Helper()
+		if f, ff := fateOf(t, s, e.Event.ID, fn); f.Seq != e.Seq || ff.State != state {
+			t.Fatalf("%s: fate of %q = %+v", when, e.Event.ID, f)
+		}
+	}
+	notFound("queued", forged(logs), forged(multi), pointing, event.NewID(), "no-such-id")
+	for _, e := range []*Entry{mine, logs, multi, named} {
+		found("queued", e, "f1", FateQueued)
+	}
+	items, _ := s.ReadQueue("f1", 0, 10)
+	if err := s.Delivered("f1", items); err != nil {
+		t.Fatal(err)
+	}
+	// logs is now only in the delivery record; multi is stored alone (f2 still has it queued).
+	notFound("delivered", forged(logs), forged(multi), pointing, event.SeqIDFrom(mine.Seq, 7<<16))
+	for _, e := range []*Entry{mine, logs, multi, named} {
+		found("delivered", e, "f1", FateDelivered)
+	}
+	items2, _ := s.ReadQueue("f2", 0, 10)
+	if err := s.Delivered("f2", items2); err != nil {
+		t.Fatal(err)
+	}
+	notFound("all delivered", forged(multi))
+	found("all delivered", multi, "f2", FateDelivered)
+}
+
+// TestFateDeliveryRecordsFound: deliveries in many batches, one out of seq order, are each
+// found in their batch's record.
+func TestFateDeliveryRecordsFound(t *testing.T) {
+	s := openTest(t, t.TempDir(), fatesOn)
+	var entries []*Entry
+	for range 300 {
+		entries = append(entries, newEntry("", `{}`, "f1"))
+	}
+	if err := s.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	items, err := s.ReadQueue("f1", 0, 0)
+	if err != nil || len(items) != 300 {
+		t.Fatalf("ReadQueue = %d items, %v", len(items), err)
+	}
+	// The first item waits (a retry) and is delivered with the last batch; the rest by 7.
+	late := items[0]
+	rest := items[1:]
+	for len(rest) > 0 {
+		n := min(7, len(rest))
+		batch := rest[:n]
+		if len(rest) == n {
+			batch = append([]Item{late}, batch...)
+		}
+		if err := s.Delivered("f1", batch); err != nil {
+			t.Fatal(err)
+		}
+		rest = rest[n:]
+	}
+	for _, e := range entries {
+		if _, ff := fateOf(t, s, e.Event.ID, "f1"); ff.State != FateDelivered {
+			t.Fatalf("fate of seq %d = %+v", e.Seq, ff)
+		}
+	}
+}
+
+// TestFateOfLogIDsExpires: the delivery record of an event with a log-made id expires after
+// storage.fate_ttl, and then the event is not found.
+func TestFateOfLogIDsExpires(t *testing.T) {
+	s := openTest(t, t.TempDir(), func(o *Options) { o.FateTTL = time.Second })
+	e := newEntry("", `{}`, "f1")
+	if err := s.Append(context.Background(), []*Entry{e}); err != nil {
+		t.Fatal(err)
+	}
+	items, _ := s.ReadQueue("f1", 0, 10)
+	if err := s.Delivered("f1", items); err != nil {
+		t.Fatal(err)
+	}
+	if _, ff := fateOf(t, s, e.Event.ID, "f1"); ff.State != FateDelivered {
+		t.Fatalf("f1 = %+v", ff)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := s.Fate(e.Event.ID)
+		if errors.Is(err, ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fate still there 10s after a 1s TTL: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// countKeys counts the keys of namespace ns.
+func countKeys(t *testing.T, s *Store, ns byte) int {
+	t.Helper()
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{ns}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -13,8 +13,9 @@ import (
 //	d <function> 0x00 <seq:8>  → <dead letter value>       dead letter of event seq for function
 //	i <idempotency key>        → <seq:8> <event id>        with a TTL
 //	k <key>                    → value                     small KV for other packages
-//	f <event id>               → <seq:8> <rule version>    an event's fate index, with a TTL (fate.go)
-//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>   a delivery or dead letter, with a TTL (fate.go)
+//	f <event id>               → <seq:8> <rule version>    fate index of an id a sender chose, with a TTL (fate.go)
+//	a <function> 0x00 <max seq:8> <min seq:8> <nonce:4> → <deliveries>   one per Delivered call, with a TTL (fate.go)
+//	o <event id> 0x00 <function> 0x00 <kind> → <outcome>   a dead letter, with a TTL (fate.go)
 //	m seq                      → <seq:8>                   highest sequence number ever assigned
 const (
 	nsEvent    = 'e'
@@ -56,16 +57,22 @@ func parseFnKey(k []byte) (fn string, seq uint64, ok bool) {
 // validFunction reports whether fn may name a queue: non-empty, no NUL byte.
 func validFunction(fn string) bool { return fn != "" && !strings.ContainsRune(fn, 0) && len(fn) <= 255 }
 
-// Queue entry values: <rule len uvarint><rule><flags><[data len uvarint][data]><[inline event]>.
-// flagData: the rule's select output follows. flagInline: the event itself follows (its commit
-// time, 8 bytes, then its encoding): an event with a single target is stored only there, one
-// Badger entry instead of two.
+// Queue entry values: <rule len uvarint><rule><flags><[rule set version uvarint]>
+// <[data len uvarint][data]><[inline event]>. flagVersion: the version of the rule set that
+// chose the function follows (entries written before it was kept have none, and decode with
+// version 0). flagData: the rule's select output follows. flagInline: the event itself follows
+// (its commit time, 8 bytes, then its encoding): an event with a single target is stored only
+// there, one Badger entry instead of two.
 const (
-	flagData   = 1 << 0
-	flagInline = 1 << 1
+	flagData    = 1 << 0
+	flagInline  = 1 << 1
+	flagVersion = 1 << 2
 )
 
-func encodeTarget(dst []byte, rule string, data, inline []byte) []byte {
+func encodeTarget(dst []byte, rule string, version int, data, inline []byte) []byte {
+	if dst == nil {
+		dst = make([]byte, 0, 3*binary.MaxVarintLen64+1+len(rule)+len(data)+len(inline))
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(rule)))
 	dst = append(dst, rule...)
 	var flags byte
@@ -75,7 +82,13 @@ func encodeTarget(dst []byte, rule string, data, inline []byte) []byte {
 	if inline != nil {
 		flags |= flagInline
 	}
+	if version > 0 {
+		flags |= flagVersion
+	}
 	dst = append(dst, flags)
+	if version > 0 {
+		dst = binary.AppendUvarint(dst, uint64(version))
+	}
 	if data != nil {
 		dst = binary.AppendUvarint(dst, uint64(len(data)))
 		dst = append(dst, data...)
@@ -85,26 +98,39 @@ func encodeTarget(dst []byte, rule string, data, inline []byte) []byte {
 
 // decodeTarget splits a queue entry value. data and inline alias v.
 func decodeTarget(v []byte) (rule string, data, inline []byte, ok bool) {
+	rule, _, data, inline, ok = decodeTargetVersion(v)
+	return rule, data, inline, ok
+}
+
+// decodeTargetVersion is decodeTarget that also returns the rule set version (0: not known).
+func decodeTargetVersion(v []byte) (rule string, version int, data, inline []byte, ok bool) {
 	n, w := binary.Uvarint(v)
 	if w <= 0 || uint64(len(v)-w) < n+1 {
-		return "", nil, nil, false
+		return "", 0, nil, nil, false
 	}
 	rule = string(v[w : w+int(n)])
 	flags, rest := v[w+int(n)], v[w+int(n)+1:]
+	if flags&flagVersion != 0 {
+		ver, w := binary.Uvarint(rest)
+		if w <= 0 || ver > 1<<31 {
+			return "", 0, nil, nil, false
+		}
+		version, rest = int(ver), rest[w:]
+	}
 	if flags&flagData != 0 {
 		dl, w := binary.Uvarint(rest)
 		if w <= 0 || uint64(len(rest)-w) < dl {
-			return "", nil, nil, false
+			return "", 0, nil, nil, false
 		}
 		data, rest = rest[w:w+int(dl)], rest[w+int(dl):]
 	}
 	if flags&flagInline != 0 {
 		if len(rest) < 8 {
-			return "", nil, nil, false
+			return "", 0, nil, nil, false
 		}
 		inline = rest
 	} else if len(rest) != 0 {
-		return "", nil, nil, false
+		return "", 0, nil, nil, false
 	}
-	return rule, data, inline, true
+	return rule, version, data, inline, true
 }

@@ -17,8 +17,10 @@ type Item struct {
 	Seq      uint64
 	Function string
 	Rule     string
-	Event    *event.Event
-	Data     []byte // the rule's select output, or Event.Data
+	// RuleVersion is the version of the rule set that chose the function (0: not known).
+	RuleVersion int
+	Event       *event.Event
+	Data        []byte // the rule's select output, or Event.Data
 }
 
 // ItemFromEntry builds the Item a committed entry makes for target t, without reading storage
@@ -28,7 +30,7 @@ func ItemFromEntry(e *Entry, t Target) Item {
 	if data == nil {
 		data = e.Event.Data
 	}
-	return Item{Seq: e.Seq, Function: t.Function, Rule: t.Rule, Event: e.Event, Data: data}
+	return Item{Seq: e.Seq, Function: t.Function, Rule: t.Rule, RuleVersion: t.RuleVersion, Event: e.Event, Data: data}
 }
 
 // DeadLetter is an event a function gave up on, with why.
@@ -98,7 +100,7 @@ func scanFn(txn *badger.Txn, ns byte, function string, after uint64, max int, fn
 // decodeItem builds the Item of a queue entry value v: the event inline in v, or read from its
 // own key.
 func decodeItem(txn *badger.Txn, function string, seq uint64, v []byte) (Item, error) {
-	rule, data, inline, ok := decodeTarget(v)
+	rule, version, data, inline, ok := decodeTargetVersion(v)
 	if !ok {
 		return Item{}, fmt.Errorf("queue entry %d of %q: %w", seq, function, event.ErrCorrupt)
 	}
@@ -119,7 +121,7 @@ func decodeItem(txn *badger.Txn, function string, seq uint64, v []byte) (Item, e
 	} else {
 		data = append([]byte(nil), data...)
 	}
-	return Item{Seq: seq, Function: function, Rule: rule, Event: ev, Data: data}, nil
+	return Item{Seq: seq, Function: function, Rule: rule, RuleVersion: version, Event: ev, Data: data}, nil
 }
 
 func getEvent(txn *badger.Txn, seq uint64) (*event.Event, error) {
@@ -269,7 +271,7 @@ func (s *Store) Replay(function string, seqs []uint64) ([]Item, error) {
 				wrap: func(old []byte) []byte {
 					_, target, ok := decodeDead(old)
 					if !ok {
-						return encodeTarget(nil, "", nil, nil)
+						return encodeTarget(nil, "", 0, nil, nil)
 					}
 					return target
 				},

@@ -29,7 +29,7 @@ type Target struct {
 	Rule     string
 	Data     []byte // the rule's select output; nil means the event's own data
 	// RuleVersion is the rule set version that chose the function (0: not known); it is kept
-	// in the event's fate (see Store.Fate), not in the queue entry.
+	// in the queue entry and shown in the event's fate (see Store.Fate).
 	RuleVersion int
 }
 
@@ -44,6 +44,13 @@ type Entry struct {
 	// Duplicate is set by Append when IdempotencyKey was seen before: nothing was stored and
 	// Event.ID is set to the id of the event stored the first time.
 	Duplicate bool
+
+	// seqID is set by Append when the event came without an id and got one made of its commit
+	// time and Seq (event.NewSeqID): its fate needs no index.
+	seqID bool
+	// idSet is set when Append wrote Event.ID over an empty one (seqID, or a duplicate's id), so
+	// that a group applied again can undo it.
+	idSet bool
 }
 
 // Options configures a Store. Zero values take the defaults documented on each field.
@@ -57,7 +64,7 @@ type Options struct {
 	MinFreeBytes    int64         // refuse appends with ErrFull while the disk has less free space (default 4 × MemTableBytes; <0: no check)
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
 	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
-	FateTTL         time.Duration // how long an event's fate can be looked up after it arrived and after each delivery or dead letter (default 0: no fate records; they cost one more Badger entry per event)
+	FateTTL         time.Duration // how long an event's fate can be looked up after it arrived and after each delivery or dead letter (default 24h; <0: no fate records)
 	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
 	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
 	MemTableBytes   int64         // Badger memtable size (default 64 MiB); one commit may use 15% of it
@@ -79,6 +86,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdempotencyTTL <= 0 {
 		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.FateTTL == 0 {
+		o.FateTTL = DefaultFateTTL
 	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 5 * time.Second
@@ -367,13 +377,13 @@ func (s *Store) AppendAsync(entries []*Entry, done func(error)) {
 	count := 0
 	for _, e := range entries {
 		count += 2 + len(e.Targets)
-		if s.fateOn() {
-			count++ // the fate index
-			size += fateIndexBytes
-		}
 		if e.Event == nil {
 			done(fmt.Errorf("appending: %w: entry without event", ErrInvalid))
 			return
+		}
+		if s.fateOn() && e.Event.ID != "" {
+			count++ // the fate index of an id the sender chose (ids the log makes need none)
+			size += fateIndexBytes
 		}
 		for _, t := range e.Targets {
 			if !validFunction(t.Function) {
@@ -582,7 +592,10 @@ func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
 			reqs = append(reqs[:bad:bad], reqs[bad+1:]...)
 			for _, r := range reqs {
 				for _, e := range r.entries {
-					e.Seq, e.Duplicate = 0, false
+					if e.idSet {
+						e.Event.ID = ""
+					}
+					e.Seq, e.Duplicate, e.seqID, e.idSet = 0, false, false, false
 				}
 			}
 			if len(reqs) == 0 {
@@ -663,9 +676,11 @@ func (s *Store) complete(g *group, err error) {
 
 func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
 	r.logical = 0
+	now := time.Now()
 	for _, e := range r.entries {
 		if e.IdempotencyKey != "" {
 			if prev := (*groupKeys)[e.IdempotencyKey]; prev != nil {
+				e.idSet = e.idSet || e.Event.ID == ""
 				e.Duplicate, e.Event.ID = true, prev.Event.ID
 				continue
 			}
@@ -673,6 +688,7 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 			if err == nil {
 				v, err := item.ValueCopy(nil)
 				if err == nil && len(v) >= 8 {
+					e.idSet = e.idSet || e.Event.ID == ""
 					e.Duplicate, e.Event.ID = true, string(v[8:])
 					continue
 				}
@@ -682,15 +698,17 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 		}
 		*seq++
 		e.Seq = *seq
-		if e.Event.ID == "" {
-			e.Event.ID = event.NewID()
+		e.seqID = e.Event.ID == ""
+		if e.seqID {
+			e.idSet = true
+			e.Event.ID = event.NewSeqID(now, e.Seq)
 		}
-		*buf = binary.BigEndian.AppendUint64((*buf)[:0], uint64(time.Now().UnixNano()))
+		*buf = binary.BigEndian.AppendUint64((*buf)[:0], uint64(now.UnixNano()))
 		*buf = e.Event.AppendBinary(*buf)
 		if len(e.Targets) == 1 {
 			// One function: the event lives in its queue entry alone (one Badger entry, not two).
 			t := e.Targets[0]
-			k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, *buf)
+			k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.RuleVersion, t.Data, *buf)
 			if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 				return fmt.Errorf("storing queue entry: %w", err)
 			}
@@ -702,7 +720,7 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 			}
 			r.logical += int64(len(k) + len(v))
 			for _, t := range e.Targets {
-				k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.Data, nil)
+				k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.RuleVersion, t.Data, nil)
 				if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 					return fmt.Errorf("storing queue entry: %w", err)
 				}
@@ -720,7 +738,7 @@ func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte,
 			}
 			(*groupKeys)[e.IdempotencyKey] = e
 		}
-		if s.fateOn() {
+		if s.fateOn() && !e.seqID {
 			if err := s.putFateIndex(txn, e); err != nil {
 				return err
 			}

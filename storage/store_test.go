@@ -476,14 +476,24 @@ func TestTargetValueRoundTrip(t *testing.T) {
 	inline := append(make([]byte, 8), "event"...)
 	for _, c := range []struct {
 		rule         string
+		version      int
 		data, inline []byte
-	}{{"r", nil, nil}, {"", []byte{}, nil}, {"rule-1", []byte(`{"x":1}`), inline}, {"r", nil, inline}} {
-		rule, data, in, ok := decodeTarget(encodeTarget(nil, c.rule, c.data, c.inline))
-		if !ok || rule != c.rule || (data == nil) != (c.data == nil) || string(data) != string(c.data) || string(in) != string(c.inline) {
-			t.Fatalf("round trip of %+v: %q %q %q %v", c, rule, data, in, ok)
+	}{{"r", 0, nil, nil}, {"", 3, []byte{}, nil}, {"rule-1", 0, []byte(`{"x":1}`), inline}, {"r", 1 << 20, nil, inline},
+		{"rule-2", 7, []byte(`{"y":2}`), inline}} {
+		rule, version, data, in, ok := decodeTargetVersion(encodeTarget(nil, c.rule, c.version, c.data, c.inline))
+		if !ok || rule != c.rule || version != c.version || (data == nil) != (c.data == nil) || string(data) != string(c.data) || string(in) != string(c.inline) {
+			t.Fatalf("round trip of %+v: %q %d %q %q %v", c, rule, version, data, in, ok)
 		}
 	}
-	for _, bad := range [][]byte{nil, {5, 'a'}, {1, 'r', flagData, 9}, {1, 'r', flagInline, 1, 2}, {1, 'r', 0, 'x'}} {
+	// Entries written before the version was kept decode as version 0.
+	old := append([]byte{6}, "rule-1"...)
+	old = append(old, flagData|flagInline, 7)
+	old = append(old, `{"x":1}`...)
+	old = append(old, inline...)
+	if rule, version, data, in, ok := decodeTargetVersion(old); !ok || rule != "rule-1" || version != 0 || string(data) != `{"x":1}` || string(in) != string(inline) {
+		t.Fatalf("entry without a version: %q %d %q %q %v", rule, version, data, in, ok)
+	}
+	for _, bad := range [][]byte{nil, {5, 'a'}, {1, 'r', flagData, 9}, {1, 'r', flagInline, 1, 2}, {1, 'r', 0, 'x'}, {1, 'r', flagVersion}, {1, 'r', flagVersion, 0x80}} {
 		if _, _, _, ok := decodeTarget(bad); ok {
 			t.Fatalf("decodeTarget(%v) accepted", bad)
 		}

@@ -199,9 +199,13 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data_dir: %w", err)
 	}
+	fateTTL := cfg.Storage.FateTTL
+	if fateTTL == 0 {
+		fateTTL = -1 // storage.fate_ttl: 0 turns fates off (storage's own 0 means its default)
+	}
 	g.store, err = storage.Open(storage.Options{
 		Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MinFreeBytes: cfg.Storage.MinFreeBytes, MaxAge: cfg.Storage.MaxAge,
-		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: cfg.Storage.FateTTL,
+		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: fateTTL,
 		Metrics: g.metrics, Logger: log.With("component", "storage"),
 	})
 	if err != nil {
