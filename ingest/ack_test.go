@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -8,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -111,5 +115,37 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestUnroutedEventsAreCounted: an event no rule chose a function for is acknowledged and
+// counted by protocol in fleetgate_events_unrouted_total, not lost in silence.
+func TestUnroutedEventsAreCounted(t *testing.T) {
+	dir := t.TempDir()
+	ms := metrics.NewSet()
+	st, err := storage.Open(storage.Options{Dir: dir, SweepInterval: time.Hour, Metrics: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	none := RouterFunc(func(_ *event.Event, dst []storage.Target) []storage.Target { return dst })
+	g, err := New(Options{Store: st, Router: none, Metrics: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := []*event.Event{
+		{Topic: "a", Protocol: event.ProtocolHTTP, Data: []byte(`1`)},
+		{Topic: "b", Protocol: event.ProtocolMQTT, Data: []byte(`2`)},
+		{Topic: "c", Protocol: event.ProtocolMQTT, Data: []byte(`3`)},
+	}
+	if err := g.Accept(context.Background(), evs, AcceptOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	ms.WritePrometheus(&b)
+	for _, want := range []string{`fleetgate_events_unrouted_total{protocol="http"} 1`, `fleetgate_events_unrouted_total{protocol="mqtt"} 2`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }

@@ -52,6 +52,8 @@ type Gateway struct {
 
 	accepted, duplicates, refused *metrics.Counter
 	appendSeconds                 *metrics.PrometheusHistogram
+	// unrouted counts accepted events no rule chose a function for, by protocol.
+	unrouted struct{ mqtt, http, other *metrics.Counter }
 }
 
 // New returns a Gateway over opts.Store.
@@ -72,13 +74,17 @@ func New(opts Options) (*Gateway, error) {
 		opts.Now = time.Now
 	}
 	m := opts.Metrics
-	return &Gateway{
+	g := &Gateway{
 		store: opts.Store, router: opts.Router, log: opts.Logger, now: opts.Now,
 		accepted:      m.NewCounter("fleetgate_ingest_events_accepted_total"),
 		duplicates:    m.NewCounter("fleetgate_ingest_events_duplicate_total"),
 		refused:       m.NewCounter("fleetgate_ingest_events_refused_total"),
 		appendSeconds: m.NewPrometheusHistogram("fleetgate_ingest_append_seconds"),
-	}, nil
+	}
+	g.unrouted.mqtt = m.NewCounter(`fleetgate_events_unrouted_total{protocol="mqtt"}`)
+	g.unrouted.http = m.NewCounter(`fleetgate_events_unrouted_total{protocol="http"}`)
+	g.unrouted.other = m.NewCounter(`fleetgate_events_unrouted_total{protocol="other"}`)
+	return g, nil
 }
 
 // SetRouter replaces the router (used once at start-up, before traffic).
@@ -149,14 +155,32 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 		}
 		g.appendSeconds.UpdateDuration(start)
 		for _, e := range entries {
-			if e.Duplicate {
+			switch {
+			case e.Duplicate:
 				g.duplicates.Inc()
-			} else {
+			case len(e.Targets) == 0:
+				g.accepted.Inc()
+				g.countUnrouted(e.Event.Protocol)
+			default:
 				g.accepted.Inc()
 			}
 		}
 		done(nil)
 	})
+}
+
+// countUnrouted counts an accepted event that no rule chose a function for. It is acknowledged
+// and stored like any other (its log entry is deleted by retention, as nothing refers to it), so
+// a rule set that misses a topic shows here rather than as silence.
+func (g *Gateway) countUnrouted(protocol string) {
+	switch protocol {
+	case event.ProtocolMQTT:
+		g.unrouted.mqtt.Inc()
+	case event.ProtocolHTTP:
+		g.unrouted.http.Inc()
+	default:
+		g.unrouted.other.Inc()
+	}
 }
 
 func classify(err error) error {

@@ -263,3 +263,17 @@ func TestEngineTestExplains(t *testing.T) {
 		t.Fatalf("Test changed counters: %+v", st)
 	}
 }
+
+// TestDryRunTakesSubjectFromClaims: `rules test --claims '{"sub":"dev1"}'` sees the subject and
+// tenant a real sender with that token would have, unless they are given explicitly.
+func TestDryRunTakesSubjectFromClaims(t *testing.T) {
+	e, _ := newTestEngine(t, Rule{ID: "own", Topic: "#", When: `subject == "dev1" && tenant == "acme"`, Functions: []string{"f"}})
+	res := e.Test(TestRequest{Topic: "devices/dev1/t", Claims: map[string]any{"sub": "dev1", "tenant": "acme"}, RawPayload: "x"})
+	if len(res.Matched) != 1 {
+		t.Fatalf("subject and tenant not taken from the claims: %+v", res)
+	}
+	res = e.Test(TestRequest{Topic: "devices/dev1/t", Subject: "other", Claims: map[string]any{"sub": "dev1", "tenant": "acme"}, RawPayload: "x"})
+	if len(res.Matched) != 0 {
+		t.Fatalf("an explicit subject was overridden by the claims: %+v", res)
+	}
+}

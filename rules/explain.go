@@ -63,6 +63,13 @@ func (s *Set) Test(req TestRequest) TestResult {
 	if ev.Claims == nil {
 		ev.Claims = map[string]any{}
 	}
+	// As for a real sender, whose subject and tenant are its token's sub and tenant claims.
+	if sub, ok := ev.Claims["sub"].(string); ok && ev.Subject == "" {
+		ev.Subject = sub
+	}
+	if tenant, ok := ev.Claims["tenant"].(string); ok && ev.Tenant == "" {
+		ev.Tenant = tenant
+	}
 	res := TestResult{Matched: []RuleResult{}, NotMatched: []RuleResult{}, Functions: []string{}}
 	st := getState(ev, nil)
 	defer putState(st)

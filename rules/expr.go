@@ -18,15 +18,15 @@ import (
 // exprEnv is the typed environment expressions are compiled against. evalEnv must keep the
 // same fields in the same order: programs address fields by index.
 type exprEnv struct {
-	Topic   string            `expr:"topic"`
-	Levels  []string          `expr:"levels"`
-	Payload any               `expr:"payload"`
-	Subject string            `expr:"subject"`
-	Tenant  string            `expr:"tenant"`
-	Claims  map[string]any    `expr:"claims"`
-	Source  string            `expr:"source"`
-	Meta    map[string]string `expr:"meta"`
-	Now     time.Time         `expr:"now"`
+	Topic   string         `expr:"topic"`
+	Levels  []string       `expr:"levels"`
+	Payload any            `expr:"payload"`
+	Subject string         `expr:"subject"`
+	Tenant  string         `expr:"tenant"`
+	Claims  map[string]any `expr:"claims"`
+	Source  string         `expr:"source"`
+	Meta    map[string]any `expr:"meta"` // strings; a missing key is nil, so `meta.x ?? "default"` works
+	Now     time.Time      `expr:"now"`
 }
 
 // evalEnv is what programs run against: the same fields as exprEnv, each already boxed,

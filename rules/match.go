@@ -108,7 +108,12 @@ func (st *matchState) prepare(need varMask) error {
 		}
 	}
 	if missing&varMeta != 0 {
-		st.env.Meta = ev.Meta
+		// As map[string]any, so that a missing key is nil (and `??` applies), not "".
+		m := make(map[string]any, len(ev.Meta))
+		for k, v := range ev.Meta {
+			m[k] = v
+		}
+		st.env.Meta = m
 	}
 	if missing&varNow != 0 {
 		st.env.Now = time.Now()

@@ -96,6 +96,7 @@ func TestContextConditions(t *testing.T) {
 		{ID: "levels", Topic: "#", When: `len(levels) == 3 && levels[2] == "telemetry"`, Functions: []string{"levels"}},
 		{ID: "regex", Topic: "#", When: `topic matches "^apps/[a-z]+/click$"`, Functions: []string{"regex"}},
 		{ID: "time", Topic: "#", When: `now.Year() >= 2024`, Functions: []string{"time"}},
+		{ID: "locale", Topic: "#", When: `(meta.locale ?? "en-US") == "en-US"`, Functions: []string{"en"}},
 	}, CompileOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -106,11 +107,11 @@ func TestContextConditions(t *testing.T) {
 			t.Errorf("%+v: functions %v, want %v", ev, got, want)
 		}
 	}
-	f(&event.Event{Topic: "devices/d1/telemetry", Protocol: "mqtt", Claims: map[string]any{"tier": "gold"}}, "gold", "mqtt", "levels", "time")
-	f(&event.Event{Topic: "apps/shop/click", Protocol: "http", Tenant: "acme", Subject: "u1", Meta: map[string]string{"app-version": "2.3.1"}}, "http", "app2", "acme", "regex", "time")
-	f(&event.Event{Topic: "apps/shop/click", Protocol: "http", Tenant: "acme", Subject: "u2", Meta: map[string]string{"app-version": "1.9"}}, "http", "regex", "time")
+	f(&event.Event{Topic: "devices/d1/telemetry", Protocol: "mqtt", Claims: map[string]any{"tier": "gold"}}, "gold", "mqtt", "levels", "time", "en")
+	f(&event.Event{Topic: "apps/shop/click", Protocol: "http", Tenant: "acme", Subject: "u1", Meta: map[string]string{"app-version": "2.3.1"}}, "http", "app2", "acme", "regex", "time", "en")
+	f(&event.Event{Topic: "apps/shop/click", Protocol: "http", Tenant: "acme", Subject: "u2", Meta: map[string]string{"app-version": "1.9", "locale": "de-DE"}}, "http", "regex", "time")
 	// Claims decoded from ClaimsJSON, as for an event read back from storage.
-	f(&event.Event{Topic: "x", Protocol: "mqtt", ClaimsJSON: []byte(`{"tier":"gold"}`)}, "gold", "mqtt", "time")
+	f(&event.Event{Topic: "x", Protocol: "mqtt", ClaimsJSON: []byte(`{"tier":"gold"}`)}, "gold", "mqtt", "time", "en")
 }
 
 func TestRoutesFirstMatchAndDefault(t *testing.T) {
