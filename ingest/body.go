@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -39,16 +41,24 @@ func (e *BodyError) Error() string {
 func (e *BodyError) Unwrap() error { return e.Err }
 
 // bodyEvent is one event parsed from a body: its data, plus the CloudEvents attributes a
-// structured-mode body may carry.
+// structured-mode body (or a binary-mode request's ce-* headers) may carry.
 type bodyEvent struct {
 	Data        []byte
 	ID          string
 	Type        string
-	Source      string
 	Subject     string
 	ContentType string
 	Time        time.Time
+	// CESource is the sender's own CloudEvents source. It never becomes the event's source
+	// (the gateway sets that from the authenticated sender): it is kept as Meta["$ce_source"]
+	// and is part of the idempotency identity of ID.
+	CESource   string
+	DataSchema string
+	Ext        []attr // extension attributes, string form, sorted by name
 }
+
+// attr is one named string: a CloudEvents extension attribute, or a ce-* header.
+type attr struct{ Name, Value string }
 
 // parseBody splits a request body into events. JSON: one value, or an array whose elements
 // are the events. NDJSON: one JSON value a line (blank lines skipped). CloudEvents (structured
@@ -69,13 +79,9 @@ func parseBody(contentType string, body []byte, maxEvents int) ([]bodyEvent, err
 	case ctNDJSON, "application/jsonl", "application/json-seq":
 		return parseNDJSON(body, maxEvents)
 	case ctCloudEvent:
-		var ce cloudEvent
-		if err := strictUnmarshal(body, &ce); err != nil {
-			return nil, &BodyError{Index: -1, Err: err}
-		}
-		ev, err := ce.toBodyEvent()
+		ev, err := parseCloudEvent(body, -1)
 		if err != nil {
-			return nil, &BodyError{Index: 0, Err: err}
+			return nil, err
 		}
 		return []bodyEvent{ev}, nil
 	case ctCloudEvents:
@@ -91,13 +97,9 @@ func parseBody(contentType string, body []byte, maxEvents int) ([]bodyEvent, err
 		}
 		out := make([]bodyEvent, len(raws))
 		for i, raw := range raws {
-			var ce cloudEvent
-			if err := strictUnmarshal(raw, &ce); err != nil {
-				return nil, &BodyError{Index: i, Err: err}
-			}
-			ev, err := ce.toBodyEvent()
+			ev, err := parseCloudEvent(raw, i)
 			if err != nil {
-				return nil, &BodyError{Index: i, Err: err}
+				return nil, err
 			}
 			out[i] = ev
 		}
@@ -248,42 +250,79 @@ func parseNDJSON(body []byte, maxEvents int) ([]bodyEvent, error) {
 	return out, nil
 }
 
-// cloudEvent is a structured-mode CloudEvent as posted by an app.
-type cloudEvent struct {
-	SpecVersion     string          `json:"specversion"`
-	ID              string          `json:"id"`
-	Type            string          `json:"type"`
-	Source          string          `json:"source"`
-	Subject         string          `json:"subject"`
-	Time            string          `json:"time"`
-	DataContentType string          `json:"datacontenttype"`
-	Data            json.RawMessage `json:"data"`
-	DataBase64      string          `json:"data_base64"`
+// Bounds on the CloudEvents attributes kept as metadata.
+const (
+	// maxIDLength bounds sender-supplied event ids.
+	maxIDLength = 256
+	// maxSourceLength bounds a sender's own CloudEvents source (part of the idempotency identity,
+	// so it is refused, not cut, when longer).
+	maxSourceLength = 512
+	// maxExtensions bounds the extension attributes of one event.
+	maxExtensions = 32
+	// maxExtName bounds an extension attribute's name (the spec asks for at most 20 characters).
+	maxExtName = 64
+)
+
+// ceAttributes are the context attributes of CloudEvents 1.0 (and data members) that are not
+// extensions.
+var ceAttributes = map[string]bool{
+	"specversion": true, "id": true, "type": true, "source": true, "subject": true, "time": true,
+	"datacontenttype": true, "dataschema": true, "data": true, "data_base64": true,
 }
 
-// maxIDLength bounds sender-supplied event ids.
-const maxIDLength = 256
+// parseCloudEvent parses one structured-mode CloudEvent. index is its index in a batch, or -1
+// for a single event (whose JSON errors are about the body as a whole).
+func parseCloudEvent(raw []byte, index int) (bodyEvent, error) {
+	var m map[string]json.RawMessage
+	if err := strictUnmarshal(raw, &m); err != nil {
+		return bodyEvent{}, &BodyError{Index: index, Err: err}
+	}
+	if index < 0 {
+		index = 0
+	}
+	ev, err := cloudEventFromMap(m)
+	if err != nil {
+		return bodyEvent{}, &BodyError{Index: index, Err: err}
+	}
+	return ev, nil
+}
 
-func (ce *cloudEvent) toBodyEvent() (bodyEvent, error) {
-	ev := bodyEvent{ID: ce.ID, Type: ce.Type, Source: ce.Source, Subject: ce.Subject, ContentType: ce.DataContentType}
-	if ce.SpecVersion != "" && ce.SpecVersion != "1.0" {
-		return ev, fmt.Errorf("specversion %q: only 1.0 is supported", ce.SpecVersion)
-	}
-	if ce.ID == "" || len(ce.ID) > maxIDLength || strings.ContainsAny(ce.ID, "\x00\n") {
-		return ev, fmt.Errorf("id must be 1 to %d characters without NUL or newline", maxIDLength)
-	}
-	if ce.Time != "" {
-		t, err := time.Parse(time.RFC3339Nano, ce.Time)
-		if err != nil {
-			return ev, fmt.Errorf("time %q is not RFC 3339", ce.Time)
+func cloudEventFromMap(m map[string]json.RawMessage) (bodyEvent, error) {
+	var ev bodyEvent
+	var specVersion, timeStr, dataBase64 string
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{
+		{"specversion", &specVersion}, {"id", &ev.ID}, {"type", &ev.Type}, {"source", &ev.CESource},
+		{"subject", &ev.Subject}, {"time", &timeStr}, {"datacontenttype", &ev.ContentType},
+		{"dataschema", &ev.DataSchema}, {"data_base64", &dataBase64},
+	} {
+		if raw, ok := m[f.name]; ok {
+			if err := json.Unmarshal(raw, f.dst); err != nil {
+				return ev, fmt.Errorf("%s must be a string", f.name)
+			}
 		}
-		ev.Time = t
 	}
+	for name, raw := range m {
+		if ceAttributes[name] || !validExtName(name) {
+			continue // other members are ignored, as they always were
+		}
+		v, ok := extValue(raw)
+		if !ok {
+			continue
+		}
+		ev.Ext = append(ev.Ext, attr{name, v})
+	}
+	if err := ev.check(specVersion, timeStr); err != nil {
+		return ev, err
+	}
+	data, hasData := m["data"]
 	switch {
-	case ce.DataBase64 != "" && len(ce.Data) > 0:
+	case dataBase64 != "" && hasData && len(data) > 0:
 		return ev, errors.New("data and data_base64 are exclusive")
-	case ce.DataBase64 != "":
-		b, err := base64.StdEncoding.DecodeString(ce.DataBase64)
+	case dataBase64 != "":
+		b, err := base64.StdEncoding.DecodeString(dataBase64)
 		if err != nil {
 			return ev, fmt.Errorf("data_base64: %v", err)
 		}
@@ -292,10 +331,169 @@ func (ce *cloudEvent) toBodyEvent() (bodyEvent, error) {
 			ev.ContentType = "application/octet-stream"
 		}
 	default:
-		ev.Data = ce.Data
-		if ev.ContentType == "" {
+		ev.Data = data
+		switch {
+		case ev.ContentType == "":
 			ev.ContentType = ctJSON
+		case !isJSONMedia(ev.ContentType) && len(data) > 0 && data[0] == '"':
+			// String data of a non-JSON type (text/plain, application/xml) is the text itself,
+			// not a JSON string token. Data of any other JSON kind is kept as its JSON text
+			// (a text/plain 42 is the text "42"); the declared type is never rewritten.
+			var s string
+			if err := json.Unmarshal(data, &s); err != nil {
+				return ev, fmt.Errorf("data: %v", err)
+			}
+			ev.Data = []byte(s)
 		}
+	}
+	return ev, nil
+}
+
+// check validates the attributes common to both CloudEvents modes, sorts the extensions and
+// sets Time.
+func (ev *bodyEvent) check(specVersion, timeStr string) error {
+	if specVersion != "" && specVersion != "1.0" {
+		return fmt.Errorf("specversion %q: only 1.0 is supported", specVersion)
+	}
+	if ev.ID == "" || len(ev.ID) > maxIDLength || strings.ContainsAny(ev.ID, "\x00\n") {
+		return fmt.Errorf("id must be 1 to %d characters without NUL or newline", maxIDLength)
+	}
+	if len(ev.CESource) > maxSourceLength || strings.ContainsAny(ev.CESource, "\x00\n") {
+		return fmt.Errorf("source must be at most %d characters without NUL or newline", maxSourceLength)
+	}
+	if timeStr != "" {
+		t, err := time.Parse(time.RFC3339Nano, timeStr)
+		if err != nil {
+			return fmt.Errorf("time %q is not RFC 3339", timeStr)
+		}
+		ev.Time = t
+	}
+	if len(ev.Ext) > maxExtensions {
+		return fmt.Errorf("%d extension attributes (limit %d)", len(ev.Ext), maxExtensions)
+	}
+	slices.SortFunc(ev.Ext, func(a, b attr) int { return strings.Compare(a.Name, b.Name) })
+	return nil
+}
+
+// validExtName reports whether name is a CloudEvents attribute name: lower-case ASCII letters
+// and digits.
+func validExtName(name string) bool {
+	if name == "" || len(name) > maxExtName {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// extValue is the string form of an extension attribute's JSON value: a string as itself, a
+// number or boolean as its JSON text. null (an absent attribute), objects and arrays (not
+// CloudEvents types) give false.
+func extValue(raw json.RawMessage) (string, bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", false
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return "", false
+		}
+		return s, true
+	case '{', '[', 'n':
+		return "", false
+	}
+	return string(raw), true
+}
+
+// isJSONMedia reports whether the media type ct is JSON: application/json, text/json or a
+// +json suffix.
+func isJSONMedia(ct string) bool {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.ToLower(strings.TrimSpace(ct))
+	return ct == ctJSON || ct == "text/json" || strings.HasSuffix(ct, "+json")
+}
+
+// isStructured reports whether ct is a structured-mode CloudEvents media type.
+func isStructured(ct string) bool {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.ToLower(strings.TrimSpace(ct))
+	return strings.HasPrefix(ct, "application/cloudevents")
+}
+
+// parseRequest is parseBody for a whole request: with a ce-specversion header (ce holds the
+// request's ce-* headers, names lower case without the prefix) and a content type that is not
+// structured-mode CloudEvents, the request is one binary-mode CloudEvent.
+func parseRequest(contentType string, ce []attr, body []byte, maxEvents int) ([]bodyEvent, error) {
+	if len(ce) > 0 && !isStructured(contentType) {
+		for _, h := range ce {
+			if h.Name == "specversion" {
+				ev, err := parseBinary(ce, contentType, body)
+				if err != nil {
+					return nil, &BodyError{Index: 0, Err: err}
+				}
+				return []bodyEvent{ev}, nil
+			}
+		}
+	}
+	return parseBody(contentType, body, maxEvents)
+}
+
+// parseBinary makes a binary-mode CloudEvent: the attributes come from the ce-* headers
+// (percent-decoded, as the HTTP binding asks), the data is the body as is, with the declared
+// content type (application/octet-stream if none). A body declared as JSON must be JSON.
+func parseBinary(ce []attr, contentType string, body []byte) (bodyEvent, error) {
+	ev := bodyEvent{Data: body, ContentType: contentType}
+	var specVersion, timeStr string
+	for _, h := range ce {
+		v := h.Value
+		if strings.IndexByte(v, '%') >= 0 {
+			if d, err := url.PathUnescape(v); err == nil {
+				v = d
+			}
+		}
+		switch h.Name {
+		case "specversion":
+			specVersion = v
+		case "id":
+			ev.ID = v
+		case "type":
+			ev.Type = v
+		case "source":
+			ev.CESource = v
+		case "subject":
+			ev.Subject = v
+		case "time":
+			timeStr = v
+		case "dataschema":
+			ev.DataSchema = v
+		case "datacontenttype", "data", "data_base64":
+			// binary mode: Content-Type is the data's type, the body its data
+		default:
+			if validExtName(h.Name) {
+				ev.Ext = append(ev.Ext, attr{h.Name, v})
+			}
+		}
+	}
+	if specVersion != "1.0" {
+		return ev, fmt.Errorf("ce-specversion %q: only 1.0 is supported", specVersion)
+	}
+	if err := ev.check(specVersion, timeStr); err != nil {
+		return ev, fmt.Errorf("binary-mode CloudEvent (ce-* headers): %w", err)
+	}
+	if ev.ContentType == "" {
+		ev.ContentType = "application/octet-stream"
+	}
+	if isJSONMedia(ev.ContentType) && len(body) > 0 && !json.Valid(body) {
+		return ev, fmt.Errorf("the body is declared %s but is not JSON: %v", ev.ContentType, jsonError(body))
 	}
 	return ev, nil
 }

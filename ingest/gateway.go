@@ -101,8 +101,9 @@ type AcceptOptions struct {
 // Accept stores events durably and returns nil only once they are fsynced; then each is
 // delivered at least once to every function the live rules chose for it. Every event gets an
 // ID (a ULID that carries its commit sequence number, set when it is committed) unless it
-// carries one: an event that carries its own ID and was accepted from
-// the same tenant and subject in the last 24 h is acknowledged again but not stored twice.
+// carries one: an event that carries its own ID and was accepted with the same CloudEvents
+// source (Meta "$ce_source", or none) from the same tenant and subject in the last 24 h is
+// acknowledged again but not stored twice.
 // On error nothing was stored.
 func (g *Gateway) Accept(ctx context.Context, events []*event.Event, opts AcceptOptions) error {
 	ch := make(chan error, 1)
@@ -139,7 +140,7 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 		case opts.IdempotencyKey != "":
 			e.IdempotencyKey = "r\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + opts.IdempotencyKey + "\x00" + strconv.Itoa(i)
 		case ev.ID != "":
-			e.IdempotencyKey = "e\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + ev.ID
+			e.IdempotencyKey = eventKey(ev)
 		}
 		if ev.Time.IsZero() {
 			ev.Time = start
@@ -167,6 +168,23 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 		}
 		done(nil)
 	})
+}
+
+// CESourceKey is the Meta key of a sender's own CloudEvents source (set only by the gateway).
+const CESourceKey = "$ce_source"
+
+// eventKey is the idempotency identity of an event that carries its own id: the CloudEvents
+// identity (source + id), where source is the sender's own CloudEvents source (Meta
+// "$ce_source", or empty), within the tenant and the authenticated subject (so that a sender
+// cannot suppress another's events by reusing their ids). The key of an event without a
+// source is what it was before sources counted.
+func eventKey(ev *event.Event) string {
+	src := ev.Meta[CESourceKey]
+	if src == "" {
+		return "e\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + ev.ID
+	}
+	// The source's length comes first: no source or id can make another's key.
+	return "s\x00" + ev.Tenant + "\x00" + ev.Subject + "\x00" + strconv.Itoa(len(src)) + ":" + src + "\x00" + ev.ID
 }
 
 // countUnrouted counts an accepted event that no rule chose a function for. It is acknowledged

@@ -408,12 +408,18 @@ var metaByHeader = func() map[string]string {
 	return m
 }()
 
-// requestMeta collects the request metadata in one pass over the headers.
-func requestMeta(ctx *fasthttp.RequestCtx) map[string]string {
-	meta := make(map[string]string, 4)
+// requestMeta collects the request metadata in one pass over the headers, and the ce-*
+// headers (names lower case, without the prefix) of a binary-mode CloudEvent. Meta keys
+// starting with "$" are the gateway's: "$traceparent" and "$tracestate" (W3C trace context,
+// a malformed traceparent is dropped, and tracestate with it); user metadata named so
+// (X-Meta-$...) is dropped.
+func requestMeta(ctx *fasthttp.RequestCtx) (meta map[string]string, ce []attr) {
+	meta = make(map[string]string, 4)
 	var lower [64]byte
+	var traceparent []byte
+	var tracestate []byte
 	for k, v := range ctx.Request.Header.All() {
-		if len(meta) >= maxMetaEntries || len(v) == 0 || len(k) > len(lower) {
+		if len(v) == 0 || len(k) > len(lower) {
 			continue
 		}
 		name := lower[:len(k)]
@@ -423,14 +429,58 @@ func requestMeta(ctx *fasthttp.RequestCtx) map[string]string {
 			}
 			name[i] = c
 		}
-		if key, ok := metaByHeader[string(name)]; ok {
-			meta[key] = clip(v)
-		} else if len(name) > len(metaPrefix) && string(name[:len(metaPrefix)]) == "x-meta-" {
-			meta[strings.ReplaceAll(string(name[len(metaPrefix):]), "-", "_")] = clip(v)
+		switch {
+		case len(name) > 3 && string(name[:3]) == "ce-":
+			// Bounded by the size of the request head; parseBinary bounds the extensions.
+			ce = append(ce, attr{string(name[3:]), string(v)})
+		case string(name) == "traceparent":
+			traceparent = v
+		case string(name) == "tracestate":
+			if len(tracestate) > 0 {
+				tracestate = append(append(tracestate[:len(tracestate):len(tracestate)], ','), v...)
+			} else {
+				tracestate = v
+			}
+		case len(meta) >= maxMetaEntries:
+		default:
+			if key, ok := metaByHeader[string(name)]; ok {
+				meta[key] = clip(v)
+			} else if len(name) > len(metaPrefix) && string(name[:len(metaPrefix)]) == "x-meta-" && name[len(metaPrefix)] != '$' {
+				meta[strings.ReplaceAll(string(name[len(metaPrefix):]), "-", "_")] = clip(v)
+			}
+		}
+	}
+	if validTraceparent(traceparent) {
+		meta["$traceparent"] = string(traceparent)
+		if len(tracestate) > 0 && len(tracestate) <= maxMetaValue {
+			meta["$tracestate"] = string(tracestate)
 		}
 	}
 	meta["remote_addr"] = ctx.RemoteIP().String()
-	return meta
+	return meta, ce
+}
+
+// validTraceparent checks a W3C traceparent: version-traceid-parentid-flags, in lower-case hex
+// (2-32-16-2 digits), version not ff, trace and parent ids not all zeros. A version after 00
+// may add fields after the flags.
+func validTraceparent(v []byte) bool {
+	if len(v) < 55 || len(v) > maxMetaValue || (len(v) > 55 && (v[55] != '-' || string(v[:2]) == "00")) {
+		return false
+	}
+	if v[2] != '-' || v[35] != '-' || v[52] != '-' || string(v[:2]) == "ff" {
+		return false
+	}
+	hex := func(b []byte, nonZero bool) bool {
+		zero := true
+		for _, c := range b {
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+			zero = zero && c == '0'
+		}
+		return !nonZero || !zero
+	}
+	return hex(v[0:2], false) && hex(v[3:35], true) && hex(v[36:52], true) && hex(v[53:55], false)
 }
 
 func clip(v []byte) string {
@@ -475,7 +525,8 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		s.failBody(ctx, err)
 		return
 	}
-	parsed, err := parseBody(string(ctx.Request.Header.ContentType()), body, s.opts.Config.MaxEvents)
+	meta, ce := requestMeta(ctx)
+	parsed, err := parseRequest(string(ctx.Request.Header.ContentType()), ce, body, s.opts.Config.MaxEvents)
 	if err != nil {
 		if errors.Is(err, errUnsupportedType) {
 			s.fail(ctx, fasthttp.StatusUnsupportedMediaType, "unsupported_media_type", err.Error())
@@ -501,7 +552,6 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 			return
 		}
 	}
-	meta := requestMeta(ctx)
 	now := time.Now().UTC()
 	events := make([]*event.Event, len(parsed))
 	backing := make([]event.Event, len(parsed))
@@ -516,13 +566,11 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		start := len(buf)
 		buf = append(buf, b.Data...)
 		*ev = event.Event{
-			ID: b.ID, Source: b.Source, Type: b.Type, Subject: p.Subject, Time: b.Time,
+			// The event's source is the authenticated sender, never the body's.
+			ID: b.ID, Source: "http://" + p.Subject, Type: b.Type, Subject: p.Subject, Time: b.Time,
 			ContentType: b.ContentType, Data: buf[start:len(buf):len(buf)],
 			Protocol: event.ProtocolHTTP, Topic: name, Tenant: p.Tenant,
 			Claims: p.Claims, ClaimsJSON: p.ClaimsJSON, Meta: meta,
-		}
-		if ev.Source == "" {
-			ev.Source = "http://" + p.Subject
 		}
 		if ev.Type == "" {
 			ev.Type = "fleetgate.http.event"
@@ -533,14 +581,8 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		if ev.Time.IsZero() {
 			ev.Time = now
 		}
-		if b.Subject != "" {
-			// The token's subject is the event's subject; a CloudEvent's own subject is kept as metadata.
-			m := make(map[string]string, len(meta)+1)
-			for k, v := range meta {
-				m[k] = v
-			}
-			m["ce_subject"] = clip([]byte(b.Subject))
-			ev.Meta = m
+		if b.Subject != "" || b.CESource != "" || b.DataSchema != "" || len(b.Ext) > 0 {
+			ev.Meta = eventMeta(meta, &b)
 		}
 		events[i] = ev
 	}
@@ -563,6 +605,29 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		return
 	}
 	writeAccepted(ctx, events)
+}
+
+// eventMeta is the request metadata plus a CloudEvent's own attributes: its subject (the
+// token's subject is the event's subject) as "ce_subject", its source as "$ce_source", its
+// dataschema as "$ce_dataschema" and its extension attributes as "$ce_ext.<name>".
+func eventMeta(meta map[string]string, b *bodyEvent) map[string]string {
+	m := make(map[string]string, len(meta)+3+len(b.Ext))
+	for k, v := range meta {
+		m[k] = v
+	}
+	if b.Subject != "" {
+		m["ce_subject"] = clip([]byte(b.Subject))
+	}
+	if b.CESource != "" {
+		m["$ce_source"] = b.CESource // bounded by check, never cut: it is part of the event's identity
+	}
+	if b.DataSchema != "" {
+		m["$ce_dataschema"] = clip([]byte(b.DataSchema))
+	}
+	for _, x := range b.Ext {
+		m["$ce_ext."+x.Name] = clip([]byte(x.Value))
+	}
+	return m
 }
 
 // writeAccepted answers 202 {"accepted":N,"ids":[...]} without reflection.

@@ -183,7 +183,8 @@ func TestPostEventsNDJSONAndCloudEvents(t *testing.T) {
 		t.Fatalf("%d events stored, want 3", len(items))
 	}
 	last := items[2].Event
-	if last.Type != "shop.order" || last.Source != "app://shop" || last.Subject != "app-1" || last.Meta["ce_subject"] != "cart" {
+	if last.Type != "shop.order" || last.Source != "http://app-1" || last.Meta["$ce_source"] != "app://shop" ||
+		last.Subject != "app-1" || last.Meta["ce_subject"] != "cart" {
 		t.Fatalf("cloudevent stored as %+v", last)
 	}
 }
