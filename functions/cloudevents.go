@@ -22,9 +22,11 @@ const (
 )
 
 // AppendCloudEvents appends b encoded as a CloudEvents 1.0 JSON batch: an array of objects
-// with specversion, id, source, type, subject, time (RFC 3339 with nanoseconds),
-// datacontenttype, data (when the payload is valid JSON) or data_base64 (otherwise), and the
-// extension attributes topic, tenant and rule.
+// with specversion, id, source (always a valid URI reference, see SourceURI), type, subject,
+// time (RFC 3339 with nanoseconds), datacontenttype (never rewritten when declared), data (JSON
+// for a JSON type or no type when it parses; a JSON string for any other type when the payload
+// is UTF-8) or data_base64 (otherwise), the extension attributes topic, tenant and rule, and
+// the event's context (see appendContextAttributes and the functions README).
 func AppendCloudEvents(dst []byte, b *Batch) []byte {
 	dst = append(dst, '[')
 	for i := range b.Items {
@@ -41,7 +43,7 @@ func appendCloudEvent(dst []byte, it *storage.Item) []byte {
 	dst = append(dst, `{"specversion":"1.0","id":`...)
 	dst = appendJSONString(dst, e.ID)
 	dst = append(dst, `,"source":`...)
-	dst = appendJSONString(dst, orDefault(e.Source, "fleetgate"))
+	dst = appendJSONString(dst, SourceURI(e.Source))
 	dst = append(dst, `,"type":`...)
 	dst = appendJSONString(dst, orDefault(e.Type, "fleetgate.event"))
 	if e.Subject != "" {
@@ -59,20 +61,27 @@ func appendCloudEvent(dst []byte, it *storage.Item) []byte {
 	}
 	selected := it.Data != nil && !bytes.Equal(it.Data, e.Data)
 	ct := e.ContentType
-	if isJSONPayload(ct, selected, data) {
-		if !isJSONType(ct) || selected {
-			ct = "application/json"
+	switch {
+	case selected || ct == "" || isJSONType(ct):
+		if len(data) > 0 && json.Valid(data) {
+			if ct == "" || selected {
+				ct = "application/json"
+			}
+			dst = append(dst, `,"datacontenttype":`...)
+			dst = appendJSONString(dst, ct)
+			dst = append(dst, `,"data":`...)
+			dst = append(dst, data...)
+			break
 		}
+		dst = appendBase64Data(dst, orDefault(ct, "application/octet-stream"), data)
+	case utf8.Valid(data):
+		// Text stays text: any other declared type goes as a JSON string when it is UTF-8.
 		dst = append(dst, `,"datacontenttype":`...)
 		dst = appendJSONString(dst, ct)
 		dst = append(dst, `,"data":`...)
-		dst = append(dst, data...)
-	} else {
-		dst = append(dst, `,"datacontenttype":`...)
-		dst = appendJSONString(dst, orDefault(ct, "application/octet-stream"))
-		dst = append(dst, `,"data_base64":"`...)
-		dst = base64.StdEncoding.AppendEncode(dst, data)
-		dst = append(dst, '"')
+		dst = appendJSONString(dst, string(data))
+	default:
+		dst = appendBase64Data(dst, ct, data)
 	}
 	if e.Topic != "" {
 		dst = append(dst, `,"topic":`...)
@@ -86,22 +95,19 @@ func appendCloudEvent(dst []byte, it *storage.Item) []byte {
 		dst = append(dst, `,"rule":`...)
 		dst = appendJSONString(dst, it.Rule)
 	}
+	dst = appendContextAttributes(dst, e)
 	if e.Type == ErrorEventType {
 		dst = appendErrorAttributes(dst, e.Meta)
 	}
 	return append(dst, '}')
 }
 
-// isJSONPayload reports whether data goes inline as "data": it must be valid JSON and either
-// declared as JSON, undeclared, or a rule's selection (always JSON).
-func isJSONPayload(ct string, selected bool, data []byte) bool {
-	if len(data) == 0 {
-		return false
-	}
-	if !selected && ct != "" && !isJSONType(ct) && !strings.HasPrefix(ct, "text/") {
-		return false
-	}
-	return json.Valid(data)
+func appendBase64Data(dst []byte, ct string, data []byte) []byte {
+	dst = append(dst, `,"datacontenttype":`...)
+	dst = appendJSONString(dst, ct)
+	dst = append(dst, `,"data_base64":"`...)
+	dst = base64.StdEncoding.AppendEncode(dst, data)
+	return append(dst, '"')
 }
 
 func isJSONType(ct string) bool {

@@ -55,6 +55,13 @@ func (h *httpInvoker) Invoke(ctx context.Context, b *Batch) (Result, error) {
 	for k, v := range h.headers {
 		req.Header.Set(k, v)
 	}
+	if tp, ts := sharedTrace(b); tp != "" {
+		// Every event of the batch is part of one trace: the request is too.
+		req.Header.Set("traceparent", tp)
+		if ts != "" {
+			req.Header.Set("tracestate", ts)
+		}
+	}
 	req.SetBodyRaw(AppendCloudEvents(req.Body()[:0], b))
 	deadline := time.Now().Add(h.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {

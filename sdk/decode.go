@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -66,6 +67,28 @@ func (s *batchScanner) plainString() (str []byte, ok bool) {
 		}
 	}
 	return str, true
+}
+
+// stringValue reads the string at s.i into *dst: a substring of the batch when it is plain,
+// else decoded by encoding/json (escapes; invalid UTF-8 is refused for the fallback).
+func (s *batchScanner) stringValue(dst *string) bool {
+	if s.peek() != '"' {
+		return false
+	}
+	start := s.i
+	raw := s.value()
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		if !utf8.Valid(inner) {
+			return false
+		}
+		*dst = s.all[start+1 : start+1+len(inner)]
+		return true
+	}
+	if !utf8.Valid(inner) {
+		return false
+	}
+	return json.Unmarshal(raw, dst) == nil
 }
 
 // value skips the value at s.i and returns its bytes.
@@ -173,6 +196,30 @@ func scanEvent(s *batchScanner, e *Event) bool {
 			field = &e.Tenant
 		case "rule":
 			field = &e.Rule
+		case "dataschema":
+			field = &e.DataSchema
+		case "protocol":
+			field = &e.Protocol
+		case "clientid":
+			field = &e.ClientID
+		case "qos":
+			field = &e.QoS
+		case "retain":
+			field = &e.Retain
+		case "responsetopic":
+			field = &e.ResponseTopic
+		case "correlationdata":
+			field = &e.CorrelationData
+		case "payloadformat":
+			field = &e.PayloadFormat
+		case "sendersource":
+			field = &e.SenderSource
+		case "traceparent":
+			field = &e.Traceparent
+		case "tracestate":
+			field = &e.Tracestate
+		case "meta":
+			field = &e.Meta
 		case "time":
 			if s.peek() != '"' || e.Time.UnmarshalJSON(s.value()) != nil {
 				return false
@@ -195,16 +242,27 @@ func scanEvent(s *batchScanner, e *Event) bool {
 			}
 			e.DataBase64 = d[:n]
 		default:
-			return false
-		}
-		if field != nil {
-			start := s.i
-			v, ok := s.plainString()
-			if !ok {
+			// Another attribute: a string is one of the sender's extensions. A name
+			// encoding/json would match to a field in another case goes to the fallback.
+			for _, a := range knownAttributes {
+				if strings.EqualFold(string(key), a) {
+					return false
+				}
+			}
+			if s.peek() != '"' {
 				return false
 			}
-			start += bytes.IndexByte(s.b[start:], '"') + 1
-			*field = s.all[start : start+len(v)]
+			if e.Extensions == nil {
+				e.Extensions = map[string]string{}
+			}
+			var v string
+			if !s.stringValue(&v) {
+				return false
+			}
+			e.Extensions[string(key)] = v
+		}
+		if field != nil && !s.stringValue(field) {
+			return false
 		}
 		switch s.peek() {
 		case ',':

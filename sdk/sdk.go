@@ -49,10 +49,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 )
 
-// Event is one CloudEvent of a batch.
+// Event is one CloudEvent of a batch. Besides the CloudEvents attributes it carries the
+// event's context as the gateway sends it (extension attributes, all strings; empty when
+// absent): see "The batch: CloudEvents 1.0" in the functions README.
 type Event struct {
 	SpecVersion     string          `json:"specversion"`
 	ID              string          `json:"id"`
@@ -61,19 +64,101 @@ type Event struct {
 	Subject         string          `json:"subject,omitempty"` // the authenticated sender
 	Time            time.Time       `json:"time"`
 	DataContentType string          `json:"datacontenttype,omitempty"`
-	Data            json.RawMessage `json:"data,omitempty"`        // the payload when it is JSON
+	DataSchema      string          `json:"dataschema,omitempty"`  // the sender's dataschema
+	Data            json.RawMessage `json:"data,omitempty"`        // the payload when it is JSON, or text as a JSON string
 	DataBase64      []byte          `json:"data_base64,omitempty"` // the payload otherwise (decoded)
 	Topic           string          `json:"topic,omitempty"`       // MQTT topic or HTTP path after /v1/events/
 	Tenant          string          `json:"tenant,omitempty"`
-	Rule            string          `json:"rule,omitempty"` // the rule that routed the event here
+	Rule            string          `json:"rule,omitempty"`            // the rule that routed the event here
+	Protocol        string          `json:"protocol,omitempty"`        // "mqtt" or "http"
+	ClientID        string          `json:"clientid,omitempty"`        // the MQTT client id
+	QoS             string          `json:"qos,omitempty"`             // MQTT QoS: "0", "1" or "2"
+	Retain          string          `json:"retain,omitempty"`          // MQTT retain flag: "true" or "false"
+	ResponseTopic   string          `json:"responsetopic,omitempty"`   // MQTT 5 response topic
+	CorrelationData string          `json:"correlationdata,omitempty"` // MQTT 5 correlation data, base64
+	PayloadFormat   string          `json:"payloadformat,omitempty"`   // "utf8" or "bytes"
+	SenderSource    string          `json:"sendersource,omitempty"`    // the sender's own CloudEvents source
+	Traceparent     string          `json:"traceparent,omitempty"`     // W3C trace context
+	Tracestate      string          `json:"tracestate,omitempty"`
+	Meta            string          `json:"meta,omitempty"` // request metadata as a JSON object of strings; see MetaMap
+	// Extensions holds the other string attributes: the sender's own CloudEvents extensions.
+	Extensions map[string]string `json:"-"`
 }
 
-// Payload returns the event's data: the JSON text, or the decoded binary payload.
+// knownAttributes are the members Event decodes into fields.
+var knownAttributes = [...]string{"specversion", "id", "source", "type", "subject", "time",
+	"datacontenttype", "dataschema", "data", "data_base64", "topic", "tenant", "rule", "protocol",
+	"clientid", "qos", "retain", "responsetopic", "correlationdata", "payloadformat",
+	"sendersource", "traceparent", "tracestate", "meta"}
+
+type eventFields Event
+
+// UnmarshalJSON decodes an event as encoding/json does into its fields, and collects the other
+// string members into Extensions.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	var f eventFields
+	if err := json.Unmarshal(b, &f); err != nil {
+		return err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(b, &all); err != nil {
+		return err
+	}
+	f.Extensions = nil
+next:
+	for k, v := range all {
+		for _, a := range knownAttributes {
+			if strings.EqualFold(k, a) {
+				continue next
+			}
+		}
+		var s string
+		if len(v) > 0 && v[0] == '"' && json.Unmarshal(v, &s) == nil {
+			if f.Extensions == nil {
+				f.Extensions = map[string]string{}
+			}
+			f.Extensions[k] = s
+		}
+	}
+	*e = Event(f)
+	return nil
+}
+
+// MetaMap returns the request metadata (HTTP headers, MQTT 5 user properties, client_id), or nil.
+func (e *Event) MetaMap() map[string]string {
+	if e.Meta == "" {
+		return nil
+	}
+	var m map[string]string
+	if json.Unmarshal([]byte(e.Meta), &m) != nil {
+		return nil
+	}
+	return m
+}
+
+// Payload returns the event's data: the JSON text, the text of a non-JSON payload (sent as a
+// JSON string), or the decoded binary payload.
 func (e *Event) Payload() []byte {
 	if len(e.Data) > 0 {
+		if e.Data[0] == '"' && !isJSONType(e.DataContentType) {
+			var s string
+			if json.Unmarshal(e.Data, &s) == nil {
+				return []byte(s)
+			}
+		}
 		return e.Data
 	}
 	return e.DataBase64
+}
+
+// isJSONType reports whether ct is a JSON media type (or absent, which the gateway sends only
+// with JSON data).
+func isJSONType(ct string) bool {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.TrimSpace(strings.ToLower(ct))
+	return ct == "" || ct == "application/json" || strings.HasSuffix(ct, "+json")
 }
 
 // Decode unmarshals the event's JSON payload into v.
