@@ -181,6 +181,18 @@ func ParseResult(body []byte) (Result, error) {
 		return Result{}, fmt.Errorf("%w: %d outputs is above the limit of %d", ErrBadResponse, len(r.Publish), maxOutputs)
 	}
 	for i, o := range r.Publish {
+		if o.Reply {
+			if o.Topic != "" || o.Retain {
+				return Result{}, fmt.Errorf("%w: publish[%d]: a reply has no topic and no retain (it goes to the request's response topic)", ErrBadResponse, i)
+			}
+			if o.QoS > 2 {
+				return Result{}, fmt.Errorf("%w: publish[%d]: qos %d", ErrBadResponse, i, o.QoS)
+			}
+			continue
+		}
+		if o.ID != "" {
+			return Result{}, fmt.Errorf("%w: publish[%d]: id is for replies (set \"reply\": true)", ErrBadResponse, i)
+		}
 		if o.Topic == "" || strings.ContainsAny(o.Topic, "+#\x00") {
 			return Result{}, fmt.Errorf("%w: publish[%d]: bad topic %q", ErrBadResponse, i, o.Topic)
 		}
