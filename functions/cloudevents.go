@@ -165,7 +165,9 @@ func appendJSONString(dst []byte, s string) []byte {
 
 // ParseResult decodes a function's answer: empty (or whitespace) means plain success; else a
 // JSON object {"failed":[ids],"publish":[outputs]}. Unknown fields are ignored. Outputs must
-// name a topic without wildcards and a QoS of 0, 1 or 2. Errors wrap ErrBadResponse.
+// name a topic without wildcards and a QoS of 0, 1 or 2; a reply output ("reply": true) names
+// no topic, is not retained, and may name the event it answers ("id"). Errors wrap
+// ErrBadResponse.
 func ParseResult(body []byte) (Result, error) {
 	var r Result
 	if len(strings.TrimSpace(string(body))) == 0 {

@@ -29,7 +29,8 @@ type Batch struct {
 
 // Result is a function's answer to a batch: ids of events that failed (to be retried) and
 // outputs to publish. It is the JSON shape of an http function's 2xx body and of a wasm
-// module's stdout: {"failed":["id",...],"publish":[{"topic":"...","payload":...,"qos":1}]}.
+// module's stdout: {"failed":["id",...],"publish":[{"topic":"...","payload":...,"qos":1}]}
+// (a reply: {"reply":true,"id":"...","payload":...}).
 type Result struct {
 	Failed  []string `json:"failed,omitempty"`
 	Publish []Output `json:"publish,omitempty"`
