@@ -824,7 +824,13 @@ func (f *function) outputs(u *unit, outs []Output) error {
 	if len(outs) == 0 {
 		return nil
 	}
-	if f.def.Reingest && f.d.opts.Reingest != nil && slices.ContainsFunc(outs, func(o Output) bool { return !o.Reply }) {
+	topicOuts := 0 // replies are not re-ingested
+	for i := range outs {
+		if !outs[i].Reply {
+			topicOuts++
+		}
+	}
+	if f.def.Reingest && f.d.opts.Reingest != nil && topicOuts > 0 {
 		hops := 0
 		subject, tenant := u.items[0].Event.Subject, u.items[0].Event.Tenant
 		for _, it := range u.items {
@@ -838,8 +844,8 @@ func (f *function) outputs(u *unit, outs []Output) error {
 		}
 		hops++
 		if hops > f.def.MaxHops {
-			f.m.drop.Add(len(outs))
-			f.logger.Warn("outputs not re-ingested", "outputs", len(outs), "hops", hops, "err", ErrHopLimit)
+			f.m.drop.Add(topicOuts)
+			f.logger.Warn("outputs not re-ingested", "outputs", topicOuts, "hops", hops, "err", ErrHopLimit)
 		} else {
 			evs := make([]*event.Event, 0, len(outs))
 			now := time.Now()
