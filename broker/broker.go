@@ -104,6 +104,7 @@ type brokerMetrics struct {
 	pubPaced                                    *metrics.Counter
 	expired                                     *metrics.Counter
 	downlink                                    *metrics.Counter
+	replies, replyRefused                       *metrics.Counter
 	ackLatency                                  *metrics.PrometheusHistogram
 	inflight                                    atomic.Int64
 	persistErrors                               *metrics.Counter
@@ -204,6 +205,8 @@ func (b *Broker) initMetrics(set *metrics.Set) {
 	m.pubPaced = set.NewCounter(`fleetgate_mqtt_publish_rate_waits_total`)
 	m.expired = set.NewCounter(`fleetgate_mqtt_token_expiry_disconnects_total`)
 	m.downlink = set.NewCounter(`fleetgate_mqtt_downlink_publishes_total`)
+	m.replies = set.NewCounter(`fleetgate_mqtt_replies_total{result="published"}`)
+	m.replyRefused = set.NewCounter(`fleetgate_mqtt_replies_total{result="refused"}`)
 	m.persistErrors = set.NewCounter(`fleetgate_mqtt_session_store_errors_total`)
 	m.ackLatency = set.NewPrometheusHistogram(`fleetgate_mqtt_publish_ack_seconds`)
 	set.NewGauge(`fleetgate_mqtt_publishes_inflight`, func() float64 { return float64(m.inflight.Load()) })

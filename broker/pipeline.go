@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -237,9 +238,13 @@ func (s *session) holdRel() error {
 func (s *session) event(pk *packets.Packet) *event.Event {
 	meta := make(map[string]string, 1+len(pk.Properties.User))
 	for _, u := range pk.Properties.User {
+		if strings.HasPrefix(u.Key, "$") {
+			continue // "$" keys are the gateway's own (requestMeta)
+		}
 		meta[u.Key] = u.Val
 	}
 	meta["client_id"] = s.clientID
+	requestMeta(meta, pk)
 	return &event.Event{
 		Source:      s.source,
 		Type:        "fleetgate.mqtt.publish",

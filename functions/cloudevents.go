@@ -171,7 +171,9 @@ func appendJSONString(dst []byte, s string) []byte {
 
 // ParseResult decodes a function's answer: empty (or whitespace) means plain success; else a
 // JSON object {"failed":[ids],"publish":[outputs]}. Unknown fields are ignored. Outputs must
-// name a topic without wildcards and a QoS of 0, 1 or 2. Errors wrap ErrBadResponse.
+// name a topic without wildcards and a QoS of 0, 1 or 2; a reply output ("reply": true) names
+// no topic, is not retained, and may name the event it answers ("id"). Errors wrap
+// ErrBadResponse.
 func ParseResult(body []byte) (Result, error) {
 	var r Result
 	if len(strings.TrimSpace(string(body))) == 0 {
@@ -187,6 +189,18 @@ func ParseResult(body []byte) (Result, error) {
 		return Result{}, fmt.Errorf("%w: %d outputs is above the limit of %d", ErrBadResponse, len(r.Publish), maxOutputs)
 	}
 	for i, o := range r.Publish {
+		if o.Reply {
+			if o.Topic != "" || o.Retain {
+				return Result{}, fmt.Errorf("%w: publish[%d]: a reply has no topic and no retain (it goes to the request's response topic)", ErrBadResponse, i)
+			}
+			if o.QoS > 2 {
+				return Result{}, fmt.Errorf("%w: publish[%d]: qos %d", ErrBadResponse, i, o.QoS)
+			}
+			continue
+		}
+		if o.ID != "" {
+			return Result{}, fmt.Errorf("%w: publish[%d]: id is for replies (set \"reply\": true)", ErrBadResponse, i)
+		}
 		if o.Topic == "" || strings.ContainsAny(o.Topic, "+#\x00") {
 			return Result{}, fmt.Errorf("%w: publish[%d]: bad topic %q", ErrBadResponse, i, o.Topic)
 		}

@@ -18,6 +18,10 @@ var (
 	// ErrNoPublisher is returned by a republish function, or for publish outputs, when the
 	// dispatcher has no Publisher to hand them to.
 	ErrNoPublisher = errors.New("functions: no publisher configured")
+	// ErrReplyRefused is returned (wrapped) for a reply output that cannot go: its event is not
+	// in the batch or has no response topic, the publisher cannot reply, or the requester may
+	// not subscribe to its response topic. Such a reply is not retried.
+	ErrReplyRefused = errors.New("functions: reply refused")
 	// ErrHopLimit is returned when a re-ingested output would exceed its function's max_hops.
 	ErrHopLimit = errors.New("functions: output exceeds max_hops")
 	// ErrBadResponse is returned (wrapped) when a function's answer is not the documented JSON shape.

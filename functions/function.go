@@ -76,6 +76,7 @@ type function struct {
 
 type fnMetrics struct {
 	ok, partial, failed         *metrics.Counter
+	refused                     *metrics.Counter // reply outputs refused
 	retries, deadLetters        *metrics.Counter
 	published, reingested, drop *metrics.Counter
 	outputRetries               *metrics.Counter
@@ -137,7 +138,7 @@ func newFunction(d *Dispatcher, def Definition, inv Invoker) *function {
 		ok: res("success"), partial: res("partial"), failed: res("failure"),
 		retries:     s.GetOrCreateCounter(`fleetgate_function_retries_total` + l),
 		deadLetters: s.GetOrCreateCounter(`fleetgate_function_dead_letters_total` + l),
-		published:   out("published"), reingested: out("reingested"), drop: out("dropped"),
+		published:   out("published"), reingested: out("reingested"), drop: out("dropped"), refused: out("refused"),
 		outputRetries: s.GetOrCreateCounter(`fleetgate_function_output_retries_total` + l),
 		errSent:       s.GetOrCreateCounter(`fleetgate_function_error_events_total{function="` + def.Name + `",result="sent"}`),
 		errDropped:    s.GetOrCreateCounter(`fleetgate_function_error_events_total{function="` + def.Name + `",result="dropped"}`),
@@ -823,7 +824,13 @@ func (f *function) outputs(u *unit, outs []Output) error {
 	if len(outs) == 0 {
 		return nil
 	}
-	if f.def.Reingest && f.d.opts.Reingest != nil {
+	topicOuts := 0 // replies are not re-ingested
+	for i := range outs {
+		if !outs[i].Reply {
+			topicOuts++
+		}
+	}
+	if f.def.Reingest && f.d.opts.Reingest != nil && topicOuts > 0 {
 		hops := 0
 		subject, tenant := u.items[0].Event.Subject, u.items[0].Event.Tenant
 		for _, it := range u.items {
@@ -837,18 +844,21 @@ func (f *function) outputs(u *unit, outs []Output) error {
 		}
 		hops++
 		if hops > f.def.MaxHops {
-			f.m.drop.Add(len(outs))
-			f.logger.Warn("outputs not re-ingested", "outputs", len(outs), "hops", hops, "err", ErrHopLimit)
+			f.m.drop.Add(topicOuts)
+			f.logger.Warn("outputs not re-ingested", "outputs", topicOuts, "hops", hops, "err", ErrHopLimit)
 		} else {
-			evs := make([]*event.Event, len(outs))
+			evs := make([]*event.Event, 0, len(outs))
 			now := time.Now()
 			for i := range outs {
 				o := &outs[i]
-				evs[i] = &event.Event{ // no ID: the log gives one at the commit (event.NewSeqID)
+				if o.Reply {
+					continue // a reply answers a requester: it is not an event
+				}
+				evs = append(evs, &event.Event{ // no ID: the log gives one at the commit (event.NewSeqID)
 					Source: "fleetgate://functions/" + f.name, Type: "fleetgate.function.output",
 					Subject: subject, Tenant: tenant, Time: now, ContentType: "application/json",
 					Data: o.PayloadBytes(), Topic: o.Topic, QoS: o.QoS, Retain: o.Retain, Hops: uint8(hops),
-				}
+				})
 			}
 			ctx, cancel := context.WithTimeout(f.d.baseCtx, f.def.Timeout)
 			err := f.d.opts.Reingest(ctx, evs)
@@ -879,7 +889,18 @@ func (f *function) publish(u *unit, outs []Output) error {
 		kept := pending[:0]
 		for _, i := range pending {
 			o := &outs[i]
-			if err := pub.Publish(o.Topic, o.PayloadBytes(), o.QoS, o.Retain); err != nil {
+			var err error
+			if o.Reply {
+				err = f.reply(u, pub, o)
+				if errors.Is(err, ErrReplyRefused) {
+					f.m.refused.Inc()
+					f.logger.Warn("reply output refused", "id", o.ID, "event_ids", eventIDs(u.items), "err", err)
+					continue
+				}
+			} else {
+				err = pub.Publish(o.Topic, o.PayloadBytes(), o.QoS, o.Retain)
+			}
+			if err != nil {
 				lastErr = err
 				kept = append(kept, i)
 				continue
@@ -905,10 +926,40 @@ func (f *function) publish(u *unit, outs []Output) error {
 	}
 	f.m.drop.Add(len(pending))
 	for _, i := range pending {
-		f.logger.Error("publishing output failed; dropped after retry.max_attempts tries", "topic", outs[i].Topic,
+		f.logger.Error("publishing output failed; dropped after retry.max_attempts tries", "topic", outs[i].Topic, "reply", outs[i].Reply,
 			"tries", f.def.Retry.MaxAttempts, "event_ids", eventIDs(u.items), "err", lastErr)
 	}
 	return nil
+}
+
+// reply sends the reply output o through pub: to the response topic of the batch's event with
+// id o.ID (or of its only event when o.ID is empty). Errors wrapping ErrReplyRefused are final.
+func (f *function) reply(u *unit, pub Publisher, o *Output) error {
+	var req *event.Event
+	switch {
+	case o.ID != "":
+		for _, it := range u.items {
+			if it.Event.ID == o.ID {
+				req = it.Event
+				break
+			}
+		}
+		if req == nil {
+			return fmt.Errorf("%w: no event %q in the batch", ErrReplyRefused, o.ID)
+		}
+	case len(u.items) == 1:
+		req = u.items[0].Event
+	default:
+		return fmt.Errorf("%w: a reply in the answer to a batch of %d events must name its event's id", ErrReplyRefused, len(u.items))
+	}
+	if req.Meta[MetaResponseTopic] == "" {
+		return fmt.Errorf("%w: event %s has no response topic", ErrReplyRefused, req.ID)
+	}
+	r, ok := pub.(Replier)
+	if !ok {
+		return fmt.Errorf("%w: the publisher cannot reply", ErrReplyRefused)
+	}
+	return r.PublishReply(req, o.PayloadBytes(), o.QoS)
 }
 
 // eventIDs lists the ids of items for a log line (at most 20, then how many more).

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -28,23 +29,47 @@ type Batch struct {
 
 // Result is a function's answer to a batch: ids of events that failed (to be retried) and
 // outputs to publish. It is the JSON shape of an http function's 2xx body and of a wasm
-// module's stdout: {"failed":["id",...],"publish":[{"topic":"...","payload":...,"qos":1}]}.
+// module's stdout: {"failed":["id",...],"publish":[{"topic":"...","payload":...,"qos":1}]}
+// (a reply: {"reply":true,"id":"...","payload":...}).
 type Result struct {
 	Failed  []string `json:"failed,omitempty"`
 	Publish []Output `json:"publish,omitempty"`
 }
 
 // Output is one message a function asks the gateway to publish to devices.
+//
+// With Reply set it answers a request instead (MQTT 5 request/response): it has no Topic and
+// no Retain; it goes to the response topic of the batch's event with id ID ("$response_topic"
+// in its Meta), with that event's correlation data. ID may be left empty in the answer to a
+// batch of one event only.
 type Output struct {
-	Topic   string          `json:"topic"`
+	Topic   string          `json:"topic,omitempty"`
 	Payload json.RawMessage `json:"payload"`
 	QoS     byte            `json:"qos"`
 	Retain  bool            `json:"retain"`
+	Reply   bool            `json:"reply,omitempty"`
+	ID      string          `json:"id,omitempty"` // the event a reply answers
 }
+
+// Meta keys set by the gateway only (senders' keys starting with "$" are dropped at ingest).
+const (
+	MetaResponseTopic   = "$response_topic"   // MQTT 5 response topic of a request
+	MetaCorrelationData = "$correlation_data" // MQTT 5 correlation data, standard base64
+	MetaPayloadFormat   = "$payload_format"   // MQTT 5 payload format indicator: "utf8" or "bytes"
+)
 
 // Publisher sends a message to devices; the broker's downlink satisfies it.
 type Publisher interface {
 	Publish(topic string, payload []byte, qos byte, retain bool) error
+}
+
+// Replier is a Publisher that can also answer requests (the broker's downlink is one).
+// PublishReply publishes payload with qos to req's response topic ("$response_topic" in its
+// Meta) with its correlation data ("$correlation_data", base64), only if req's sender (by the
+// claims stored with req) may subscribe to that topic: otherwise it returns an error wrapping
+// ErrReplyRefused, which is not retried. Other errors are retried like those of Publish.
+type Replier interface {
+	PublishReply(req *event.Event, payload []byte, qos byte) error
 }
 
 // Env is what a factory gets besides the definition: shared services of the dispatcher.

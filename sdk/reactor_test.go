@@ -31,6 +31,10 @@ func TestServeAnswers(t *testing.T) {
 		r.Fail(ev[1].ID)
 		return r, r.Emit("devices/"+ev[0].Subject+"/alerts", map[string]int{"temp": 41}, 1)
 	}, batch, `{"failed":["b"],"publish":[{"topic":"devices/dev1/alerts","payload":{"temp":41},"qos":1}]}`)
+	f(func(ev []Event) (Result, error) {
+		var r Result
+		return r, r.Reply(ev[0].ID, "pong", 1)
+	}, batch, `{"publish":[{"payload":"pong","qos":1,"reply":true,"id":"a"}]}`)
 	f(func([]Event) (Result, error) { return Result{}, errors.New(`too "hot"`) }, batch, `{"error":"too \"hot\""}`)
 	f(func([]Event) (Result, error) { panic("boom") }, batch, `{"error":"sdk: handler panicked: boom"}`)
 	f(nil, batch, `{"error":"`+ErrNoHandler.Error()+`"}`)

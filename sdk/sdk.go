@@ -166,11 +166,17 @@ func (e *Event) Decode(v any) error { return json.Unmarshal(e.Payload(), v) }
 
 // Output is one message for the gateway to publish to devices. A JSON string payload is
 // published as its text; any other JSON value as its JSON encoding.
+//
+// With Reply set it answers the MQTT 5 request of event ID instead (no Topic, no Retain): the
+// gateway publishes it to that event's response topic with its correlation data, if the
+// requester may subscribe to that topic. ID may be empty when the batch holds one event.
 type Output struct {
-	Topic   string          `json:"topic"`
+	Topic   string          `json:"topic,omitempty"`
 	Payload json.RawMessage `json:"payload"`
 	QoS     byte            `json:"qos"`
 	Retain  bool            `json:"retain,omitempty"`
+	Reply   bool            `json:"reply,omitempty"`
+	ID      string          `json:"id,omitempty"`
 }
 
 // Result is the handler's answer: ids of events to retry, and outputs to publish. A zero
@@ -190,6 +196,17 @@ func (r *Result) Emit(topic string, payload any, qos byte) error {
 		return fmt.Errorf("sdk: encoding payload for %s: %w", topic, err)
 	}
 	r.Publish = append(r.Publish, Output{Topic: topic, Payload: b, QoS: qos})
+	return nil
+}
+
+// Reply adds an output answering the request of the event with id (payload marshalled as
+// JSON), published to its response topic with its correlation data.
+func (r *Result) Reply(id string, payload any, qos byte) error {
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return fmt.Errorf("sdk: encoding reply to %s: %w", id, err)
+	}
+	r.Publish = append(r.Publish, Output{Reply: true, ID: id, Payload: b, QoS: qos})
 	return nil
 }
 

@@ -176,6 +176,16 @@ func (p *lazyPublisher) Publish(topic string, payload []byte, qos byte, retain b
 	return p.b.Publish(topic, payload, qos, retain)
 }
 
+// PublishReply answers an MQTT 5 request (functions.Replier).
+func (p *lazyPublisher) PublishReply(req *event.Event, payload []byte, qos byte) error {
+	if p.b == nil {
+		return errors.New("broker not started")
+	}
+	return p.b.PublishReply(req, payload, qos)
+}
+
+var _ functions.Replier = (*lazyPublisher)(nil)
+
 // rulesRouter routes events with the live rule set of the engine.
 type rulesRouter struct{ e *rules.Engine }
 
