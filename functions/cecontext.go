@@ -12,9 +12,9 @@ import (
 
 // Meta keys set only by the gateway (a sender's own "$" keys are dropped at ingest).
 const (
-	MetaResponseTopic   = "$response_topic"
-	MetaCorrelationData = "$correlation_data" // base64
-	MetaPayloadFormat   = "$payload_format"   // "utf8" or "bytes"
+	MetaResponseTopic   = "$response_topic"   // MQTT 5 response topic of a request
+	MetaCorrelationData = "$correlation_data" // MQTT 5 correlation data, standard base64
+	MetaPayloadFormat   = "$payload_format"   // MQTT 5 payload format indicator: "utf8" or "bytes"
 	MetaTraceparent     = "$traceparent"
 	MetaTracestate      = "$tracestate"
 	MetaCESource        = "$ce_source"     // the sender's own CloudEvents source

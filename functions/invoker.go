@@ -51,13 +51,6 @@ type Output struct {
 	ID      string          `json:"id,omitempty"` // the event a reply answers
 }
 
-// Meta keys set by the gateway only (senders' keys starting with "$" are dropped at ingest).
-const (
-	MetaResponseTopic   = "$response_topic"   // MQTT 5 response topic of a request
-	MetaCorrelationData = "$correlation_data" // MQTT 5 correlation data, standard base64
-	MetaPayloadFormat   = "$payload_format"   // MQTT 5 payload format indicator: "utf8" or "bytes"
-)
-
 // Publisher sends a message to devices; the broker's downlink satisfies it.
 type Publisher interface {
 	Publish(topic string, payload []byte, qos byte, retain bool) error
