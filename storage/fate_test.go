@@ -105,7 +105,9 @@ func TestFateThroughEveryState(t *testing.T) {
 }
 
 func TestFateRecordsExpire(t *testing.T) {
-	s := openTest(t, t.TempDir(), func(o *Options) { o.FateTTL = time.Second })
+	// Badger's TTLs are whole seconds (an entry expires at a second boundary): with a 1 s TTL a
+	// record written late in a second could expire before the first look. 3 s leaves at least 2.
+	s := openTest(t, t.TempDir(), func(o *Options) { o.FateTTL = 3 * time.Second })
 	e := newEntry("ev-ttl", `{}`, "f1")
 	if err := s.Append(context.Background(), []*Entry{e}); err != nil {
 		t.Fatal(err)
@@ -124,7 +126,7 @@ func TestFateRecordsExpire(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("fate still there 10s after a 1s TTL: %v", err)
+			t.Fatalf("fate still there 10s after a 3s TTL: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -374,7 +376,7 @@ func TestFateDeliveryRecordsFound(t *testing.T) {
 // TestFateOfLogIDsExpires: the delivery record of an event with a log-made id expires after
 // storage.fate_ttl, and then the event is not found.
 func TestFateOfLogIDsExpires(t *testing.T) {
-	s := openTest(t, t.TempDir(), func(o *Options) { o.FateTTL = time.Second })
+	s := openTest(t, t.TempDir(), func(o *Options) { o.FateTTL = 3 * time.Second })
 	e := newEntry("", `{}`, "f1")
 	if err := s.Append(context.Background(), []*Entry{e}); err != nil {
 		t.Fatal(err)
@@ -393,7 +395,7 @@ func TestFateOfLogIDsExpires(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("fate still there 10s after a 1s TTL: %v", err)
+			t.Fatalf("fate still there 10s after a 3s TTL: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
