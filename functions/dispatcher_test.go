@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/internal/testutil"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -392,22 +393,7 @@ func TestLogFunctionAlwaysExists(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 func TestRepublishAndOutputsWithReingestHopLimit(t *testing.T) {
 	st := openStore(t, "")
