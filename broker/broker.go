@@ -54,7 +54,7 @@ type Options struct {
 	Auth    Authenticator // required: verifies CONNECT passwords
 	// Store keeps retained messages and persistent sessions (its small KV, keys "mqtt/...").
 	// nil keeps them in memory only.
-	Store   *storage.Store
+	Store   storage.Backend
 	Metrics *metrics.Set // nil: a private set
 	Logger  *slog.Logger // nil: slog.Default()
 }
@@ -65,7 +65,7 @@ type Broker struct {
 	tls     *tlsSource // mqtt.tls, reloadable; nil without it
 	gw      Acceptor
 	auth    Authenticator
-	store   *storage.Store
+	store   storage.Backend
 	log     *slog.Logger
 	server  *mqtt.Server
 	inline  *mqtt.Client // our own inline client: delivery of committed publishes and downlink

@@ -39,7 +39,7 @@ const (
 type persistHook struct {
 	mqtt.HookBase
 	b     *Broker
-	store *storage.Store
+	store storage.KV
 
 	mu        sync.Mutex
 	persisted map[string]bool // client ids with a stored session

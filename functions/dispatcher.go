@@ -22,7 +22,7 @@ import (
 
 // Options configures a Dispatcher.
 type Options struct {
-	Store       *storage.Store // required
+	Store       storage.Backend // required
 	Definitions []Definition   // validated by NewDispatcher; the built-in log function is added when absent
 	Registry    *Registry      // nil: DefaultRegistry()
 	Publisher   Publisher      // where publish outputs and republish functions send (nil: outputs are dropped and logged)
@@ -45,7 +45,7 @@ type Options struct {
 // once, and are handed over in commit order. One function's failures never block another's.
 type Dispatcher struct {
 	opts    Options
-	store   *storage.Store
+	store   storage.Backend
 	logger  *slog.Logger
 	metrics *metrics.Set
 	fns     map[string]*function
@@ -119,6 +119,16 @@ func NewDispatcher(opts Options) (*Dispatcher, error) {
 func (d *Dispatcher) Known(name string) bool {
 	_, ok := d.fns[name]
 	return ok
+}
+
+// KnownIn returns the Known of a dispatcher built from defs, before it is built (rules are
+// compiled against it, and the dispatcher is built after them).
+func KnownIn(defs []Definition) func(name string) bool {
+	names := map[string]bool{LogFunction: true}
+	for _, d := range defs {
+		names[d.Name] = true
+	}
+	return func(name string) bool { return names[name] }
 }
 
 // removed lists the functions that still have queued events or dead letters in storage but are
@@ -223,7 +233,11 @@ func (d *Dispatcher) replay(name string, seqs []uint64) (int, error) {
 		return 0, fmt.Errorf("replaying %q: %w", name, err)
 	}
 	f.mu.Lock()
-	f.injected = append(f.injected, items...)
+	for _, it := range items {
+		if it.Seq != 0 { // Seq 0: back on the shared queue, it arrives through it (Backend.Replay)
+			f.injected = append(f.injected, it)
+		}
+	}
 	f.mu.Unlock()
 	f.signal()
 	return len(items), nil

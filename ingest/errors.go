@@ -51,6 +51,7 @@ var refusals = []struct {
 	{ErrBusy, Refusal{503, "busy", "1", reasonQuotaExceeded}},
 	{storage.ErrBusy, Refusal{503, "busy", "1", reasonQuotaExceeded}},
 	{storage.ErrFull, Refusal{503, "unavailable", "5", reasonQuotaExceeded}},
+	{storage.ErrNoQuorum, Refusal{503, "no_quorum", "2", reasonQuotaExceeded}},
 	{ErrTooLarge, Refusal{413, "too_large", "", reasonPacketTooLarge}},
 	{ErrInvalid, Refusal{400, "invalid", "", reasonPayloadFormat}},
 	{ErrTooManyHops, Refusal{400, "too_many_hops", "", reasonImplementation}},

@@ -35,7 +35,7 @@ var DefaultRouter = RouterFunc(func(_ *event.Event, dst []storage.Target) []stor
 
 // Options configures a Gateway.
 type Options struct {
-	Store   *storage.Store
+	Store   storage.Backend
 	Router  Router // nil: DefaultRouter
 	Metrics *metrics.Set
 	Logger  *slog.Logger
@@ -45,7 +45,7 @@ type Options struct {
 // Gateway accepts authenticated events: it assigns ids, routes them by the live rules, and
 // appends them to the durable log. It is safe for concurrent use.
 type Gateway struct {
-	store  *storage.Store
+	store  storage.Backend
 	router Router
 	log    *slog.Logger
 	now    func() time.Time

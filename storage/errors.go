@@ -21,4 +21,9 @@ var (
 	// Badger drop data. Nothing in the dir was changed; the message names the files and why.
 	// Restore a backup, or salvage with Repair (`fleetgate storage repair`).
 	ErrDamaged = errors.New("storage: data dir damaged")
+	// ErrNoQuorum means a cluster node cannot reach a quorum of the replicas: nothing was
+	// acknowledged as stored (HTTP 503, MQTT 0x97); the sender retries, on another node too.
+	ErrNoQuorum = errors.New("storage: no quorum of the cluster's replicas reachable")
+	// ErrUnsupported is returned by a backend for an operation it does not offer.
+	ErrUnsupported = errors.New("storage: not supported by this backend")
 )
