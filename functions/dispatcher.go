@@ -23,9 +23,9 @@ import (
 // Options configures a Dispatcher.
 type Options struct {
 	Store       storage.Backend // required
-	Definitions []Definition   // validated by NewDispatcher; the built-in log function is added when absent
-	Registry    *Registry      // nil: DefaultRegistry()
-	Publisher   Publisher      // where publish outputs and republish functions send (nil: outputs are dropped and logged)
+	Definitions []Definition    // validated by NewDispatcher; the built-in log function is added when absent
+	Registry    *Registry       // nil: DefaultRegistry()
+	Publisher   Publisher       // where publish outputs and republish functions send (nil: outputs are dropped and logged)
 	// Reingest, when set, takes the publish outputs of functions with reingest: true as new events.
 	Reingest  func(ctx context.Context, events []*event.Event) error
 	DataDir   string    // wasm compilation cache under DataDir/wasm-cache ("" = no cache)
