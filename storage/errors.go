@@ -24,6 +24,8 @@ var (
 	// ErrNoQuorum means a cluster node cannot reach a quorum of the replicas: nothing was
 	// acknowledged as stored (HTTP 503, MQTT 0x97); the sender retries, on another node too.
 	ErrNoQuorum = errors.New("storage: no quorum of the cluster's replicas reachable")
+	// ErrExists is returned by a KV Create for a key that already holds a value.
+	ErrExists = errors.New("storage: key exists")
 	// ErrUnsupported is returned by a backend for an operation it does not offer.
 	ErrUnsupported = errors.New("storage: not supported by this backend")
 )

@@ -1,0 +1,200 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleetgate/fleetgate/storage"
+)
+
+// The gateway's small KV (storage.KV) is one JetStream key-value bucket. Its keys are any
+// strings; JetStream's are dot-separated tokens of [-_=a-zA-Z0-9/]. A key is mapped token by
+// token: each '/'-separated segment becomes one token, its bytes outside [-_a-zA-Z0-9] written
+// "=XX" (hex), an empty segment "=". So a prefix scan ("mqtt/cl/") lists only the keys under its
+// whole segments ("mqtt.cl.>") and filters the last, partial one in memory.
+
+// kvToken escapes one segment.
+func kvToken(seg string) string {
+	if seg == "" {
+		return "="
+	}
+	var b strings.Builder
+	for i := 0; i < len(seg); i++ {
+		c := seg[i]
+		if c == '-' || c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "=%02X", c)
+	}
+	return b.String()
+}
+
+// kvEncode maps a storage key to a bucket key.
+func kvEncode(key string) string {
+	segs := strings.Split(key, "/")
+	for i, s := range segs {
+		segs[i] = kvToken(s)
+	}
+	return strings.Join(segs, ".")
+}
+
+// kvDecode maps a bucket key back; ok is false for keys this package did not write.
+func kvDecode(k string) (string, bool) {
+	toks := strings.Split(k, ".")
+	for i, t := range toks {
+		if t == "=" {
+			toks[i] = ""
+			continue
+		}
+		var b strings.Builder
+		for j := 0; j < len(t); j++ {
+			if t[j] != '=' {
+				b.WriteByte(t[j])
+				continue
+			}
+			if j+2 >= len(t) {
+				return "", false
+			}
+			c, err := strconv.ParseUint(t[j+1:j+3], 16, 8)
+			if err != nil {
+				return "", false
+			}
+			b.WriteByte(byte(c))
+			j += 2
+		}
+		toks[i] = b.String()
+	}
+	return strings.Join(toks, "/"), true
+}
+
+// kvFilter is the bucket filter that lists every key with the prefix (and some more).
+func kvFilter(prefix string) string {
+	segs := strings.Split(prefix, "/")
+	whole := segs[:len(segs)-1] // the last segment is partial (or empty after a trailing '/')
+	if len(whole) == 0 {
+		return ">"
+	}
+	for i, s := range whole {
+		whole[i] = kvToken(s)
+	}
+	return strings.Join(whole, ".") + ".>"
+}
+
+const kvTimeout = 10 * time.Second
+
+func (l *Log) kvCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(l.ctx, kvTimeout)
+}
+
+// Get implements storage.KV.
+func (l *Log) Get(key string) ([]byte, bool, error) {
+	ctx, cancel := l.kvCtx()
+	defer cancel()
+	e, err := l.kv.Get(ctx, kvEncode(key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, l.wrap("reading "+key, err)
+	}
+	return e.Value(), true, nil
+}
+
+// Put implements storage.KV: stored on a quorum of replicas when it returns.
+func (l *Log) Put(key string, value []byte) error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	ctx, cancel := l.kvCtx()
+	defer cancel()
+	if _, err := l.kv.Put(ctx, kvEncode(key), value); err != nil {
+		return l.wrap("writing "+key, err)
+	}
+	return nil
+}
+
+// Create stores value under key only if the key holds nothing: storage.ErrExists otherwise.
+// Rule-set versions use it so that two nodes applying at once never share a version number.
+func (l *Log) Create(key string, value []byte) error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	ctx, cancel := l.kvCtx()
+	defer cancel()
+	if _, err := l.kv.Create(ctx, kvEncode(key), value); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("creating %s: %w", key, storage.ErrExists)
+		}
+		return l.wrap("creating "+key, err)
+	}
+	return nil
+}
+
+// PutMany implements storage.KV. A bucket has no multi-key transaction: the keys are written
+// one by one, and a failure part way leaves the earlier ones written (callers write
+// independent records with it).
+func (l *Log) PutMany(kvs map[string][]byte) error {
+	keys := make([]string, 0, len(kvs))
+	for k := range kvs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := l.Put(k, kvs[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements storage.KV.
+func (l *Log) Delete(key string) error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	ctx, cancel := l.kvCtx()
+	defer cancel()
+	// Purge, not Delete: no tombstone history is kept for a key that is gone.
+	if err := l.kv.Purge(ctx, kvEncode(key)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return l.wrap("deleting "+key, err)
+	}
+	return nil
+}
+
+// Scan implements storage.KV: the keys with prefix, in ascending order, with their values.
+func (l *Log) Scan(prefix string, fn func(key string, value []byte) error) error {
+	ctx, cancel := l.kvCtx()
+	defer cancel()
+	lister, err := l.kv.ListKeysFiltered(ctx, kvFilter(prefix))
+	if err != nil {
+		return l.wrap("listing "+prefix, err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		if key, ok := kvDecode(k); ok && strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
+		}
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		e, err := l.kv.Get(ctx, kvEncode(key))
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return l.wrap("reading "+key, err)
+		}
+		if err := fn(key, e.Value()); err != nil {
+			return err
+		}
+	}
+	return nil
+}

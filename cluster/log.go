@@ -1,0 +1,899 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/storage"
+)
+
+// Names of the JetStream objects behind the log.
+const (
+	eventsStream  = "FLEETGATE_EVENTS" // subjects fg.ev.<partition>: every accepted event, once
+	deadStream    = "FLEETGATE_DLQ"    // subjects fg.dlq.<function token>: dead letters
+	kvBucket      = "FLEETGATE_KV"     // the small KV (rules, sessions, retained, revocations, shadows)
+	eventsSubject = "fg.ev."
+	deadSubject   = "fg.dlq."
+	priorityGroup = "fleetgate"
+	consumerPre   = "fn_"
+)
+
+// LogOptions configure OpenLog.
+type LogOptions struct {
+	JS         jetstream.JetStream
+	Node       string
+	Replicas   int           // of every stream and bucket (default 3)
+	Partitions int           // sender partitions of each function's queue (default 8)
+	Failover   time.Duration // how long a silent node keeps its work before another takes it (default 15s)
+	// Functions are the configured functions (the built-in "log" included): their queues
+	// exist from the start, so no event accepted before the dispatcher runs is missed.
+	Functions      []string
+	IdempotencyTTL time.Duration // JetStream's duplicate window (default 24h)
+	// Quorum reports whether this node can write (nil: always assumed); writes are refused
+	// with its error, which wraps storage.ErrNoQuorum.
+	Quorum  func() error
+	Metrics *metrics.Set
+	Logger  *slog.Logger
+}
+
+func (o *LogOptions) setDefaults() {
+	if o.Replicas <= 0 {
+		o.Replicas = 3
+	}
+	if o.Partitions <= 0 {
+		o.Partitions = 8
+	}
+	if o.Failover <= 0 {
+		o.Failover = 15 * time.Second
+	}
+	if o.IdempotencyTTL <= 0 {
+		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewSet()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Log is the durable log of cluster mode: storage.Backend on NATS JetStream.
+//
+//   - Every event is one message on FLEETGATE_EVENTS (subject fg.ev.<p>, p a hash of the
+//     sender), stored on a quorum of Replicas before Append returns; its idempotency key is
+//     the message id, so duplicates are refused cluster-wide within IdempotencyTTL. A request
+//     of several events is one atomic batch: all stored, or none.
+//   - Each function has one durable consumer per partition, pinned to one node at a time
+//     (JetStream's pinned-client priority group): every batch is invoked by exactly one node,
+//     and a sender's events stay in order. A node that stops pulling (dies) loses the pin
+//     after Failover; its unacknowledged messages are redelivered, first, to the next node.
+//   - Dead letters are messages on FLEETGATE_DLQ, one subject per function.
+//   - The KV is the bucket FLEETGATE_KV.
+//
+// Items handed to the dispatcher carry a per-function sequence of this node's deliveries (Seq),
+// so the dispatcher's ordering logic works unchanged.
+type Log struct {
+	opts   LogOptions
+	js     jetstream.JetStream
+	events jetstream.Stream
+	dead   jetstream.Stream
+	kv     jetstream.KeyValue
+	log    *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+
+	mu       sync.Mutex
+	onCommit func([]*storage.Entry)
+	fns      map[string]*fnQueue
+
+	depthMu sync.Mutex
+	depths  map[string]depth // cached, refreshed at most once a second
+
+	appended, duplicates, refused *metrics.Counter
+}
+
+type depth struct {
+	queued, dead int64
+	at           time.Time
+}
+
+// OpenLog creates (or checks) the streams, consumers and bucket and returns the log. An
+// existing stream with other replicas is refused: every node must be configured alike.
+func OpenLog(ctx context.Context, opts LogOptions) (*Log, error) {
+	opts.setDefaults()
+	if opts.JS == nil {
+		return nil, errors.New("cluster log: no JetStream")
+	}
+	l := &Log{opts: opts, js: opts.JS, log: opts.Logger, fns: map[string]*fnQueue{}, depths: map[string]depth{}}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	subjects := make([]string, 0, 1)
+	subjects = append(subjects, eventsSubject+"*")
+	var err error
+	l.events, err = l.ensureStream(ctx, jetstream.StreamConfig{
+		Name: eventsStream, Description: "fleetgate: accepted events",
+		Subjects: subjects, Retention: jetstream.InterestPolicy, Storage: jetstream.FileStorage,
+		Replicas: opts.Replicas, Duplicates: opts.IdempotencyTTL, AllowAtomicPublish: true,
+		MaxMsgSize: 16 << 20,
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.dead, err = l.ensureStream(ctx, jetstream.StreamConfig{
+		Name: deadStream, Description: "fleetgate: dead letters",
+		Subjects: []string{deadSubject + "*"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+		Replicas: opts.Replicas, MaxMsgSize: 16 << 20,
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.kv, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: kvBucket, Description: "fleetgate: rules, sessions, retained messages, revocations, device state",
+		History: 1, Storage: jetstream.FileStorage, Replicas: opts.Replicas,
+	})
+	if err != nil {
+		return nil, l.wrap("creating the KV bucket "+kvBucket, err)
+	}
+	for _, fn := range opts.Functions {
+		if err := l.ensureConsumers(ctx, fn); err != nil {
+			return nil, err
+		}
+	}
+	s := opts.Metrics
+	l.appended = s.GetOrCreateCounter(`fleetgate_cluster_log_appended_total`)
+	l.duplicates = s.GetOrCreateCounter(`fleetgate_cluster_log_duplicates_total`)
+	l.refused = s.GetOrCreateCounter(`fleetgate_cluster_log_refused_total`)
+	l.wg.Add(1)
+	go l.keepAlive()
+	return l, nil
+}
+
+// ensureStream creates the stream or checks the existing one agrees on what must not differ.
+func (l *Log) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	st, err := l.js.Stream(ctx, cfg.Name)
+	if err == nil {
+		have := st.CachedInfo().Config
+		if have.Replicas != cfg.Replicas {
+			return nil, fmt.Errorf("cluster: stream %s has %d replicas but this node is configured with cluster.replicas %d: "+
+				"every node must use the same replicas (or change the stream's replicas with the nats CLI first)",
+				cfg.Name, have.Replicas, cfg.Replicas)
+		}
+		return st, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, l.wrap("looking up stream "+cfg.Name, err)
+	}
+	st, err = l.js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return l.ensureStream(ctx, cfg) // another node created it meanwhile
+	}
+	if err != nil {
+		return nil, l.wrap("creating stream "+cfg.Name, err)
+	}
+	return st, nil
+}
+
+// fnToken is a subject token and name part for a function (names are any strings).
+func fnToken(fn string) string {
+	h := sha256.Sum256([]byte(fn))
+	return hex.EncodeToString(h[:10])
+}
+
+func consumerName(fn string, p int) string { return consumerPre + fnToken(fn) + "_" + strconv.Itoa(p) }
+
+func (l *Log) ensureConsumers(ctx context.Context, fn string) error {
+	ackWait := l.ackWait()
+	for p := 0; p < l.opts.Partitions; p++ {
+		_, err := l.events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable: consumerName(fn, p), Description: "fleetgate function " + fn,
+			FilterSubject: eventsSubject + strconv.Itoa(p), AckPolicy: jetstream.AckExplicitPolicy,
+			AckWait: ackWait, MaxDeliver: -1, MaxAckPending: 4096, DeliverPolicy: jetstream.DeliverAllPolicy,
+			Replicas: l.opts.Replicas, Metadata: map[string]string{"function": fn, "partition": strconv.Itoa(p)},
+			PriorityPolicy: jetstream.PriorityPolicyPinned, PriorityGroups: []string{priorityGroup}, PinnedTTL: l.opts.Failover,
+		})
+		if err != nil {
+			return l.wrap("creating the queue of function "+fn, err)
+		}
+	}
+	return nil
+}
+
+// ackWait is how long a delivered message may go without a sign of life before JetStream
+// redelivers it: shorter than the pin's TTL, so that a dead node's messages are due again
+// before the next node is pinned and are redelivered ahead of newer ones (per-sender order).
+func (l *Log) ackWait() time.Duration { return l.opts.Failover * 2 / 3 }
+
+// partition of an event: all of one sender's events share one.
+func (l *Log) partition(ev *event.Event) int {
+	h := fnv.New32a()
+	h.Write([]byte(ev.Tenant))
+	h.Write([]byte{0})
+	h.Write([]byte(ev.Subject))
+	return int(h.Sum32() % uint32(l.opts.Partitions))
+}
+
+// wrap turns JetStream's errors into storage's: no quorum, closed, or as is.
+func (l *Log) wrap(what string, err error) error {
+	switch {
+	case l.closed.Load():
+		return fmt.Errorf("%s: %w", what, storage.ErrClosed)
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, jetstream.ErrNoHeartbeat), errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled):
+		return fmt.Errorf("%s: %w (%v)", what, storage.ErrNoQuorum, err)
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.Code == 503 || apiErr.ErrorCode == jetstream.JSErrCodeJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%s: %w (%v)", what, storage.ErrNoQuorum, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// writable is nil when this node may write.
+func (l *Log) writable() error {
+	if l.closed.Load() {
+		return storage.ErrClosed
+	}
+	if l.opts.Quorum != nil {
+		return l.opts.Quorum()
+	}
+	return nil
+}
+
+// Refusing implements storage.Backend.
+func (l *Log) Refusing() error { return l.writable() }
+
+// Append implements storage.Backend.
+func (l *Log) Append(ctx context.Context, entries []*storage.Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	if err := l.writable(); err != nil {
+		l.refused.Add(len(entries))
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*kvTimeout)
+	defer cancel()
+	for _, e := range entries {
+		if e.Event == nil {
+			return fmt.Errorf("appending: %w: entry without event", storage.ErrInvalid)
+		}
+		if e.Event.ID == "" {
+			e.Event.ID = event.NewID()
+		}
+	}
+	var err error
+	if len(entries) == 1 {
+		err = l.publishOne(ctx, entries[0])
+	} else {
+		err = l.publishBatch(ctx, entries)
+	}
+	if err != nil {
+		l.refused.Add(len(entries))
+		return err
+	}
+	for _, e := range entries {
+		if e.Duplicate {
+			l.duplicates.Inc()
+		} else {
+			l.appended.Inc()
+		}
+	}
+	return nil
+}
+
+// AppendAsync implements storage.Backend.
+func (l *Log) AppendAsync(entries []*storage.Entry, done func(error)) {
+	go func() { done(l.Append(l.ctx, entries)) }()
+}
+
+func (l *Log) message(e *storage.Entry) *nats.Msg {
+	m := nats.NewMsg(eventsSubject + strconv.Itoa(l.partition(e.Event)))
+	m.Data = storage.AppendEntry(nil, e)
+	if e.IdempotencyKey != "" {
+		m.Header.Set(jetstream.MsgIDHeader, e.IdempotencyKey)
+	}
+	return m
+}
+
+func (l *Log) publishOne(ctx context.Context, e *storage.Entry) error {
+	ack, err := l.js.PublishMsg(ctx, l.message(e))
+	if err != nil {
+		return l.wrap("appending an event", err)
+	}
+	return l.acked(ctx, e, ack.Sequence, ack.Duplicate)
+}
+
+// acked records the stream sequence of e; a duplicate takes the id of the event stored first.
+func (l *Log) acked(ctx context.Context, e *storage.Entry, seq uint64, dup bool) error {
+	e.Seq = seq
+	if !dup {
+		return nil
+	}
+	e.Duplicate = true
+	if m, err := l.events.GetMsg(ctx, seq); err == nil {
+		if first, err := storage.DecodeEntry(m.Data); err == nil {
+			e.Event.ID = first.Event.ID
+		}
+	} // else: the first is delivered and gone; the ids given for this copy stand
+	return nil
+}
+
+// maxAtomicBatch is JetStream's default limit of messages in one atomic batch.
+const maxAtomicBatch = 1000
+
+// publishBatch stores entries as one JetStream atomic batch: all or nothing. A batch with an
+// idempotency key seen before is refused whole by JetStream; it is then stored event by event,
+// each one idempotent on its own (as is a batch larger than maxAtomicBatch).
+func (l *Log) publishBatch(ctx context.Context, entries []*storage.Entry) error {
+	if len(entries) > maxAtomicBatch {
+		return l.publishEach(ctx, entries)
+	}
+	id := nats.NewInbox()[len(nats.InboxPrefix):]
+	nc := l.js.Conn()
+	var reply *nats.Msg
+	for i, e := range entries {
+		m := l.message(e)
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(entries)-1 {
+			if err := nc.PublishMsg(m); err != nil {
+				return l.wrap("appending a batch", err)
+			}
+			continue
+		}
+		m.Header.Set("Nats-Batch-Commit", "1")
+		var err error
+		if reply, err = nc.RequestMsgWithContext(ctx, m); err != nil {
+			return l.wrap("appending a batch", err)
+		}
+	}
+	var ack struct {
+		Sequence  uint64              `json:"seq"`
+		BatchSize int                 `json:"count"`
+		Error     *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(reply.Data, &ack); err != nil {
+		return l.wrap("appending a batch", err)
+	}
+	if ack.Error != nil {
+		if strings.Contains(strings.ToLower(ack.Error.Description), "duplicate") {
+			return l.publishEach(ctx, entries)
+		}
+		return l.wrap("appending a batch", ack.Error)
+	}
+	if ack.BatchSize != len(entries) {
+		return l.wrap("appending a batch", fmt.Errorf("JetStream stored %d of %d events", ack.BatchSize, len(entries)))
+	}
+	// The commit's ack names the last message's sequence; a batch is stored contiguously.
+	first := ack.Sequence - uint64(len(entries)) + 1
+	for i, e := range entries {
+		e.Seq = first + uint64(i)
+	}
+	return nil
+}
+
+func (l *Log) publishEach(ctx context.Context, entries []*storage.Entry) error {
+	for _, e := range entries {
+		if err := l.publishOne(ctx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetOnCommit implements storage.Backend.
+func (l *Log) SetOnCommit(fn func(committed []*storage.Entry)) {
+	l.mu.Lock()
+	l.onCommit = fn
+	l.mu.Unlock()
+}
+
+func (l *Log) hook() func([]*storage.Entry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.onCommit
+}
+
+// fnQueue is this node's side of one function's queue: the messages delivered to it (by the
+// partitions pinned to it) and not yet acknowledged, by local Seq.
+type fnQueue struct {
+	l    *Log
+	name string
+
+	mu   sync.Mutex
+	seq  uint64
+	held map[uint64]*heldItem
+	cons []jetstream.ConsumeContext
+}
+
+type heldItem struct {
+	item storage.Item
+	msg  jetstream.Msg
+}
+
+// queue returns the function's queue on this node, consuming its partitions from now on.
+func (l *Log) queue(fn string) (*fnQueue, error) {
+	l.mu.Lock()
+	q := l.fns[fn]
+	if q != nil {
+		l.mu.Unlock()
+		return q, nil
+	}
+	q = &fnQueue{l: l, name: fn, held: map[uint64]*heldItem{}}
+	l.fns[fn] = q
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
+	defer cancel()
+	if err := l.ensureConsumers(ctx, fn); err != nil {
+		l.mu.Lock()
+		delete(l.fns, fn)
+		l.mu.Unlock()
+		return nil, err
+	}
+	for p := 0; p < l.opts.Partitions; p++ {
+		c, err := l.events.Consumer(ctx, consumerName(fn, p))
+		if err != nil {
+			return nil, l.wrap("opening the queue of "+fn, err)
+		}
+		cc, err := c.Consume(q.deliver, jetstream.PullPriorityGroup(priorityGroup), jetstream.PullMaxMessages(256),
+			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+				if !l.closed.Load() && !errors.Is(err, jetstream.ErrPinIDMismatch) {
+					l.log.Debug("cluster: pulling a queue", "function", fn, "err", err)
+				}
+			}))
+		if err != nil {
+			return nil, l.wrap("consuming the queue of "+fn, err)
+		}
+		q.mu.Lock()
+		q.cons = append(q.cons, cc)
+		q.mu.Unlock()
+	}
+	return q, nil
+}
+
+// deliver takes one message of the function's partitions.
+func (q *fnQueue) deliver(m jetstream.Msg) {
+	e, err := storage.DecodeEntry(m.Data())
+	if err != nil {
+		q.l.log.Error("cluster: unreadable event skipped", "function", q.name, "err", err)
+		_ = m.Term()
+		return
+	}
+	var t *storage.Target
+	for i := range e.Targets {
+		if e.Targets[i].Function == q.name {
+			t = &e.Targets[i] // the last one, as one node's store keeps one entry per function
+		}
+	}
+	if t == nil {
+		_ = m.Ack() // not for this function
+		return
+	}
+	q.mu.Lock()
+	q.seq++
+	it := storage.ItemFromEntry(e, *t)
+	it.Seq = q.seq
+	q.held[it.Seq] = &heldItem{item: it, msg: m}
+	q.mu.Unlock()
+	if fn := q.l.hook(); fn != nil {
+		fn([]*storage.Entry{{Event: e.Event, Targets: []storage.Target{*t}, Seq: it.Seq}})
+	}
+}
+
+// take removes the held messages of seqs and returns them.
+func (q *fnQueue) take(seqs []uint64) []jetstream.Msg {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make([]jetstream.Msg, 0, len(seqs))
+	for _, s := range seqs {
+		if h := q.held[s]; h != nil {
+			out = append(out, h.msg)
+			delete(q.held, s)
+		}
+	}
+	return out
+}
+
+// keepAlive tells JetStream, for every message held on this node, that it is still being worked
+// on, so that only a node that stops (dies) has its messages redelivered.
+func (l *Log) keepAlive() {
+	defer l.wg.Done()
+	t := time.NewTicker(max(l.ackWait()/3, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		qs := make([]*fnQueue, 0, len(l.fns))
+		for _, q := range l.fns {
+			qs = append(qs, q)
+		}
+		l.mu.Unlock()
+		for _, q := range qs {
+			q.mu.Lock()
+			msgs := make([]jetstream.Msg, 0, len(q.held))
+			for _, h := range q.held {
+				msgs = append(msgs, h.msg)
+			}
+			q.mu.Unlock()
+			for _, m := range msgs {
+				_ = m.InProgress()
+			}
+		}
+	}
+}
+
+// ReadQueue implements storage.Backend: the items held on this node for function.
+func (l *Log) ReadQueue(function string, afterSeq uint64, max int) ([]storage.Item, error) {
+	if l.closed.Load() {
+		return nil, storage.ErrClosed
+	}
+	q, err := l.queue(function)
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var seqs []uint64
+	for s := range q.held {
+		if s > afterSeq {
+			seqs = append(seqs, s)
+		}
+	}
+	slices.Sort(seqs)
+	if max > 0 && len(seqs) > max {
+		seqs = seqs[:max]
+	}
+	out := make([]storage.Item, len(seqs))
+	for i, s := range seqs {
+		out[i] = q.held[s].item
+	}
+	return out, nil
+}
+
+// Delivered implements storage.Backend: the messages are acknowledged to JetStream.
+func (l *Log) Delivered(function string, items []storage.Item) error {
+	q, err := l.queue(function)
+	if err != nil {
+		return err
+	}
+	seqs := make([]uint64, len(items))
+	for i, it := range items {
+		seqs[i] = it.Seq
+	}
+	var errs []error
+	for _, m := range q.take(seqs) {
+		if err := m.Ack(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		// Not acknowledged: JetStream delivers them again (at least once).
+		return l.wrap("acknowledging deliveries of "+function, errors.Join(errs...))
+	}
+	return nil
+}
+
+// DeadLetter implements storage.Backend: each letter is stored on FLEETGATE_DLQ, then its
+// event acknowledged (a failure in between delivers it again: at least once).
+func (l *Log) DeadLetter(function string, letters []storage.DeadLetter) error {
+	q, err := l.queue(function)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
+	defer cancel()
+	for _, dl := range letters {
+		q.mu.Lock()
+		h := q.held[dl.Seq]
+		q.mu.Unlock()
+		if h == nil {
+			continue
+		}
+		it := dl.Item
+		if it.Event == nil {
+			it = h.item
+		}
+		dl.Item = it
+		if _, err := l.js.Publish(ctx, deadSubject+fnToken(function), storage.AppendDeadLetter(nil, dl)); err != nil {
+			return l.wrap("dead-lettering an event of "+function, err)
+		}
+		for _, m := range q.take([]uint64{dl.Seq}) {
+			_ = m.Ack()
+		}
+	}
+	l.forgetDepth(function)
+	return nil
+}
+
+// deadMsgs reads function's dead letters with stream sequence > after (up to max; 0: all).
+func (l *Log) deadMsgs(ctx context.Context, function string, after uint64, max int) ([]storage.DeadLetter, error) {
+	subj := deadSubject + fnToken(function)
+	info, err := l.dead.Info(ctx, jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		return nil, l.wrap("reading dead letters of "+function, err)
+	}
+	if info.State.Subjects[subj] == 0 || info.State.LastSeq <= after {
+		return nil, nil
+	}
+	c, err := l.dead.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subj}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: after + 1,
+	})
+	if err != nil {
+		return nil, l.wrap("reading dead letters of "+function, err)
+	}
+	var out []storage.DeadLetter
+	for {
+		want := 256
+		if max > 0 {
+			want = min(want, max-len(out))
+		}
+		if want <= 0 {
+			break
+		}
+		batch, err := c.Fetch(want, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return nil, l.wrap("reading dead letters of "+function, err)
+		}
+		n := 0
+		last := uint64(0)
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			last = md.Sequence.Stream
+			dl, err := storage.DecodeDeadLetter(m.Data())
+			if err != nil {
+				l.log.Error("cluster: unreadable dead letter skipped", "function", function, "seq", last, "err", err)
+				continue
+			}
+			dl.Seq = last
+			out = append(out, dl)
+		}
+		if n == 0 || last >= info.State.LastSeq {
+			break
+		}
+	}
+	return out, nil
+}
+
+// DeadLetters implements storage.Backend.
+func (l *Log) DeadLetters(function string, afterSeq uint64, max int) ([]storage.DeadLetter, error) {
+	if l.closed.Load() {
+		return nil, storage.ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
+	defer cancel()
+	return l.deadMsgs(ctx, function, afterSeq, max)
+}
+
+// Replay implements storage.Backend: each dead letter goes back on the shared queue, as an
+// event for function alone, then leaves the dead letters. The items come back with Seq 0:
+// they arrive through the queue, on whichever node holds its partition.
+func (l *Log) Replay(function string, seqs []uint64) ([]storage.Item, error) {
+	if err := l.writable(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
+	defer cancel()
+	all, err := l.deadMsgs(ctx, function, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	want := map[uint64]bool{}
+	for _, s := range seqs {
+		want[s] = true
+	}
+	var out []storage.Item
+	for _, dl := range all {
+		if seqs != nil && !want[dl.Seq] {
+			continue
+		}
+		it := dl.Item
+		t := storage.Target{Function: function, Rule: it.Rule, RuleVersion: it.RuleVersion}
+		if !sameData(it) {
+			t.Data = it.Data
+		}
+		e := &storage.Entry{Event: it.Event, Targets: []storage.Target{t}}
+		if err := l.publishOne(ctx, e); err != nil {
+			return out, err
+		}
+		if err := l.dead.DeleteMsg(ctx, dl.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out, l.wrap("replaying a dead letter of "+function, err)
+		}
+		it.Seq = 0
+		out = append(out, it)
+	}
+	l.forgetDepth(function)
+	return out, nil
+}
+
+func sameData(it storage.Item) bool {
+	return it.Event != nil && string(it.Data) == string(it.Event.Data)
+}
+
+// PurgeDeadLetters implements storage.Backend.
+func (l *Log) PurgeDeadLetters(function string, before time.Time, seqs []uint64) (int, error) {
+	if err := l.writable(); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
+	defer cancel()
+	if before.IsZero() && seqs == nil {
+		info, err := l.dead.Info(ctx, jetstream.WithSubjectFilter(deadSubject+fnToken(function)))
+		if err != nil {
+			return 0, l.wrap("purging dead letters of "+function, err)
+		}
+		n := info.State.Subjects[deadSubject+fnToken(function)]
+		if err := l.dead.Purge(ctx, jetstream.WithPurgeSubject(deadSubject+fnToken(function))); err != nil {
+			return 0, l.wrap("purging dead letters of "+function, err)
+		}
+		l.forgetDepth(function)
+		return int(n), nil
+	}
+	all, err := l.deadMsgs(ctx, function, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	want := map[uint64]bool{}
+	for _, s := range seqs {
+		want[s] = true
+	}
+	n := 0
+	for _, dl := range all {
+		if (seqs != nil && !want[dl.Seq]) || (!before.IsZero() && !dl.At.Before(before)) {
+			continue
+		}
+		if err := l.dead.DeleteMsg(ctx, dl.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return n, l.wrap("purging dead letters of "+function, err)
+		}
+		n++
+	}
+	l.forgetDepth(function)
+	return n, nil
+}
+
+// DropQueue implements storage.Backend: the function's consumers and dead letters are deleted.
+func (l *Log) DropQueue(function string) (queued, dead int, err error) {
+	if err := l.writable(); err != nil {
+		return 0, 0, err
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
+	defer cancel()
+	queued = int(l.QueueDepth(function))
+	for p := 0; p < l.opts.Partitions; p++ {
+		if err := l.events.DeleteConsumer(ctx, consumerName(function, p)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return 0, 0, l.wrap("dropping the queue of "+function, err)
+		}
+	}
+	dead, err = l.PurgeDeadLetters(function, time.Time{}, nil)
+	l.log.Warn("cluster: queue dropped", "function", function, "queued", queued, "dead_letters", dead)
+	return queued, dead, err
+}
+
+func (l *Log) forgetDepth(function string) {
+	l.depthMu.Lock()
+	delete(l.depths, function)
+	l.depthMu.Unlock()
+}
+
+// depth returns function's cached depths, refreshed when older than a second. The queue depth
+// counts the events of its partitions not yet acknowledged by it, including events that were
+// not for it and are skipped when read: in cluster mode it is an upper bound.
+func (l *Log) depth(function string) depth {
+	l.depthMu.Lock()
+	d, ok := l.depths[function]
+	l.depthMu.Unlock()
+	if ok && time.Since(d.at) < time.Second || l.closed.Load() {
+		return d
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 2*time.Second)
+	defer cancel()
+	d = depth{at: time.Now()}
+	for p := 0; p < l.opts.Partitions; p++ {
+		c, err := l.events.Consumer(ctx, consumerName(function, p))
+		if err != nil {
+			continue
+		}
+		info := c.CachedInfo()
+		if fresh, err := c.Info(ctx); err == nil {
+			info = fresh
+		}
+		d.queued += int64(info.NumPending) + int64(info.NumAckPending)
+	}
+	subj := deadSubject + fnToken(function)
+	if info, err := l.dead.Info(ctx, jetstream.WithSubjectFilter(subj)); err == nil {
+		d.dead = int64(info.State.Subjects[subj])
+	}
+	l.depthMu.Lock()
+	l.depths[function] = d
+	l.depthMu.Unlock()
+	return d
+}
+
+// QueueDepth implements storage.Backend.
+func (l *Log) QueueDepth(function string) int64 { return l.depth(function).queued }
+
+// DeadLetterDepth implements storage.Backend.
+func (l *Log) DeadLetterDepth(function string) int64 { return l.depth(function).dead }
+
+// Functions implements storage.Backend: the functions with a queue in the cluster.
+func (l *Log) Functions() []string {
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	lister := l.events.ListConsumers(ctx)
+	for info := range lister.Info() {
+		if fn := info.Config.Metadata["function"]; fn != "" && strings.HasPrefix(info.Name, consumerPre) {
+			seen[fn] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for fn := range seen {
+		out = append(out, fn)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Fate implements storage.Backend: cluster mode keeps no per-event fate records.
+func (l *Log) Fate(id string) (storage.Fate, error) {
+	return storage.Fate{}, fmt.Errorf("event fates: %w in cluster mode (JetStream keeps no per-event index)", storage.ErrUnsupported)
+}
+
+// Close stops consuming (held messages are redelivered after the ack wait, to this node
+// after a restart or to another) and closes the log. The NATS connection is the caller's.
+func (l *Log) Close() error {
+	if l.closed.Swap(true) {
+		return nil
+	}
+	l.mu.Lock()
+	qs := make([]*fnQueue, 0, len(l.fns))
+	for _, q := range l.fns {
+		qs = append(qs, q)
+	}
+	l.mu.Unlock()
+	for _, q := range qs {
+		q.mu.Lock()
+		for _, c := range q.cons {
+			c.Stop()
+		}
+		// Give back what was not started: NAK lets another node take them at once.
+		for _, h := range q.held {
+			_ = h.msg.Nak()
+		}
+		q.held = map[uint64]*heldItem{}
+		q.mu.Unlock()
+	}
+	l.cancel()
+	l.wg.Wait()
+	return nil
+}
+
+var _ storage.Backend = (*Log)(nil)

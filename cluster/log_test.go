@@ -1,0 +1,74 @@
+package cluster
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleetgate/fleetgate/storage"
+	"github.com/fleetgate/fleetgate/storage/storagetest"
+)
+
+// startJS starts a one-server JetStream in dir, reachable in process only.
+func startJS(t *testing.T, dir string) (*server.Server, *nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{ServerName: "t1", JetStream: true, StoreDir: dir, DontListen: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, nc, js
+}
+
+// The JetStream log passes the backend conformance suite (one server, R1; the 3-node tests
+// are in cmd/fleetgate).
+func TestLogConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) (storage.Backend, func(storage.Backend) storage.Backend) {
+		dir := t.TempDir()
+		var srv *server.Server
+		var nc *nats.Conn
+		open := func() storage.Backend {
+			var js jetstream.JetStream
+			srv, nc, js = startJS(t, dir)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			l, err := OpenLog(ctx, LogOptions{JS: js, Node: "t1", Replicas: 1, Partitions: 4, Failover: 3 * time.Second, Functions: []string{"f", "g"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return l
+		}
+		t.Cleanup(func() {
+			if nc != nil {
+				nc.Close()
+			}
+			if srv != nil {
+				srv.Shutdown()
+			}
+		})
+		return open(), func(b storage.Backend) storage.Backend {
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			nc.Close()
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			return open()
+		}
+	})
+}
