@@ -87,9 +87,6 @@ func New(opts Options) (*Gateway, error) {
 	return g, nil
 }
 
-// SetRouter replaces the router (used once at start-up, before traffic).
-func (g *Gateway) SetRouter(r Router) { g.router = r }
-
 // AcceptOptions are per-call options of Accept.
 type AcceptOptions struct {
 	// IdempotencyKey, if set, makes the call idempotent for IdempotencyTTL (24 h): a repeat of a

@@ -408,7 +408,7 @@ func TestSenderLimitsStayBounded(t *testing.T) {
 
 func TestRequestOverOneCommitIs413(t *testing.T) {
 	ts := startServer(t, func(c *HTTPConfig) { c.MaxBodyBytes = 8 << 20 })
-	ts.srv.opts.Gateway.SetRouter(RouterFunc(func(_ *event.Event, dst []storage.Target) []storage.Target {
+	ts.srv.opts.Gateway.router = (RouterFunc(func(_ *event.Event, dst []storage.Target) []storage.Target {
 		for _, f := range []string{"a", "b", "c", "d", "e"} {
 			dst = append(dst, storage.Target{Function: f, Rule: "r"})
 		}

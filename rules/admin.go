@@ -164,6 +164,10 @@ func writeApplyError(ctx *fasthttp.RequestCtx, err error) {
 		httpx.WriteJSON(ctx, fasthttp.StatusUnprocessableEntity, InvalidResponse{Error: msg, Code: "invalid_rules", Problems: ve.Problems})
 		return
 	}
+	if errors.Is(err, ErrConflict) {
+		httpx.WriteError(ctx, fasthttp.StatusConflict, "conflict", "rule set not applied: "+err.Error())
+		return
+	}
 	httpx.WriteError(ctx, fasthttp.StatusServiceUnavailable, "storage", "rule set not applied: "+err.Error())
 }
 

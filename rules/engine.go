@@ -2,6 +2,7 @@ package rules
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/storage"
 )
 
 // KV is the small durable key-value store rule versions live in (satisfied by *storage.Store).
@@ -46,8 +48,11 @@ type EngineOptions struct {
 	// ResetToSeed replaces a stored rule set by Seed (as a new version; older ones are kept),
 	// for a stored set that no longer validates, e.g. after a function was removed.
 	ResetToSeed bool
-	Metrics     *metrics.Set
-	Logger      *slog.Logger
+	// Poll, when set, re-reads the stored versions this often and makes a newer one live: in
+	// cluster mode the KV is shared, and a rule set applied on another node takes effect here.
+	Poll    time.Duration
+	Metrics *metrics.Set
+	Logger  *slog.Logger
 }
 
 // RuleStats are a rule's counters since the process started.
@@ -128,6 +133,11 @@ type Engine struct {
 	mu   sync.Mutex // serializes Apply and Delete
 	live atomic.Pointer[liveSet]
 
+	poll     bool
+	stop     chan struct{} // closed by Close: ends the poll loop
+	stopOnce sync.Once
+	pollDone chan struct{}
+
 	applied  *metrics.Counter
 	rejected *metrics.Counter
 	applyDur *metrics.PrometheusHistogram
@@ -140,7 +150,7 @@ func NewEngine(opts EngineOptions) (*Engine, error) {
 	if opts.KV == nil {
 		return nil, fmt.Errorf("rules: %w", ErrNoKV)
 	}
-	e := &Engine{kv: opts.KV, opts: opts.Compile, keep: opts.Keep, ms: opts.Metrics, log: opts.Logger}
+	e := &Engine{kv: opts.KV, opts: opts.Compile, keep: opts.Keep, ms: opts.Metrics, log: opts.Logger, poll: opts.Poll > 0}
 	if e.keep <= 0 {
 		e.keep = DefaultKeep
 	}
@@ -194,7 +204,59 @@ func NewEngine(opts EngineOptions) (*Engine, error) {
 	}
 	e.ms.GetOrCreateGauge("fleetgate_rules_version", func() float64 { return float64(e.live.Load().version) })
 	e.ms.GetOrCreateGauge("fleetgate_rules_count", func() float64 { return float64(e.live.Load().set.Len()) })
+	e.stop, e.pollDone = make(chan struct{}), make(chan struct{})
+	if opts.Poll > 0 {
+		go e.pollLoop(opts.Poll)
+	} else {
+		close(e.pollDone)
+	}
 	return e, nil
+}
+
+// Close stops the poll loop (EngineOptions.Poll). The engine keeps matching.
+func (e *Engine) Close() {
+	e.stopOnce.Do(func() { close(e.stop) })
+	<-e.pollDone
+}
+
+// pollLoop makes the newest stored version live when another node stored it.
+func (e *Engine) pollLoop(every time.Duration) {
+	defer close(e.pollDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		if err := e.Refresh(); err != nil {
+			e.log.Warn("rules: reading the stored rule set", "err", err)
+		}
+	}
+}
+
+// Refresh makes the newest stored version live if it is newer than the live one (a rule set
+// applied on another node of a cluster).
+func (e *Engine) Refresh() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.refreshLocked()
+}
+
+func (e *Engine) refreshLocked() error {
+	latest, found, err := e.loadLatest()
+	if err != nil || !found || latest.Version <= e.live.Load().version {
+		return err
+	}
+	set, err := e.compile(latest.Rules)
+	if err != nil {
+		return fmt.Errorf("rules: version %d, applied on another node, does not validate here (are the nodes' function configs the same?): %w", latest.Version, err)
+	}
+	old := e.live.Swap(&liveSet{set: set, version: latest.Version, appliedAt: latest.AppliedAt})
+	e.forgetRemoved(old.set, set)
+	e.log.Info("rules: a newer version applied elsewhere is live", "version", latest.Version, "rules", set.Len())
+	return nil
 }
 
 func (e *Engine) loadLatest() (storedVersion, bool, error) {
@@ -245,7 +307,14 @@ func (e *Engine) store(ls *liveSet) error {
 	if err != nil {
 		return fmt.Errorf("rules: encoding version %d: %w", ls.version, err)
 	}
-	if err := e.kv.Put(versionKey(ls.version), b); err != nil {
+	put := e.kv.Put
+	if c, ok := e.kv.(interface{ Create(string, []byte) error }); ok {
+		put = c.Create // a shared KV (cluster): two nodes never store the same version number
+	}
+	if err := put(versionKey(ls.version), b); err != nil {
+		if errors.Is(err, storage.ErrExists) {
+			return fmt.Errorf("rules: version %d was just applied on another node: %w; look at it and apply again", ls.version, ErrConflict)
+		}
 		return fmt.Errorf("rules: storing version %d: %w", ls.version, err)
 	}
 	return nil
@@ -278,6 +347,12 @@ func (e *Engine) applyLocked(rules []Rule) (int, error) {
 	if err != nil {
 		e.rejected.Inc()
 		return 0, err
+	}
+	if e.poll {
+		// Another node may have applied a version not yet polled: number after it.
+		if err := e.refreshLocked(); err != nil {
+			e.log.Warn("rules: reading the stored rule set before applying", "err", err)
+		}
 	}
 	old := e.live.Load()
 	ls := &liveSet{set: set, version: old.version + 1, appliedAt: time.Now().UTC()}

@@ -14,3 +14,7 @@ var ErrNoKV = errors.New("no KV store for rule versions")
 
 // ErrCorruptVersion means a stored rule-set version could not be decoded.
 var ErrCorruptVersion = errors.New("stored rule set version is corrupt")
+
+// ErrConflict means another node of the cluster stored the same version number first:
+// nothing changed here; look at the live set and apply again.
+var ErrConflict = errors.New("rule set changed concurrently")

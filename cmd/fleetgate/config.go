@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleetgate/fleetgate/broker"
+	"github.com/fleetgate/fleetgate/cluster"
 	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
@@ -29,6 +30,9 @@ type Config struct {
 	Functions []functions.Definition `yaml:"functions"`
 	Rules     []rules.Rule           `yaml:"rules"`
 	Log       LogConfig              `yaml:"log"`
+	// Cluster, when present, runs this node in cluster mode on NATS JetStream (see
+	// docs/operations.md); absent, one node on Badger.
+	Cluster cluster.Config `yaml:"cluster"`
 }
 
 // StorageConfig is the `storage:` section: the safety valves of the durable log.
@@ -123,6 +127,11 @@ func (c *Config) Validate() error {
 	}
 	if err := c.HTTP.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Cluster.Enabled() {
+		if err := c.Cluster.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := c.Auth.Validate(); err != nil {
 		errs = append(errs, err)

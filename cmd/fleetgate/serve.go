@@ -20,6 +20,7 @@ import (
 	"github.com/valyala/fasthttp/pprofhandler"
 
 	"github.com/fleetgate/fleetgate/broker"
+	"github.com/fleetgate/fleetgate/cluster"
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
@@ -154,7 +155,8 @@ func addrString(a net.Addr) string {
 
 // gateway is a running fleetgate: every component, wired.
 type gateway struct {
-	store       *storage.Store
+	node        *cluster.Node   // cluster mode only
+	store       storage.Backend // Badger (*storage.Store), or cluster mode's JetStream log
 	verifier    *auth.Verifier
 	revocations *auth.Revocations
 	ingest      *ingest.Gateway
@@ -165,26 +167,6 @@ type gateway struct {
 	metrics     *metrics.Set
 	log         *slog.Logger
 }
-
-// lazyPublisher lets functions publish through the broker, which is created after them.
-type lazyPublisher struct{ b *broker.Broker }
-
-func (p *lazyPublisher) Publish(topic string, payload []byte, qos byte, retain bool) error {
-	if p.b == nil {
-		return errors.New("broker not started")
-	}
-	return p.b.Publish(topic, payload, qos, retain)
-}
-
-// PublishReply answers an MQTT 5 request (functions.Replier).
-func (p *lazyPublisher) PublishReply(req *event.Event, payload []byte, qos byte) error {
-	if p.b == nil {
-		return errors.New("broker not started")
-	}
-	return p.b.PublishReply(req, payload, qos)
-}
-
-var _ functions.Replier = (*lazyPublisher)(nil)
 
 // rulesRouter routes events with the live rule set of the engine.
 type rulesRouter struct{ e *rules.Engine }
@@ -198,7 +180,9 @@ func (r rulesRouter) Route(ev *event.Event, dst []storage.Target) []storage.Targ
 	return dst
 }
 
-// startGateway opens storage and starts every component; on error everything opened is closed.
+// startGateway builds every component, each from the ones it needs (storage, auth, rules,
+// ingest, the broker, the functions, HTTP), then starts them; on error everything opened is
+// closed.
 func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Writer) (g *gateway, err error) {
 	g = &gateway{metrics: metrics.NewSet(), log: log}
 	defer func() {
@@ -209,16 +193,7 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data_dir: %w", err)
 	}
-	fateTTL := cfg.Storage.FateTTL
-	if fateTTL == 0 {
-		fateTTL = -1 // storage.fate_ttl: 0 turns fates off (storage's own 0 means its default)
-	}
-	g.store, err = storage.Open(storage.Options{
-		Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MinFreeBytes: cfg.Storage.MinFreeBytes, MaxAge: cfg.Storage.MaxAge,
-		IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: fateTTL,
-		Metrics: g.metrics, Logger: log.With("component", "storage"),
-	})
-	if err != nil {
+	if err := g.openStorage(cfg); err != nil {
 		return g, err
 	}
 	g.revocations, err = auth.LoadRevocations(g.store, nil)
@@ -231,18 +206,41 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	if err != nil {
 		return g, err
 	}
-	g.ingest, err = ingest.New(ingest.Options{Store: g.store, Metrics: g.metrics, Logger: log})
+	seed := cfg.Rules
+	if len(seed) == 0 {
+		seed = defaultRules()
+	}
+	ruleOpts := rules.EngineOptions{
+		KV: g.store, Seed: seed, Compile: rules.CompileOptions{KnownFunction: functions.KnownIn(cfg.Functions)}, ResetToSeed: resetRules,
+		Metrics: g.metrics, Logger: log.With("component", "rules"),
+	}
+	if g.node != nil {
+		ruleOpts.Poll = 250 * time.Millisecond // rules applied on another node take effect here within a second
+	}
+	g.rules, err = rules.NewEngine(ruleOpts)
 	if err != nil {
 		return g, err
 	}
-	pub := &lazyPublisher{}
+	g.ingest, err = ingest.New(ingest.Options{Store: g.store, Router: rulesRouter{g.rules}, Metrics: g.metrics, Logger: log})
+	if err != nil {
+		return g, err
+	}
+	bopts := broker.Options{
+		Config: cfg.MQTT, Gateway: g.ingest, Auth: g.verifier, Store: g.store,
+		Metrics: g.metrics, Logger: log.With("component", "mqtt"),
+	}
+	if g.node != nil {
+		bopts.Cluster = g.node
+	}
+	g.broker, err = broker.New(bopts)
+	if err != nil {
+		return g, err
+	}
 	g.dispatcher, err = functions.NewDispatcher(functions.Options{
-		Store: g.store, Definitions: cfg.Functions, Publisher: pub,
+		Store: g.store, Definitions: cfg.Functions, Publisher: g.broker,
 		Reingest: func(ctx context.Context, events []*event.Event) error {
 			return g.ingest.Accept(ctx, events, ingest.AcceptOptions{})
 		},
-		// Rules are built after the dispatcher (they check function names against it); the
-		// dispatcher calls this only once started, when g.rules is set.
 		ErrorFunction: func(rule string) string {
 			set, _ := g.rules.Live()
 			return set.ErrorFunction(rule)
@@ -252,44 +250,9 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	if err != nil {
 		return g, err
 	}
-	seed := cfg.Rules
-	if len(seed) == 0 {
-		seed = defaultRules()
-	}
-	g.rules, err = rules.NewEngine(rules.EngineOptions{
-		KV: g.store, Seed: seed, Compile: rules.CompileOptions{KnownFunction: g.dispatcher.Known}, ResetToSeed: resetRules,
-		Metrics: g.metrics, Logger: log.With("component", "rules"),
-	})
-	if err != nil {
-		return g, err
-	}
-	g.ingest.SetRouter(rulesRouter{g.rules})
-	g.broker, err = broker.New(broker.Options{
-		Config: cfg.MQTT, Gateway: g.ingest, Auth: g.verifier, Store: g.store,
-		Metrics: g.metrics, Logger: log.With("component", "mqtt"),
-	})
-	if err != nil {
-		return g, err
-	}
-	pub.b = g.broker
-	if err := g.dispatcher.Start(); err != nil {
-		return g, err
-	}
-	if err := g.broker.Start(); err != nil {
-		return g, err
-	}
 	g.http, err = ingest.NewServer(ingest.ServerOptions{
 		Config: cfg.HTTP, Gateway: g.ingest, Auth: g.verifier, Metrics: g.metrics, Logger: log.With("component", "http"),
-		Ready: func() error {
-			if _, _, err := g.store.Get("readyz"); err != nil {
-				return fmt.Errorf("storage: %w", err)
-			}
-			// Not ready while new events are refused (disk almost full, storage.max_bytes).
-			if err := g.store.Refusing(); err != nil {
-				return fmt.Errorf("storage: %w", err)
-			}
-			return nil
-		},
+		Ready: g.ready,
 	})
 	if err != nil {
 		return g, err
@@ -306,11 +269,75 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 		ctx.Request.URI().SetPath(strings.TrimPrefix(string(ctx.Path()), "/admin/v1"))
 		pprofhandler.PprofHandler(ctx)
 	})
+
+	// Everything is built: start, functions first (they catch up with what storage holds),
+	// then the listeners.
+	if err := g.dispatcher.Start(); err != nil {
+		return g, err
+	}
+	if err := g.broker.Start(); err != nil {
+		return g, err
+	}
 	if err := g.http.Start(); err != nil {
 		return g, err
 	}
 	g.verifier.Start() // auth.jwks_url refresh
 	return g, nil
+}
+
+// openStorage opens the durable log: Badger in data_dir, or in cluster mode the NATS node
+// (embedded or external) and the JetStream log on it.
+func (g *gateway) openStorage(cfg Config) error {
+	fateTTL := cfg.Storage.FateTTL
+	if fateTTL == 0 {
+		fateTTL = -1 // storage.fate_ttl: 0 turns fates off (storage's own 0 means its default)
+	}
+	if !cfg.Cluster.Enabled() {
+		st, err := storage.Open(storage.Options{
+			Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MinFreeBytes: cfg.Storage.MinFreeBytes, MaxAge: cfg.Storage.MaxAge,
+			IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: fateTTL,
+			Metrics: g.metrics, Logger: g.log.With("component", "storage"),
+		})
+		if err != nil {
+			return err
+		}
+		g.store = st
+		return nil
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var err error
+	g.node, err = cluster.Start(ctx, cfg.Cluster, cluster.Options{DataDir: cfg.DataDir, Logger: g.log.With("component", "cluster"), Metrics: g.metrics})
+	if err != nil {
+		return err
+	}
+	cc := g.node.Config()
+	names := []string{functions.LogFunction}
+	for _, d := range cfg.Functions {
+		names = append(names, d.Name)
+	}
+	lg, err := cluster.OpenLog(ctx, cluster.LogOptions{
+		JS: g.node.JetStream(), Node: cc.Node, Replicas: cc.Replicas, Partitions: cc.Partitions, Failover: cc.Failover,
+		Functions: names, IdempotencyTTL: cfg.Storage.IdempotencyTTL, Quorum: g.node.Quorum,
+		Metrics: g.metrics, Logger: g.log.With("component", "cluster"),
+	})
+	if err != nil {
+		return err
+	}
+	g.store = lg
+	return nil
+}
+
+// ready is /readyz: storage answers and takes new events (disk not almost full, the log under
+// storage.max_bytes, and in cluster mode a quorum of the replicas reachable).
+func (g *gateway) ready() error {
+	if _, _, err := g.store.Get("readyz"); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	if err := g.store.Refusing(); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	return nil
 }
 
 // shutdown stops taking new work, lets in-flight appends and batches finish within timeout,
@@ -340,6 +367,11 @@ func (g *gateway) shutdown(timeout time.Duration) error {
 	if g.store != nil {
 		if err := g.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("storage: %w", err))
+		}
+	}
+	if g.node != nil {
+		if err := g.node.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
 		}
 	}
 	return errors.Join(errs...)
