@@ -132,6 +132,10 @@ func (c *Config) Validate() error {
 		if err := c.Cluster.Validate(); err != nil {
 			errs = append(errs, err)
 		}
+		if len(c.Auth.Keys) == 0 && c.Auth.JWKSFile == "" && c.Auth.JWKSURL == "" {
+			errs = append(errs, errors.New("cluster: every node must accept the same tokens: configure auth.keys (the same keys on every node), "+
+				"auth.jwks_file or auth.jwks_url (the key generated into data_dir without them is this node's alone)"))
+		}
 	}
 	if err := c.Auth.Validate(); err != nil {
 		errs = append(errs, err)
