@@ -428,8 +428,9 @@ type fnQueue struct {
 }
 
 type heldItem struct {
-	item storage.Item
-	msg  jetstream.Msg
+	item    storage.Item
+	msg     jetstream.Msg
+	touched time.Time // delivered, or last told "in progress"
 }
 
 // queue returns the function's queue on this node, consuming its partitions from now on.
@@ -494,7 +495,7 @@ func (q *fnQueue) deliver(m jetstream.Msg) {
 	q.seq++
 	it := storage.ItemFromEntry(e, *t)
 	it.Seq = q.seq
-	q.held[it.Seq] = &heldItem{item: it, msg: m}
+	q.held[it.Seq] = &heldItem{item: it, msg: m, touched: time.Now()}
 	q.mu.Unlock()
 	if fn := q.l.hook(); fn != nil {
 		fn([]*storage.Entry{{Event: e.Event, Targets: []storage.Target{*t}, Seq: it.Seq}})
@@ -519,7 +520,7 @@ func (q *fnQueue) take(seqs []uint64) []jetstream.Msg {
 // on, so that only a node that stops (dies) has its messages redelivered.
 func (l *Log) keepAlive() {
 	defer l.wg.Done()
-	t := time.NewTicker(max(l.ackWait()/3, 100*time.Millisecond))
+	t := time.NewTicker(max(l.ackWait()/6, 100*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -533,11 +534,17 @@ func (l *Log) keepAlive() {
 			qs = append(qs, q)
 		}
 		l.mu.Unlock()
+		// Only messages held for a third of the ack wait need it: most are acknowledged long
+		// before, and are never touched.
+		old := time.Now().Add(-l.ackWait() / 3)
 		for _, q := range qs {
 			q.mu.Lock()
-			msgs := make([]jetstream.Msg, 0, len(q.held))
+			var msgs []jetstream.Msg
 			for _, h := range q.held {
-				msgs = append(msgs, h.msg)
+				if h.touched.Before(old) {
+					msgs = append(msgs, h.msg)
+					h.touched = time.Now()
+				}
 			}
 			q.mu.Unlock()
 			for _, m := range msgs {
@@ -633,11 +640,15 @@ func (l *Log) DeadLetter(function string, letters []storage.DeadLetter) error {
 // deadMsgs reads function's dead letters with stream sequence > after (up to max; 0: all).
 func (l *Log) deadMsgs(ctx context.Context, function string, after uint64, max int) ([]storage.DeadLetter, error) {
 	subj := deadSubject + fnToken(function)
-	info, err := l.dead.Info(ctx, jetstream.WithSubjectFilter(subj))
+	lastMsg, err := l.dead.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, l.wrap("reading dead letters of "+function, err)
 	}
-	if info.State.Subjects[subj] == 0 || info.State.LastSeq <= after {
+	lastSeq := lastMsg.Sequence
+	if lastSeq <= after {
 		return nil, nil
 	}
 	c, err := l.dead.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
@@ -647,6 +658,8 @@ func (l *Log) deadMsgs(ctx context.Context, function string, after uint64, max i
 		return nil, l.wrap("reading dead letters of "+function, err)
 	}
 	var out []storage.DeadLetter
+	slow := false // a fetch that found nothing yet: wait a little once before giving up
+	last := after // the last stream sequence read
 	for {
 		want := 256
 		if max > 0 {
@@ -655,12 +668,16 @@ func (l *Log) deadMsgs(ctx context.Context, function string, after uint64, max i
 		if want <= 0 {
 			break
 		}
-		batch, err := c.Fetch(want, jetstream.FetchMaxWait(time.Second))
+		var batch jetstream.MessageBatch
+		if slow {
+			batch, err = c.Fetch(want, jetstream.FetchMaxWait(500*time.Millisecond))
+		} else {
+			batch, err = c.FetchNoWait(want)
+		}
 		if err != nil {
 			return nil, l.wrap("reading dead letters of "+function, err)
 		}
 		n := 0
-		last := uint64(0)
 		for m := range batch.Messages() {
 			n++
 			md, err := m.Metadata()
@@ -676,9 +693,10 @@ func (l *Log) deadMsgs(ctx context.Context, function string, after uint64, max i
 			dl.Seq = last
 			out = append(out, dl)
 		}
-		if n == 0 || last >= info.State.LastSeq {
+		if last >= lastSeq || (n == 0 && slow) {
 			break
 		}
+		slow = n == 0
 	}
 	return out, nil
 }
