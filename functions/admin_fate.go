@@ -82,6 +82,8 @@ func (d *Dispatcher) serveEvent(ctx *fasthttp.RequestCtx, rawID string) {
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		httpx.WriteError(ctx, fasthttp.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, storage.ErrUnsupported):
+		httpx.WriteError(ctx, fasthttp.StatusNotImplemented, "unsupported", err.Error())
 	case err != nil:
 		writeStoreError(ctx, err)
 	default:
