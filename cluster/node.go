@@ -1,0 +1,600 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleetgate/fleetgate/storage"
+)
+
+// Timings of the node runtime.
+const (
+	// quorumRefresh is how often the background loop refreshes what Quorum returns.
+	quorumRefresh = 500 * time.Millisecond
+	// waitLogEvery is how often Start logs what it still waits for.
+	waitLogEvery = 5 * time.Second
+	// routePing is the route ping interval of the embedded server: a peer that stops answering
+	// (network partition, frozen host) is dropped after routeMaxPingsOut missed pings.
+	routePing        = 2 * time.Second
+	routeMaxPingsOut = 3
+	// urlInfoTimeout bounds the JetStream account-info request that probes an external cluster.
+	urlInfoTimeout = 2 * time.Second
+)
+
+// Options are what Start needs besides the config.
+type Options struct {
+	// DataDir is the gateway's data_dir: the default store dir is <DataDir>/nats.
+	DataDir string
+	// Logger receives the node's and the embedded NATS server's logs (nil: slog.Default()).
+	Logger *slog.Logger
+	// Metrics receives fleetgate_cluster_quorum, fleetgate_cluster_peers and
+	// fleetgate_cluster_routes_connected (nil: none).
+	Metrics *metrics.Set
+}
+
+// Node is a running cluster node: an embedded NATS server (or a connection to an external NATS
+// cluster), a client connection to it and the background loop that tracks the quorum.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	srv    *server.Server // nil with cluster.nats.url
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	nlog   *natsLogger
+	set    *metrics.Set
+	gauges []string
+
+	status atomic.Pointer[status]
+
+	stop      chan struct{}
+	loopDone  chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// status is one look at the node's cluster state.
+type status struct {
+	err       error    // nil: quorum; else wraps storage.ErrNoQuorum
+	peers     int      // peers of the meta group seen online, this node included
+	routes    int      // distinct peers with a connected route
+	connected []string // names (and addresses) of the peers with a route
+	waiting   []string // configured route URLs without a connected route
+	leader    string   // meta leader ("" when none)
+	size      int      // meta group size
+}
+
+// Start starts the embedded NATS server (or connects to cfg.NATS.URL) and waits until JetStream
+// is usable (meta leader known and a quorum of peers), logging every 5 s what it still waits
+// for, or until ctx ends. It returns a connected Node.
+func Start(ctx context.Context, cfg Config, opts Options) (*Node, error) {
+	if !cfg.Enabled() {
+		return nil, errors.New("cluster: no cluster section (cluster.node is required)")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "cluster", "node", cfg.Node)
+	n := &Node{
+		cfg:      cfg,
+		log:      log,
+		set:      opts.Metrics,
+		stop:     make(chan struct{}),
+		loopDone: make(chan struct{}),
+	}
+	n.status.Store(&status{err: fmt.Errorf("%w: node starting", storage.ErrNoQuorum)})
+
+	var err error
+	if e := cfg.NATS.Embedded; e != nil {
+		err = n.startEmbedded(e, opts.DataDir)
+	} else {
+		err = n.connectURL(ctx)
+	}
+	if err != nil {
+		n.shutdown()
+		return nil, err
+	}
+	if n.js, err = jetstream.New(n.nc); err != nil {
+		n.shutdown()
+		return nil, fmt.Errorf("cluster: jetstream: %w", err)
+	}
+
+	if err := n.waitReady(ctx); err != nil {
+		n.shutdown()
+		return nil, err
+	}
+	n.registerMetrics()
+	go n.loop()
+	return n, nil
+}
+
+// startEmbedded runs the NATS server in this process and connects to it in process.
+func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
+	cfg := n.cfg
+	storeDir := e.StoreDir
+	if storeDir == "" {
+		if dataDir == "" {
+			return errors.New("cluster: cluster.nats.embedded.store_dir or data_dir is required")
+		}
+		storeDir = filepath.Join(dataDir, "nats")
+	}
+	o := &server.Options{
+		ServerName: cfg.Node,
+		JetStream:  true,
+		StoreDir:   storeDir,
+		MaxPayload: MaxPayload,
+		NoSigs:     true,
+		// No client auth: the client listener, when enabled, must be protected by the network
+		// (see docs/operations.md, "Ports to protect").
+	}
+	if cfg.Sync == SyncAlways {
+		o.SyncAlways = true
+	} else {
+		o.SyncInterval = SyncIntervalPeriod
+	}
+	if e.Listen == "" {
+		o.DontListen = true
+	} else {
+		o.Host, o.Port = splitHostPort(e.Listen)
+	}
+	if e.ClusterListen != "" {
+		o.Cluster.Name = cfg.Name
+		o.Cluster.Host, o.Cluster.Port = splitHostPort(e.ClusterListen)
+		o.Cluster.PingInterval = routePing
+		o.Cluster.MaxPingsOut = routeMaxPingsOut
+		for _, r := range e.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return fmt.Errorf("cluster: route %q: %w", r, err)
+			}
+			if u.Scheme == "nats-route" {
+				u.Scheme = "nats"
+			}
+			o.Routes = append(o.Routes, u)
+		}
+	}
+	srv, err := server.NewServer(o)
+	if err != nil {
+		return fmt.Errorf("cluster: embedded NATS: %w", err)
+	}
+	n.nlog = &natsLogger{log: n.log.With("component", "nats")}
+	srv.SetLogger(n.nlog, false, false)
+	n.srv = srv
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		msg := n.nlog.lastFatal()
+		if msg == "" {
+			msg = "not ready for connections after 10s"
+		}
+		return fmt.Errorf("cluster: embedded NATS (listen %q, cluster_listen %q): %s", e.Listen, e.ClusterListen, msg)
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Name("fleetgate "+cfg.Node),
+		nats.MaxReconnects(-1), n.connHandlers())
+	if err != nil {
+		return fmt.Errorf("cluster: in-process NATS connection: %w", err)
+	}
+	n.nc = nc
+	return nil
+}
+
+// connectURL connects to an existing NATS cluster.
+func (n *Node) connectURL(ctx context.Context) error {
+	var last error
+	for {
+		nc, err := nats.Connect(n.cfg.NATS.URL, nats.Name("fleetgate "+n.cfg.Node),
+			nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false), n.connHandlers())
+		if err == nil {
+			n.nc = nc
+			return nil
+		}
+		if last == nil || last.Error() != err.Error() {
+			n.log.Warn("cluster: cannot connect to NATS, retrying", "url", n.cfg.NATS.URL, "err", err)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: node %s could not connect to cluster.nats.url %s: %v: %w", n.cfg.Node, n.cfg.NATS.URL, err, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (n *Node) connHandlers() nats.Option {
+	return func(o *nats.Options) error {
+		o.DisconnectedErrCB = func(_ *nats.Conn, err error) {
+			select {
+			case <-n.stop:
+			default:
+				n.log.Warn("cluster: NATS connection lost", "err", err)
+			}
+		}
+		o.ReconnectedCB = func(c *nats.Conn) { n.log.Info("cluster: NATS connection back", "server", c.ConnectedUrlRedacted()) }
+		return nil
+	}
+}
+
+// waitReady waits until the node has a quorum, logging every waitLogEvery what is missing.
+func (n *Node) waitReady(ctx context.Context) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	nextLog := start.Add(waitLogEvery)
+	for {
+		st := n.check()
+		n.status.Store(st)
+		if st.err == nil {
+			if st.size > 0 && st.size < n.cfg.Replicas {
+				return fmt.Errorf("cluster: cluster.replicas %d but the JetStream cluster %q has %d nodes", n.cfg.Replicas, n.cfg.Name, st.size)
+			}
+			n.log.Info("cluster: JetStream ready", "cluster", n.cfg.Name, "meta_leader", st.leader,
+				"peers", st.peers, "routes_connected", st.connected, "waited", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if now := time.Now(); !now.Before(nextLog) {
+			nextLog = now.Add(waitLogEvery)
+			n.log.Warn("cluster: waiting for the JetStream quorum", n.waitAttrs(st, time.Since(start))...)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: node %s gave up waiting for the JetStream quorum after %s: %s: %w (%w)",
+				n.cfg.Node, time.Since(start).Round(time.Millisecond), n.describe(st), ctx.Err(), storage.ErrNoQuorum)
+		case <-tick.C:
+		}
+	}
+}
+
+func (n *Node) waitAttrs(st *status, waited time.Duration) []any {
+	attrs := []any{"cluster", n.cfg.Name, "waited", waited.Round(time.Second), "reason", st.err}
+	if n.srv != nil {
+		attrs = append(attrs, "waiting_for_routes", st.waiting, "routes_connected", st.connected,
+			"meta_leader", st.leader, "peers_online", st.peers)
+		if c := n.nlog.lastConflict(); c != "" {
+			attrs = append(attrs, "cluster_name_check", c)
+		}
+	} else {
+		attrs = append(attrs, "url", n.cfg.NATS.URL)
+	}
+	return attrs
+}
+
+// describe says what a status lacks, for errors.
+func (n *Node) describe(st *status) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v", st.err)
+	if n.srv != nil {
+		if e := n.cfg.NATS.Embedded; e != nil && len(e.Routes) > 0 {
+			fmt.Fprintf(&b, "; waiting for routes [%s]; connected [%s]",
+				strings.Join(st.waiting, " "), strings.Join(st.connected, " "))
+		}
+		if c := n.nlog.lastConflict(); c != "" {
+			fmt.Fprintf(&b, "; cluster name check failed (cluster.name must be %q on every node): %s", n.cfg.Name, c)
+		}
+	} else {
+		fmt.Fprintf(&b, "; url %s", n.cfg.NATS.URL)
+	}
+	return b.String()
+}
+
+// loop refreshes the status every quorumRefresh and logs quorum changes.
+func (n *Node) loop() {
+	defer close(n.loopDone)
+	t := time.NewTicker(quorumRefresh)
+	defer t.Stop()
+	had := n.status.Load().err == nil
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		st := n.check()
+		n.status.Store(st)
+		has := st.err == nil
+		switch {
+		case had && !has:
+			n.log.Warn("cluster: quorum lost: new events are refused", "reason", st.err,
+				"peers_online", st.peers, "routes_connected", st.connected, "meta_leader", st.leader)
+		case !had && has:
+			n.log.Info("cluster: quorum regained", "peers_online", st.peers, "meta_leader", st.leader)
+		}
+		had = has
+	}
+}
+
+// check looks at the cluster state now.
+func (n *Node) check() *status {
+	if n.srv != nil {
+		return n.checkEmbedded()
+	}
+	return n.checkURL()
+}
+
+func noQuorum(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", storage.ErrNoQuorum, fmt.Sprintf(format, args...))
+}
+
+func (n *Node) checkEmbedded() *status {
+	st := &status{}
+	// Routes: distinct peers (a route pool has several connections per peer).
+	byName := map[string]string{}
+	if rz, err := n.srv.Routez(nil); err == nil {
+		for _, r := range rz.Routes {
+			if r.RemoteName == "" {
+				continue
+			}
+			if _, ok := byName[r.RemoteName]; !ok || r.DidSolicit || r.IsConfigured {
+				byName[r.RemoteName] = net.JoinHostPort(r.IP, fmt.Sprint(r.Port))
+			}
+		}
+	}
+	ips := map[string]bool{}
+	for name, addr := range byName {
+		st.connected = append(st.connected, name+"@"+addr)
+		ips[addr] = true
+	}
+	sort.Strings(st.connected)
+	st.routes = len(byName)
+	if e := n.cfg.NATS.Embedded; e != nil {
+		for _, r := range e.Routes {
+			u, err := url.Parse(r)
+			if err != nil || (e.ClusterListen != "" && sameAddr(u.Host, e.ClusterListen)) {
+				continue
+			}
+			if !routeConnected(u.Host, ips) {
+				st.waiting = append(st.waiting, r)
+			}
+		}
+		// A peer may have connected to us (inbound route, ephemeral port): when as many peers
+		// are connected as routes are configured, nothing is waited for.
+		if len(st.waiting) > 0 && st.routes >= otherRoutes(e) {
+			st.waiting = nil
+		}
+	}
+
+	if !n.srv.JetStreamEnabled() {
+		st.err = noQuorum("JetStream is not enabled on the embedded server")
+		return st
+	}
+	if n.nc == nil || !n.nc.IsConnected() {
+		st.err = noQuorum("not connected to the embedded NATS server")
+		return st
+	}
+	if !n.srv.JetStreamIsClustered() {
+		// One node, JetStream not clustered: it is its own quorum.
+		st.peers, st.leader, st.size = 1, n.cfg.Node, 1
+		return st
+	}
+	jsi, err := n.srv.Jsz(&server.JSzOptions{})
+	if err != nil {
+		st.err = noQuorum("JetStream state: %v", err)
+		return st
+	}
+	if jsi.Meta == nil {
+		st.err = noQuorum("the JetStream meta group has not started")
+		return st
+	}
+	m := jsi.Meta
+	st.leader, st.size = m.Leader, m.Size
+	st.peers = 1
+	for _, p := range m.Replicas {
+		// A peer counts when JetStream has not marked it offline and a route to it is up (the
+		// route drops at once when a peer dies, long before Raft notices).
+		if !p.Offline && byName[p.Name] != "" {
+			st.peers++
+		}
+	}
+	need := m.QuorumNeeded
+	if need == 0 {
+		need = m.Size/2 + 1
+	}
+	switch {
+	case m.Leader == "":
+		st.err = noQuorum("no JetStream meta leader in cluster %q (%d of %d peers online, quorum needs %d)", n.cfg.Name, st.peers, m.Size, need)
+	case st.peers < need:
+		st.err = noQuorum("%d of %d peers online in cluster %q, quorum needs %d", st.peers, m.Size, n.cfg.Name, need)
+	}
+	return st
+}
+
+// otherRoutes counts the configured routes that are not this node itself.
+func otherRoutes(e *EmbeddedConfig) int {
+	k := 0
+	for _, r := range e.Routes {
+		u, err := url.Parse(r)
+		if err == nil && !(e.ClusterListen != "" && sameAddr(u.Host, e.ClusterListen)) {
+			k++
+		}
+	}
+	return k
+}
+
+// routeConnected reports whether host:port (a route URL's) resolves to an address in ips.
+func routeConnected(hostport string, ips map[string]bool) bool {
+	if ips[hostport] {
+		return true
+	}
+	h, p, err := net.SplitHostPort(hostport)
+	if err != nil || len(ips) == 0 {
+		return false
+	}
+	addrs, err := net.LookupHost(h)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(addrs, func(a string) bool { return ips[net.JoinHostPort(a, p)] })
+}
+
+func (n *Node) checkURL() *status {
+	st := &status{}
+	if n.nc == nil || !n.nc.IsConnected() {
+		st.err = noQuorum("not connected to NATS at %s", n.cfg.NATS.URL)
+		return st
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), urlInfoTimeout)
+	defer cancel()
+	if _, err := n.js.AccountInfo(ctx); err != nil {
+		st.err = noQuorum("JetStream at %s does not answer: %v", n.cfg.NATS.URL, err)
+		return st
+	}
+	st.peers = 1 + len(n.nc.DiscoveredServers())
+	return st
+}
+
+func (n *Node) registerMetrics() {
+	if n.set == nil {
+		return
+	}
+	gauge := func(name string, f func(*status) float64) {
+		n.set.GetOrCreateGauge(name, func() float64 {
+			if st := n.status.Load(); st != nil {
+				return f(st)
+			}
+			return 0
+		})
+		n.gauges = append(n.gauges, name)
+	}
+	gauge("fleetgate_cluster_quorum", func(st *status) float64 {
+		if st.err == nil {
+			return 1
+		}
+		return 0
+	})
+	gauge("fleetgate_cluster_peers", func(st *status) float64 { return float64(st.peers) })
+	gauge("fleetgate_cluster_routes_connected", func(st *status) float64 { return float64(st.routes) })
+}
+
+// Conn is the node's NATS connection (in process with the embedded server).
+func (n *Node) Conn() *nats.Conn { return n.nc }
+
+// JetStream is the JetStream context on Conn.
+func (n *Node) JetStream() jetstream.JetStream { return n.js }
+
+// Name is cluster.node.
+func (n *Node) Name() string { return n.cfg.Node }
+
+// Config is the cluster section with the defaults filled in.
+func (n *Node) Config() Config { return n.cfg }
+
+// Server is the embedded NATS server (nil with cluster.nats.url).
+func (n *Node) Server() *server.Server { return n.srv }
+
+// Quorum returns nil when this node can write to JetStream (connected, meta leader known, a
+// quorum of peers online), else an error wrapping storage.ErrNoQuorum that says what is
+// missing. It is cached and refreshed every 500 ms in the background.
+func (n *Node) Quorum() error {
+	return n.status.Load().err
+}
+
+// Close drains the connection, shuts the embedded server down and waits for it.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		close(n.stop)
+		<-n.loopDone
+		if n.set != nil {
+			for _, g := range n.gauges {
+				n.set.UnregisterMetric(g)
+			}
+		}
+		n.closeErr = n.shutdown()
+	})
+	return n.closeErr
+}
+
+// shutdown drains the connection and stops the embedded server.
+func (n *Node) shutdown() error {
+	var err error
+	if n.nc != nil {
+		closed := make(chan struct{})
+		n.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+		if derr := n.nc.Drain(); derr != nil {
+			n.nc.Close()
+		}
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			n.nc.Close()
+			err = errors.New("cluster: NATS connection drain timed out")
+		}
+	}
+	if n.srv != nil {
+		n.srv.Shutdown()
+		n.srv.WaitForShutdown()
+	}
+	return err
+}
+
+// natsLogger sends the embedded server's logs to slog and remembers the messages that explain
+// why the node cannot start or join (a listener error, a cluster name conflict).
+type natsLogger struct {
+	log      *slog.Logger
+	mu       sync.Mutex
+	fatal    string
+	conflict string
+}
+
+func (l *natsLogger) Noticef(format string, v ...any) { l.emit(slog.LevelInfo, format, v) }
+func (l *natsLogger) Warnf(format string, v ...any)   { l.emit(slog.LevelWarn, format, v) }
+func (l *natsLogger) Errorf(format string, v ...any)  { l.emit(slog.LevelError, format, v) }
+func (l *natsLogger) Debugf(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
+func (l *natsLogger) Tracef(format string, v ...any)  {}
+
+// Fatalf logs at error level: the server calls it on a listener error and stops that listener;
+// the process itself does not exit (Start reports the error).
+func (l *natsLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.mu.Lock()
+	l.fatal = msg
+	l.mu.Unlock()
+	l.log.Error("nats: " + msg)
+}
+
+func (l *natsLogger) emit(level slog.Level, format string, v []any) {
+	msg := fmt.Sprintf(format, v...)
+	low := strings.ToLower(msg)
+	if strings.Contains(low, "cluster name") || strings.Contains(low, "cluster_name_conflict") || strings.Contains(low, "cluster name conflict") {
+		l.mu.Lock()
+		l.conflict = msg
+		l.mu.Unlock()
+		if level < slog.LevelWarn {
+			level = slog.LevelWarn
+		}
+	}
+	if !l.log.Enabled(context.Background(), level) {
+		return
+	}
+	l.log.Log(context.Background(), level, "nats: "+msg)
+}
+
+func (l *natsLogger) lastFatal() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fatal
+}
+
+func (l *natsLogger) lastConflict() string {
+	if l == nil {
+		return ""
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conflict
+}
