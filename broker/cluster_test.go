@@ -588,3 +588,48 @@ func TestClusterSessionResume(t *testing.T) {
 	}
 	d2.Disconnect(100)
 }
+
+// TestClusterNodeRestart: a node that shuts down cleanly and starts again (same node name)
+// reads back the sessions it held, with what another node queued for them meanwhile; the other
+// nodes never load sessions they do not hold at start.
+func TestClusterNodeRestart(t *testing.T) {
+	tc := newTestCluster(t, 2)
+	n1, n2 := tc.nodes[0], tc.nodes[1]
+	var r received
+	d := tc.connect3(n1, "d1", "device", false, &r)
+	subscribe3(t, d, "devices/d1/cmd", 1, &r)
+	d.Disconnect(100)
+	waitFor(t, "node 1 to see the disconnect", func() bool { return atomic.LoadInt64(&n1.b.server.Info.ClientsConnected) == 0 })
+	if _, held := n2.b.server.Clients.Get("acme/d1"); held {
+		t.Fatal("node 2 holds a session of node 1")
+	}
+
+	_ = n1.b.Close() // clean: its heartbeat is deleted, its sessions are orphans at once
+	n1.nc.Close()
+	waitFor(t, "node 2 to see node 1's session as an orphan", func() bool {
+		_, ok := n2.b.cluster.orphans.Load().sessions["acme/d1"]
+		return ok
+	})
+	if err := n2.b.Publish("devices/d1/cmd", []byte("while-down"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := tc.kv.count(keyQueued + "acme/d1\x00"); n != 1 {
+		t.Fatalf("queued records = %d, want 1", n)
+	}
+
+	n1b := tc.startNode("gw-1", n2.ns)
+	tc.nodes = []*clusterNode{n1b, n2}
+	if _, held := n1b.b.server.Clients.Get("acme/d1"); !held {
+		t.Fatal("the restarted node does not hold its session")
+	}
+	if q, ifm := tc.kv.count(keyQueued), tc.kv.count(keyInflight+"acme/d1\x00"); q != 0 || ifm != 1 {
+		t.Fatalf("after the restart: %d queued, %d inflight records; want 0, 1", q, ifm)
+	}
+	n3 := tc.startNode("gw-3", n2.ns) // a node started now leaves node 1's session alone
+	if _, held := n3.b.server.Clients.Get("acme/d1"); held {
+		t.Fatal("a new node loaded a session of another node at start")
+	}
+	var r2 received
+	tc.connect3(n1b, "d1", "device", false, &r2)
+	waitFor(t, "the message queued while the node was down", func() bool { return r2.has("devices/d1/cmd=while-down") })
+}
