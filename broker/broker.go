@@ -196,6 +196,9 @@ func New(opts Options) (*Broker, error) {
 	}
 	if opts.Cluster != nil {
 		b.cluster = newClusterState(b, opts.Cluster, opts.ClusterHeartbeat, opts.Metrics)
+		if err := b.addHook(&clusterHook{c: b.cluster}); err != nil {
+			return nil, err
+		}
 	}
 	return b, nil
 }

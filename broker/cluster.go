@@ -334,6 +334,25 @@ func (c *clusterState) onDownlink(data []byte) {
 // remoteOrigin is the node a publish came from over the bus, or "" for one published here.
 func remoteOrigin(pk packets.Packet) string { return string(pk.Connect.Username) }
 
+// clusterHook sends will messages to the other nodes: mochi publishes them itself (not through
+// the inline client), on the node where the connection ended.
+type clusterHook struct {
+	mqtt.HookBase
+	c *clusterState
+}
+
+func (h *clusterHook) ID() string { return "fleetgate-cluster" }
+
+func (h *clusterHook) Provides(b byte) bool { return b == mqtt.OnWillSent }
+
+func (h *clusterHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	if h.c.b.halted.Load() {
+		return
+	}
+	pk.Connect.ClientIdentifier = cl.ID
+	h.c.broadcast(pk)
+}
+
 // ---- client ids and sessions across nodes ----
 
 // readClient reads the stored session record of client id.

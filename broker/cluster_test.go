@@ -355,11 +355,21 @@ func TestClusterDownlink(t *testing.T) {
 	}
 	waitFor(t, "a device publish on node 1 at a subscriber on node 2", func() bool { return mon.has("devices/d2/telemetry=21.5") })
 
+	// a will message on node 1 reaches the subscriber on node 2
+	rc := dialRaw(t, n1.addr, 4)
+	if ack := rc.connect("d3", tc.token("d3", "device"), true, func(pk *packets.Packet) {
+		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload, pk.Connect.WillQos = true, "devices/d3/status", []byte("gone"), 1
+	}); ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK 0x%02x", ack.ReasonCode)
+	}
+	_ = rc.c.Close()
+	waitFor(t, "a will message of node 1 at a subscriber on node 2", func() bool { return mon.has("devices/d3/status=gone") })
+
 	if got := n3.b.cluster.sent.Get(); got < 1 {
 		t.Errorf("node 3 downlink sent = %d", got)
 	}
-	if got := n2.b.cluster.received.Get(); got < 2 {
-		t.Errorf("node 2 downlink received = %d, want >= 2", got)
+	if got := n2.b.cluster.received.Get(); got < 3 {
+		t.Errorf("node 2 downlink received = %d, want >= 3", got)
 	}
 	// a node does not deliver its own broadcast twice
 	if err := n2.b.Publish("devices/d1/cmd", []byte("once"), 1, false); err != nil {
