@@ -498,7 +498,7 @@ func TestClusterTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got2 atomic.Int32
-	_, ack, err := connect5(t, n2.addr, "d1", tok, func(cfg *paho.ClientConfig, cp *paho.Connect) {
+	c2, ack, err := connect5(t, n2.addr, "d1", tok, func(cfg *paho.ClientConfig, cp *paho.Connect) {
 		persistent(cfg, cp)
 		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			if string(pr.Packet.Payload) == "to-new" {
@@ -541,6 +541,40 @@ func TestClusterTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the downlink at the new connection", func() bool { return got2.Load() >= 1 })
+
+	// back to node 1 while node 2 (alive) holds the session offline with a message queued
+	_ = c2.Disconnect(&paho.Disconnect{})
+	waitFor(t, "node 2 to see the disconnect", func() bool { return atomic.LoadInt64(&n2.b.server.Info.ClientsConnected) == 0 })
+	if err := n1.b.Publish("devices/d1/cmd", []byte("queued-on-2"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node 2 to queue it", func() bool { return tc.kv.count(keyInflight+"acme/d1\x00") == 1 })
+	got3 := make(chan string, 4)
+	_, ack, err = connect5(t, n1.addr, "d1", tok, func(cfg *paho.ClientConfig, cp *paho.Connect) {
+		persistent(cfg, cp)
+		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got3 <- string(pr.Packet.Payload)
+			return true, nil
+		}}
+	})
+	if err != nil || !ack.SessionPresent {
+		t.Fatalf("back on node 1: %v, session present %v", err, ack != nil && ack.SessionPresent)
+	}
+	select {
+	case m := <-got3:
+		if m != "queued-on-2" {
+			t.Fatalf("got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the message node 2 queued did not follow the session to node 1")
+	}
+	waitFor(t, "node 2 to let go of the session", func() bool {
+		_, held := n2.b.server.Clients.Get("acme/d1")
+		return !held
+	})
+	if rec, _ := n1.b.cluster.readClient("acme/d1"); rec == nil || rec.Node != "gw-1" {
+		t.Fatalf("session record: %+v, want node gw-1", rec)
+	}
 }
 
 // TestClusterSessionResume: a device with a persistent session on node 1; node 1 dies; QoS 1
