@@ -53,6 +53,8 @@ const (
 	// releaseWait bounds how long a CONNECT waits for the node that held the session to let go
 	// of it before the session is read from the KV.
 	releaseWait = 2 * time.Second
+	// releasedFor is how long the persist hook ignores a client whose session another node took.
+	releasedFor = time.Minute
 )
 
 type downlinkMsg struct {
@@ -476,6 +478,9 @@ func (c *clusterState) onTakeover(data []byte) {
 func (c *clusterState) release(old *mqtt.Client) {
 	b := c.b
 	b.released.Store(old, struct{}{})
+	// Forgotten once its connection's goroutine has surely run its last hooks (it may still be
+	// reading when this returns): OnDisconnect, then ClearInflights/UnsubscribeClient.
+	time.AfterFunc(releasedFor, func() { b.released.Delete(old) })
 	b.persist.setPersisted(old.ID, false)
 	if cur, ok := b.server.Clients.Get(old.ID); ok && cur == old {
 		b.server.Clients.Delete(old.ID) // no more deliveries to it here

@@ -224,7 +224,6 @@ func (h *persistHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	if h.skip(cl) {
-		h.b.released.Delete(cl) // its last hook: the connection has ended
 		return
 	}
 	switch {
