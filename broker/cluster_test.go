@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -15,6 +17,8 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
 	"github.com/fleetgate/fleetgate/storage"
@@ -385,8 +389,8 @@ func TestClusterDownlink(t *testing.T) {
 	}
 }
 
-// TestClusterPublishReplyV5: an MQTT 5 request/response reply published on node 1 reaches the
-// requester on node 2 with its correlation data.
+// TestClusterReplyV5: a publish with MQTT 5 properties, and a PublishReply, on node 1 reach
+// the requester on node 2 with their properties (correlation data, content type).
 func TestClusterReplyV5(t *testing.T) {
 	tc := newTestCluster(t, 2)
 	n1, n2 := tc.nodes[0], tc.nodes[1]
@@ -417,6 +421,27 @@ func TestClusterReplyV5(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no reply across nodes")
+	}
+
+	// PublishReply on node 1 to a request of the device on node 2
+	claims, err := json.Marshal(auth.MintClaims("d5", "acme", "device", nil, time.Hour, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &event.Event{ID: "ev-1", Subject: "d5", Tenant: "acme", ClaimsJSON: claims, Meta: map[string]string{
+		functions.MetaResponseTopic:   "devices/d5/reply",
+		functions.MetaCorrelationData: base64.StdEncoding.EncodeToString([]byte("corr-2")),
+	}}
+	if err := n1.b.PublishReply(req, []byte("answer"), 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-got:
+		if string(p.Payload) != "answer" || string(p.Properties.CorrelationData) != "corr-2" {
+			t.Fatalf("got %q corr %q", p.Payload, p.Properties.CorrelationData)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PublishReply across nodes")
 	}
 }
 
