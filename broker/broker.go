@@ -57,6 +57,14 @@ type Options struct {
 	Store   storage.Backend
 	Metrics *metrics.Set // nil: a private set
 	Logger  *slog.Logger // nil: slog.Default()
+	// Cluster, when set, makes the broker one node of a cluster (see README.md, "Cluster
+	// mode"): downlink, retained messages, client ids and persistent sessions work across
+	// nodes. Store is then required, and its KV must be the one shared by every node.
+	// nil: a single node, and no bus is used.
+	Cluster Cluster
+	// ClusterHeartbeat is how often this node writes its heartbeat in the shared KV (0:
+	// DefaultClusterHeartbeat); a node is taken for dead after 3 heartbeats without one.
+	ClusterHeartbeat time.Duration
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start; Close stops it.
@@ -68,9 +76,15 @@ type Broker struct {
 	store   storage.Backend
 	log     *slog.Logger
 	server  *mqtt.Server
-	inline  *mqtt.Client // our own inline client: delivery of committed publishes and downlink
-	hooks   []mqtt.Hook  // every hook added to server, in order
-	persist *persistHook // nil without a Store
+	inline  *mqtt.Client  // our own inline client: delivery of committed publishes and downlink
+	hooks   []mqtt.Hook   // every hook added to server, in order
+	persist *persistHook  // nil without a Store
+	cluster *clusterState // nil unless Options.Cluster is set
+
+	// clients whose session another node took over: the persist hook writes nothing for them
+	released sync.Map // *mqtt.Client → struct{}
+	// halted (tests: a node's death) stops every write to the store
+	halted atomic.Bool
 
 	sessions sync.Map // *mqtt.Client → *session
 
@@ -127,6 +141,12 @@ func New(opts Options) (*Broker, error) {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.NewSet()
 	}
+	if opts.Cluster != nil && opts.Store == nil {
+		return nil, fmt.Errorf("%w: cluster mode needs Options.Store (the KV shared by the nodes)", ErrInvalidConfig)
+	}
+	if opts.Cluster != nil && opts.Cluster.Node() == "" {
+		return nil, fmt.Errorf("%w: cluster mode needs a node name", ErrInvalidConfig)
+	}
 	b := &Broker{
 		cfg:      opts.Config,
 		gw:       opts.Gateway,
@@ -171,6 +191,12 @@ func New(opts Options) (*Broker, error) {
 	if b.store != nil {
 		b.persist = &persistHook{b: b, store: b.store}
 		if err := b.addHook(b.persist); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Cluster != nil {
+		b.cluster = newClusterState(b, opts.Cluster, opts.ClusterHeartbeat, opts.Metrics)
+		if err := b.addHook(&clusterHook{c: b.cluster}); err != nil {
 			return nil, err
 		}
 	}
@@ -277,6 +303,13 @@ func (b *Broker) Start() error {
 		b.closeListeners()
 		return fmt.Errorf("starting mqtt server: %w", err)
 	}
+	if b.cluster != nil {
+		if err := b.cluster.start(); err != nil {
+			_ = b.server.Close()
+			return err
+		}
+		b.log.Info("mqtt cluster mode", "node", b.cluster.node)
+	}
 	for _, l := range b.listeners {
 		b.log.Info("mqtt listening", "listener", l.id, "addr", l.Address())
 	}
@@ -362,10 +395,22 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) er
 		b.m.retainedRefused.Inc()
 		return fmt.Errorf("publishing to %q: %w", topic, ErrRetainedFull)
 	}
-	if err := b.server.InjectPacket(b.inline, pk); err != nil {
+	if err := b.inject(pk); err != nil {
 		return fmt.Errorf("publishing to %q: %w", topic, err)
 	}
 	b.m.downlink.Inc()
+	return nil
+}
+
+// inject hands a publish to mochi through the inline client (the sender's tenant-scoped id,
+// if any, in pk.Connect.ClientIdentifier) and, in cluster mode, to the other nodes.
+func (b *Broker) inject(pk packets.Packet) error {
+	if err := b.server.InjectPacket(b.inline, pk); err != nil {
+		return err
+	}
+	if b.cluster != nil {
+		b.cluster.broadcast(pk)
+	}
 	return nil
 }
 
@@ -379,6 +424,9 @@ func (b *Broker) Close() error {
 			return
 		}
 		b.closeErr = b.server.Close()
+		if b.cluster != nil {
+			b.cluster.stop(true)
+		}
 		done := make(chan struct{})
 		go func() { b.pending.Wait(); close(done) }()
 		select {

@@ -80,6 +80,9 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	s := newSession(b, cl, p, clientID)
 	b.sessions.Store(cl, s)
 	s.armExpiry()
+	if b.cluster != nil { // other nodes let go of this client id; its session may load from the KV
+		b.cluster.connect(cl, pk, s)
+	}
 	b.m.connectOK.Inc()
 	return nil
 }

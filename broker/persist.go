@@ -43,6 +43,7 @@ type persistHook struct {
 
 	mu        sync.Mutex
 	persisted map[string]bool // client ids with a stored session
+	loaded    map[string]bool // cluster mode, at start: the stored sessions this node holds
 }
 
 // storedClient is a persistent session's record: mochi's, plus who connected (subject, tenant,
@@ -59,6 +60,8 @@ type storedClient struct {
 	// Token is only read: records written before tokens were left out carry it. Such a record
 	// is rewritten without it when the store is read at start.
 	Token string `json:"token,omitempty"`
+	// Node is the cluster node holding the session (cluster mode; "" on a single node).
+	Node string `json:"node,omitempty"`
 }
 
 func (h *persistHook) ID() string { return "fleetgate-sessions" }
@@ -96,6 +99,16 @@ func persistent(cl *mqtt.Client) bool {
 	return !cl.Properties.Clean
 }
 
+// skip reports whether nothing may be written for cl: another node took its session over (the
+// records in the shared KV are that node's now), or this broker was halted by a test.
+func (h *persistHook) skip(cl *mqtt.Client) bool {
+	if h.b.halted.Load() {
+		return true
+	}
+	_, ok := h.b.released.Load(cl)
+	return ok
+}
+
 func (h *persistHook) isPersisted(id string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -124,6 +137,9 @@ func (h *persistHook) fail(what string, err error) {
 }
 
 func (h *persistHook) put(key string, v any) {
+	if h.b.halted.Load() {
+		return
+	}
 	data, err := json.Marshal(v)
 	if err == nil {
 		err = h.store.Put(key, data)
@@ -131,7 +147,12 @@ func (h *persistHook) put(key string, v any) {
 	h.fail("writing "+key, err)
 }
 
-func (h *persistHook) del(key string) { h.fail("deleting "+key, h.store.Delete(key)) }
+func (h *persistHook) del(key string) {
+	if h.b.halted.Load() {
+		return
+	}
+	h.fail("deleting "+key, h.store.Delete(key))
+}
 
 // deleteSession removes everything stored for client id.
 func (h *persistHook) deleteSession(id string) {
@@ -175,6 +196,9 @@ func (h *persistHook) writeClient(cl *mqtt.Client) {
 	if s := h.b.session(cl); s != nil {
 		rec.Subject, rec.Tenant, rec.Role, rec.ExpiresAt = s.p.Subject, s.p.Tenant, s.p.Role, s.p.ExpiresAt
 	}
+	if h.b.cluster != nil {
+		rec.Node = h.b.cluster.node
+	}
 	h.put(keyClient+cl.ID, rec)
 	h.setPersisted(cl.ID, true)
 }
@@ -182,6 +206,9 @@ func (h *persistHook) writeClient(cl *mqtt.Client) {
 // OnSessionEstablished stores a persistent session, or removes a stored one the client now
 // starts clean.
 func (h *persistHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if h.skip(cl) {
+		return
+	}
 	switch {
 	case persistent(cl):
 		h.writeClient(cl)
@@ -196,8 +223,12 @@ func (h *persistHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if cl.Net.Conn == nil { // restored at start, not a connection
 		return
 	}
+	if h.skip(cl) {
+		return
+	}
 	switch {
-	case expire && errors.Is(cl.StopCause(), packets.ErrSessionTakenOver):
+	case errors.Is(cl.StopCause(), packets.ErrSessionTakenOver):
+		// a newer connection has the session (and may have written its record already)
 	case expire && h.isPersisted(cl.ID):
 		h.deleteSession(cl.ID)
 	case !expire && persistent(cl):
@@ -213,7 +244,7 @@ func inflightKey(id string, packetID uint16) string {
 
 // OnSubscribed stores the granted subscriptions of a persistent session.
 func (h *persistHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	if !persistent(cl) {
+	if !persistent(cl) || h.skip(cl) {
 		return
 	}
 	for i, f := range pk.Filters {
@@ -236,7 +267,7 @@ func (h *persistHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []b
 
 // OnUnsubscribed removes stored subscriptions.
 func (h *persistHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	if !persistent(cl) && !h.isPersisted(cl.ID) {
+	if (!persistent(cl) && !h.isPersisted(cl.ID)) || h.skip(cl) {
 		return
 	}
 	for _, f := range pk.Filters {
@@ -273,6 +304,9 @@ func message(t, id, client string, pk packets.Packet, sent int64) mstorage.Messa
 // its sender (the origin authHook set: "" for downlink), by which max_retained_per_client
 // counts it again at start.
 func (h *persistHook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, r int64) {
+	if remoteOrigin(pk) != "" {
+		return // published on another node, which wrote the shared KV
+	}
 	key := keyRetained + pk.TopicName
 	if r == -1 || len(pk.Payload) == 0 { // cleared (r is 0 when there was nothing to clear)
 		h.del(key)
@@ -286,7 +320,7 @@ func (h *persistHook) OnRetainedExpired(topic string) { h.del(keyRetained + topi
 
 // OnQosPublish stores a QoS 1/2 message sent (or queued) to a persistent session.
 func (h *persistHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, _ int) {
-	if pk.FixedHeader.Type != packets.Publish || !persistent(cl) {
+	if pk.FixedHeader.Type != packets.Publish || !persistent(cl) || h.skip(cl) {
 		return
 	}
 	key := inflightKey(cl.ID, pk.PacketID)
@@ -296,7 +330,7 @@ func (h *persistHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int6
 // OnQosComplete deletes a message the persistent session acknowledged.
 func (h *persistHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	t := pk.FixedHeader.Type
-	if (t != packets.Puback && t != packets.Pubcomp) || !persistent(cl) {
+	if (t != packets.Puback && t != packets.Pubcomp) || !persistent(cl) || h.skip(cl) {
 		return
 	}
 	h.del(inflightKey(cl.ID, pk.PacketID))
@@ -304,7 +338,7 @@ func (h *persistHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 
 // OnQosDropped deletes a message mochi gave up on (expired, session cleared).
 func (h *persistHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
-	if pk.FixedHeader.Type == packets.Pubrec || !persistent(cl) {
+	if pk.FixedHeader.Type == packets.Pubrec || !persistent(cl) || h.skip(cl) {
 		return // an inbound QoS 2 flow: never stored
 	}
 	h.del(inflightKey(cl.ID, pk.PacketID))
@@ -312,7 +346,7 @@ func (h *persistHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 
 // OnClientExpired deletes an expired session.
 func (h *persistHook) OnClientExpired(cl *mqtt.Client) {
-	if h.isPersisted(cl.ID) {
+	if h.isPersisted(cl.ID) && !h.skip(cl) {
 		h.deleteSession(cl.ID)
 	}
 }
@@ -335,6 +369,17 @@ func (h *persistHook) StoredClients() ([]mstorage.Client, error) {
 	var out []mstorage.Client
 	var legacy []*storedClient
 	err := scanJSON(h, keyClient, func(_ string, c *storedClient) {
+		if h.b.cluster != nil {
+			if !h.b.cluster.owns(c) {
+				return // held by another node, or an orphan: loaded by the node it connects to
+			}
+			h.mu.Lock()
+			if h.loaded == nil {
+				h.loaded = map[string]bool{}
+			}
+			h.loaded[c.ID] = true
+			h.mu.Unlock()
+		}
 		out = append(out, c.Client)
 		h.setPersisted(c.ID, true)
 		p, err := h.principalOf(c)
@@ -376,10 +421,25 @@ func (h *persistHook) principalOf(c *storedClient) (*auth.Principal, error) {
 	return h.b.auth.PrincipalFor(c.Subject, c.Tenant, c.Role, c.ExpiresAt)
 }
 
+// loadedHere reports whether the stored session of client id is read at start: on a single node
+// every one; in cluster mode those of this node.
+func (h *persistHook) loadedHere(id string) bool {
+	if h.b.cluster == nil {
+		return true
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.loaded[id]
+}
+
 // StoredSubscriptions returns the subscriptions of persistent sessions.
 func (h *persistHook) StoredSubscriptions() ([]mstorage.Subscription, error) {
 	var out []mstorage.Subscription
-	err := scanJSON(h, keySub, func(_ string, s *mstorage.Subscription) { out = append(out, *s) })
+	err := scanJSON(h, keySub, func(_ string, s *mstorage.Subscription) {
+		if h.loadedHere(s.Client) {
+			out = append(out, *s)
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reading stored mqtt subscriptions: %w", err)
 	}
@@ -389,9 +449,33 @@ func (h *persistHook) StoredSubscriptions() ([]mstorage.Subscription, error) {
 // StoredInflightMessages returns the unacknowledged messages of persistent sessions.
 func (h *persistHook) StoredInflightMessages() ([]mstorage.Message, error) {
 	var out []mstorage.Message
-	err := scanJSON(h, keyInflight, func(_ string, m *mstorage.Message) { out = append(out, *m) })
+	used := map[string]map[uint16]bool{}
+	err := scanJSON(h, keyInflight, func(_ string, m *mstorage.Message) {
+		if !h.loadedHere(m.Client) {
+			return
+		}
+		if used[m.Client] == nil {
+			used[m.Client] = map[uint16]bool{}
+		}
+		used[m.Client][m.PacketID] = true
+		out = append(out, *m)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reading stored mqtt inflight messages: %w", err)
+	}
+	if h.b.cluster != nil { // and what other nodes queued for them while this one was down
+		h.mu.Lock()
+		ids := make([]string, 0, len(h.loaded))
+		for id := range h.loaded {
+			ids = append(ids, id)
+		}
+		h.mu.Unlock()
+		for _, id := range ids {
+			if used[id] == nil {
+				used[id] = map[uint16]bool{}
+			}
+			out = append(out, h.b.cluster.queuedForStart(id, used[id])...)
+		}
 	}
 	return out, nil
 }

@@ -482,7 +482,7 @@ func (s *session) deliver(e *entry) {
 		pk.PacketID = 0
 	}
 	pk.FixedHeader.Dup = false
-	if err := s.b.server.InjectPacket(s.b.inline, pk); err != nil {
+	if err := s.b.inject(pk); err != nil {
 		s.unreserve(e) // refused before retainHook committed it
 		s.b.log.Debug("mqtt delivery failed", "client", s.cl.ID, "topic", pk.TopicName, "error", err)
 	}

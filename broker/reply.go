@@ -71,7 +71,7 @@ func (b *Broker) PublishReply(req *event.Event, payload []byte, qos byte) error 
 	if qos > 0 {
 		pk.PacketID = 1 // required by validation; the inline client never acks
 	}
-	if err := b.server.InjectPacket(b.inline, pk); err != nil {
+	if err := b.inject(pk); err != nil {
 		return fmt.Errorf("replying to event %s on %q: %w", req.ID, topic, err)
 	}
 	b.m.downlink.Inc()

@@ -185,6 +185,10 @@ func (h *retainHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 		return pk, nil
 	}
 	size := retainedSize(pk.TopicName, pk.Payload)
+	if remoteOrigin(pk) != "" { // from another node, which checked the caps
+		h.b.retained.force(pk.Origin, pk.TopicName, size)
+		return pk, nil
+	}
 	if pk.Origin != "" { // a device's publish: it reserved its room in takePublish
 		h.b.retained.commit(pk.Origin, pk.TopicName, size)
 		return pk, nil

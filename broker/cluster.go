@@ -1,0 +1,652 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	mstorage "github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/ingest/auth"
+)
+
+// Cluster is what the broker needs from cluster mode: a node name and a message bus between
+// nodes (core NATS subjects).
+type Cluster interface {
+	Node() string
+	// Publish sends data to every node subscribed to subject, this one included (fire and forget).
+	Publish(subject string, data []byte) error
+	// Subscribe calls fn with the data of every message on subject until stop is called. Calls
+	// for one subscription are sequential.
+	Subscribe(subject string, fn func(data []byte)) (stop func(), err error)
+}
+
+// Subjects of the broker on the cluster bus. How MQTT works across nodes is described in
+// README.md ("Cluster mode").
+const (
+	subjectDownlink = "fleetgate.mqtt.downlink" // a message for the subscribers of every node
+	subjectTakeover = "fleetgate.mqtt.takeover" // a client id connected on a node: others let go of it
+	subjectReleased = "fleetgate.mqtt.released" // a node let go of a client id
+)
+
+// Keys of cluster mode in the shared KV (besides the session keys of persist.go).
+//
+//	mqtt/node/<node>                                           heartbeat: {"at": unix ms}
+//	mqtt/q/<client id> 0x00 <node> 0x00 <unix ns> 0x00 <seq>   a QoS 1/2 message queued by <node>
+//	                                                           for a session whose holder is dead
+const (
+	keyNode   = "mqtt/node/"
+	keyQueued = "mqtt/q/"
+)
+
+// DefaultClusterHeartbeat is how often a node writes its heartbeat; a node whose heartbeat is
+// older than clusterDeadBeats heartbeats is taken for dead.
+const (
+	DefaultClusterHeartbeat = 2 * time.Second
+	clusterDeadBeats        = 3
+	// releaseWait bounds how long a CONNECT waits for the node that held the session to let go
+	// of it before the session is read from the KV.
+	releaseWait = 2 * time.Second
+	// releasedFor is how long the persist hook ignores a client whose session another node took.
+	releasedFor = time.Minute
+)
+
+type downlinkMsg struct {
+	Node string           `json:"n"`
+	Msg  mstorage.Message `json:"m"`
+}
+
+type takeoverMsg struct {
+	Node string `json:"n"` // the node the client connected to
+	ID   string `json:"id"`
+}
+
+type releasedMsg struct {
+	Node string `json:"n"` // the node that let go
+	ID   string `json:"id"`
+}
+
+type heartbeat struct {
+	At int64 `json:"at"` // unix ms
+}
+
+// orphan is a persistent session no live node holds: the node it names is dead.
+type orphan struct {
+	id    string
+	owner string
+	p     *auth.Principal
+}
+
+// orphanIndex matches topics against the subscriptions of orphaned sessions.
+type orphanIndex struct {
+	topics   *mqtt.TopicsIndex
+	sessions map[string]orphan
+}
+
+type clusterState struct {
+	b    *Broker
+	bus  Cluster
+	node string
+	hb   time.Duration
+
+	stops   []func()
+	quit    chan struct{}
+	done    chan struct{}
+	stopped sync.Once
+
+	mu      sync.Mutex
+	waiters map[string][]chan struct{} // "<node>\x00<client id>" → CONNECTs waiting for its release
+
+	orphans atomic.Pointer[orphanIndex]
+	seq     atomic.Uint64
+
+	sent, received, takeovers, sessionLoads, queued, busErrors *metrics.Counter
+}
+
+func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set) *clusterState {
+	if hb <= 0 {
+		hb = DefaultClusterHeartbeat
+	}
+	c := &clusterState{
+		b: b, bus: bus, node: bus.Node(), hb: hb,
+		quit: make(chan struct{}), done: make(chan struct{}),
+		waiters: map[string][]chan struct{}{},
+	}
+	c.sent = set.NewCounter(`fleetgate_cluster_downlink_sent_total`)
+	c.received = set.NewCounter(`fleetgate_cluster_downlink_received_total`)
+	c.takeovers = set.NewCounter(`fleetgate_cluster_takeovers_total`)
+	c.sessionLoads = set.NewCounter(`fleetgate_cluster_session_loads_total`)
+	c.queued = set.NewCounter(`fleetgate_cluster_offline_queued_total`)
+	c.busErrors = set.NewCounter(`fleetgate_cluster_bus_errors_total`)
+	c.orphans.Store(&orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}})
+	return c
+}
+
+// start subscribes to the bus and writes the first heartbeat; run (the heartbeat loop) follows.
+func (c *clusterState) start() error {
+	for subj, fn := range map[string]func([]byte){
+		subjectDownlink: c.onDownlink,
+		subjectTakeover: c.onTakeover,
+		subjectReleased: c.onReleased,
+	} {
+		stop, err := c.bus.Subscribe(subj, fn)
+		if err != nil {
+			c.unsubscribe()
+			return fmt.Errorf("cluster: subscribing to %s: %w", subj, err)
+		}
+		c.stops = append(c.stops, stop)
+	}
+	c.beat()
+	c.refresh()
+	go c.run()
+	return nil
+}
+
+func (c *clusterState) unsubscribe() {
+	for _, stop := range c.stops {
+		stop()
+	}
+	c.stops = nil
+}
+
+func (c *clusterState) run() {
+	defer close(c.done)
+	t := time.NewTicker(c.hb)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.quit:
+			return
+		case <-t.C:
+			c.beat()
+			c.refresh()
+			c.sweep()
+		}
+	}
+}
+
+// stop leaves the bus and stops the heartbeat. clean deletes the heartbeat, so that other
+// nodes take this one for dead at once (its persistent sessions become orphans); without it
+// (a crash, in tests) they notice after clusterDeadBeats heartbeats.
+func (c *clusterState) stop(clean bool) {
+	c.stopped.Do(func() {
+		close(c.quit)
+		<-c.done
+		c.unsubscribe()
+		if clean {
+			c.b.persist.del(keyNode + c.node)
+		}
+	})
+}
+
+func (c *clusterState) publish(subject string, v any) {
+	data, err := json.Marshal(v)
+	if err == nil {
+		err = c.bus.Publish(subject, data)
+	}
+	if err != nil {
+		c.busErrors.Inc()
+		c.b.log.Warn("cluster bus: publish failed", "subject", subject, "error", err)
+	}
+}
+
+// ---- liveness ----
+
+func (c *clusterState) beat() {
+	c.b.persist.put(keyNode+c.node, heartbeat{At: time.Now().UnixMilli()})
+}
+
+// alive reports whether node's heartbeat is recent. A session record naming no node (written
+// by a single node before cluster mode) has no live holder.
+func (c *clusterState) alive(node string) bool {
+	if node == c.node {
+		return true
+	}
+	if node == "" {
+		return false
+	}
+	data, ok, err := c.b.persist.store.Get(keyNode + node)
+	if err != nil || !ok {
+		return false
+	}
+	var h heartbeat
+	if json.Unmarshal(data, &h) != nil {
+		return false
+	}
+	return time.Since(time.UnixMilli(h.At)) < clusterDeadBeats*c.hb
+}
+
+// refresh rebuilds the index of orphaned sessions: persistent sessions whose holder is dead.
+func (c *clusterState) refresh() {
+	h := c.b.persist
+	idx := &orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}}
+	liveness := map[string]bool{}
+	err := scanJSON(h, keyClient, func(_ string, rec *storedClient) {
+		if rec.Node == c.node {
+			return
+		}
+		al, ok := liveness[rec.Node]
+		if !ok {
+			al = c.alive(rec.Node)
+			liveness[rec.Node] = al
+		}
+		if al {
+			return
+		}
+		p, err := h.principalOf(rec)
+		if err != nil {
+			return // no longer authorized: nothing is queued for it
+		}
+		idx.sessions[rec.ID] = orphan{id: rec.ID, owner: rec.Node, p: p}
+	})
+	if err != nil {
+		h.fail("listing sessions", err)
+		return
+	}
+	for id := range idx.sessions {
+		_ = scanJSON(h, keySub+id+"\x00", func(_ string, s *mstorage.Subscription) {
+			idx.topics.Subscribe(id, packets.Subscription{Filter: s.Filter, Qos: s.Qos, NoLocal: s.NoLocal})
+		})
+	}
+	c.orphans.Store(idx)
+}
+
+// ---- downlink ----
+
+// broadcast sends a publish injected on this node to the other nodes, and queues it in the KV
+// for the orphaned persistent sessions it is for. pk is as given to InjectPacket (the sender's
+// id, if any, in pk.Connect.ClientIdentifier).
+func (c *clusterState) broadcast(pk packets.Packet) {
+	msg := message(mstorage.InflightKey, "", pk.Connect.ClientIdentifier, pk, 0)
+	msg.Origin = pk.Connect.ClientIdentifier
+	msg.PacketID = 0
+	if msg.Created == 0 {
+		msg.Created = time.Now().Unix()
+	}
+	c.publish(subjectDownlink, downlinkMsg{Node: c.node, Msg: msg})
+	c.sent.Inc()
+	if pk.FixedHeader.Qos > 0 {
+		c.queueForOrphans(msg)
+	}
+}
+
+// queueForOrphans appends msg to the queued records of every orphaned session subscribed to
+// its topic. Only the node where the message was published does this, so it is queued once.
+func (c *clusterState) queueForOrphans(msg mstorage.Message) {
+	idx := c.orphans.Load()
+	if len(idx.sessions) == 0 {
+		return
+	}
+	subs := idx.topics.Subscribers(msg.TopicName)
+	for id, sub := range subs.Subscriptions {
+		o, ok := idx.sessions[id]
+		if !ok || (sub.NoLocal && msg.Origin == id) || !o.p.CanSubscribe(msg.TopicName) {
+			continue
+		}
+		if rec, found := c.readClient(id); !found || c.alive(rec.Node) {
+			continue // gone, or adopted by a live node since the index was built: it delivers
+		}
+		m := msg
+		m.Client = id
+		m.FixedHeader.Qos = min(msg.FixedHeader.Qos, sub.Qos)
+		m.FixedHeader.Retain = false
+		if m.FixedHeader.Qos == 0 {
+			continue
+		}
+		key := fmt.Sprintf("%s%s\x00%s\x00%020d\x00%d", keyQueued, id, c.node, time.Now().UnixNano(), c.seq.Add(1))
+		m.ID = key
+		c.b.persist.put(key, m)
+		c.queued.Inc()
+	}
+}
+
+// onDownlink injects a message published on another node into this node's mochi, marked as
+// remote: it is delivered to the subscribers here and retained in memory, but neither sent on
+// again nor written to the KV (its node did that).
+func (c *clusterState) onDownlink(data []byte) {
+	var m downlinkMsg
+	if err := json.Unmarshal(data, &m); err != nil {
+		c.b.log.Warn("cluster bus: bad downlink message", "error", err)
+		return
+	}
+	if m.Node == c.node || c.b.closed.Load() {
+		return
+	}
+	pk := m.Msg.ToPacket()
+	pk.FixedHeader.Type = packets.Publish
+	pk.Origin = ""
+	pk.Connect.ClientIdentifier = m.Msg.Origin
+	pk.Connect.Username = []byte(m.Node) // remoteOrigin
+	if pk.FixedHeader.Qos > 0 {
+		pk.PacketID = 1 // required by validation; the inline client never acks
+	}
+	if err := c.b.server.InjectPacket(c.b.inline, pk); err != nil {
+		c.b.log.Debug("cluster downlink: delivery failed", "topic", pk.TopicName, "error", err)
+		return
+	}
+	c.received.Inc()
+}
+
+// remoteOrigin is the node a publish came from over the bus, or "" for one published here.
+func remoteOrigin(pk packets.Packet) string { return string(pk.Connect.Username) }
+
+// clusterHook sends will messages to the other nodes: mochi publishes them itself (not through
+// the inline client), on the node where the connection ended.
+type clusterHook struct {
+	mqtt.HookBase
+	c *clusterState
+}
+
+func (h *clusterHook) ID() string { return "fleetgate-cluster" }
+
+func (h *clusterHook) Provides(b byte) bool { return b == mqtt.OnWillSent }
+
+func (h *clusterHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	if h.c.b.halted.Load() {
+		return
+	}
+	pk.Connect.ClientIdentifier = cl.ID
+	h.c.broadcast(pk)
+}
+
+// ---- client ids and sessions across nodes ----
+
+// readClient reads the stored session record of client id.
+func (c *clusterState) readClient(id string) (*storedClient, bool) {
+	data, ok, err := c.b.persist.store.Get(keyClient + id)
+	if err != nil {
+		c.b.persist.fail("reading "+keyClient+id, err)
+		return nil, false
+	}
+	if !ok {
+		return nil, false
+	}
+	rec := new(storedClient)
+	if err := json.Unmarshal(data, rec); err != nil {
+		c.b.persist.fail("decoding "+keyClient+id, err)
+		return nil, false
+	}
+	return rec, true
+}
+
+// connect runs in OnConnect for an authenticated client, before mochi looks for an existing
+// session: every other node closes its connection with this client id and lets go of its copy
+// of the session; then, when the session is not held here, it is loaded from the KV (or
+// deleted there, for a clean start).
+func (c *clusterState) connect(cl *mqtt.Client, pk packets.Packet, s *session) {
+	id := cl.ID
+	rec, found := c.readClient(id)
+	var wait chan struct{}
+	if found && rec.Node != c.node && c.alive(rec.Node) {
+		wait = c.waitRelease(rec.Node, id)
+	}
+	c.publish(subjectTakeover, takeoverMsg{Node: c.node, ID: id})
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-time.After(releaseWait):
+			c.cancelWait(rec.Node, id, wait)
+			c.b.log.Warn("cluster: the node holding a session did not let go of it in time; loading it anyway",
+				"client", id, "node", rec.Node)
+		}
+	}
+	local, held := c.b.server.Clients.Get(id)
+	if held && (!found || rec.Node == c.node) {
+		return // held here: mochi takes it over as on one node
+	}
+	if held { // a stale copy: another node adopted the session since
+		c.release(local)
+	}
+	if !found {
+		return
+	}
+	if pk.Connect.Clean {
+		c.b.persist.deleteSession(id)
+		return
+	}
+	c.load(id, rec, s)
+}
+
+func (c *clusterState) waitRelease(node, id string) chan struct{} {
+	ch := make(chan struct{})
+	k := node + "\x00" + id
+	c.mu.Lock()
+	c.waiters[k] = append(c.waiters[k], ch)
+	c.mu.Unlock()
+	return ch
+}
+
+func (c *clusterState) cancelWait(node, id string, ch chan struct{}) {
+	k := node + "\x00" + id
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ws := c.waiters[k]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(c.waiters, k)
+	} else {
+		c.waiters[k] = ws
+	}
+}
+
+func (c *clusterState) onReleased(data []byte) {
+	var m releasedMsg
+	if json.Unmarshal(data, &m) != nil || m.Node == c.node {
+		return
+	}
+	k := m.Node + "\x00" + m.ID
+	c.mu.Lock()
+	ws := c.waiters[k]
+	delete(c.waiters, k)
+	c.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+}
+
+// onTakeover: client id connected on another node. A connection here with that id is closed
+// (MQTT 5: DISCONNECT 0x8E session taken over), and this node's copy of its session is dropped
+// without touching the KV, which the new node now owns.
+func (c *clusterState) onTakeover(data []byte) {
+	var m takeoverMsg
+	if json.Unmarshal(data, &m) != nil || m.Node == c.node {
+		return
+	}
+	if old, ok := c.b.server.Clients.Get(m.ID); ok {
+		if !old.Closed() {
+			c.takeovers.Inc()
+			c.b.log.Info("mqtt client id connected on another node: session taken over", "client", m.ID, "node", m.Node)
+		}
+		c.release(old)
+	}
+	c.publish(subjectReleased, releasedMsg{Node: c.node, ID: m.ID})
+}
+
+// release drops this node's copy of old's session: its connection (if open), subscriptions
+// and queued messages, with every store write of the persist hook for it suppressed.
+func (c *clusterState) release(old *mqtt.Client) {
+	b := c.b
+	b.released.Store(old, struct{}{})
+	// Forgotten once its connection's goroutine has surely run its last hooks (it may still be
+	// reading when this returns): OnDisconnect, then ClearInflights/UnsubscribeClient.
+	time.AfterFunc(releasedFor, func() { b.released.Delete(old) })
+	b.persist.setPersisted(old.ID, false)
+	if cur, ok := b.server.Clients.Get(old.ID); ok && cur == old {
+		b.server.Clients.Delete(old.ID) // no more deliveries to it here
+	}
+	if s := b.session(old); s != nil {
+		s.stopTimer()
+	}
+	b.sessions.Delete(old)
+	if !old.Closed() {
+		if old.Properties.ProtocolVersion == 5 {
+			_ = b.server.DisconnectClient(old, packets.ErrSessionTakenOver)
+		} else {
+			old.Stop(packets.ErrSessionTakenOver)
+		}
+	}
+	b.server.UnsubscribeClient(old)
+	old.ClearInflights()
+}
+
+// load builds the offline session of client id from the KV, as mochi does for the sessions it
+// reads at start, so that mochi takes it over for the connecting client: its subscriptions,
+// its unacknowledged messages and the messages queued for it while its node was dead
+// (renumbered into free packet ids). The session record then names this node.
+func (c *clusterState) load(id string, rec *storedClient, s *session) {
+	b, h := c.b, c.b.persist
+	ncl := b.server.NewClient(nil, rec.Listener, id, false)
+	ncl.Properties.Username = rec.Username
+	ncl.Properties.Clean = rec.Clean
+	ncl.Properties.ProtocolVersion = rec.ProtocolVersion
+	ncl.Properties.Props = packets.Properties{
+		SessionExpiryInterval:     rec.Properties.SessionExpiryInterval,
+		SessionExpiryIntervalFlag: rec.Properties.SessionExpiryIntervalFlag,
+		RequestProblemInfoFlag:    rec.Properties.RequestProblemInfoFlag,
+		RequestProblemInfo:        rec.Properties.RequestProblemInfo,
+		RequestResponseInfo:       rec.Properties.RequestResponseInfo,
+		ReceiveMaximum:            rec.Properties.ReceiveMaximum,
+		TopicAliasMaximum:         rec.Properties.TopicAliasMaximum,
+		User:                      rec.Properties.User,
+		MaximumPacketSize:         rec.Properties.MaximumPacketSize,
+	}
+	ncl.Properties.Will = mqtt.Will(rec.Will)
+	ncl.Stop(packets.ErrServerShuttingDown)
+
+	var subs []mstorage.Subscription
+	h.fail("listing subscriptions of "+id, scanJSON(h, keySub+id+"\x00", func(_ string, v *mstorage.Subscription) {
+		subs = append(subs, *v)
+	}))
+	h.fail("listing inflight messages of "+id, scanJSON(h, keyInflight+id+"\x00", func(_ string, m *mstorage.Message) {
+		if ncl.State.Inflight.Set(m.ToPacket()) {
+			atomic.AddInt64(&b.server.Info.Inflight, 1)
+		}
+	}))
+	c.adoptQueued(ncl)
+
+	// judged by the connecting client's principal until mochi hands it over (OnSessionEstablish)
+	b.sessions.Store(ncl, newSession(b, ncl, s.p, s.clientID))
+	for _, v := range subs {
+		sb := packets.Subscription{Filter: v.Filter, RetainHandling: v.RetainHandling, Qos: v.Qos,
+			RetainAsPublished: v.RetainAsPublished, NoLocal: v.NoLocal, Identifier: v.Identifier}
+		if b.server.Topics.Subscribe(id, sb) {
+			atomic.AddInt64(&b.server.Info.Subscriptions, 1)
+		}
+		ncl.State.Subscriptions.Add(v.Filter, sb)
+	}
+	b.server.Clients.Add(ncl) // from here, messages broadcast to this node are queued for it
+	rec.Node = c.node
+	h.put(keyClient+id, rec)
+	h.setPersisted(id, true)
+	c.adoptQueued(ncl) // queued by a node that read the old record before it was replaced
+	c.sessionLoads.Inc()
+	b.log.Info("mqtt session loaded from the cluster", "client", id, "subscriptions", len(subs),
+		"queued", ncl.State.Inflight.Len())
+}
+
+// adoptQueued moves the messages queued in the KV for cl's session into its inflight table,
+// each under a packet id it does not use yet, and into its inflight records. An open
+// connection is sent them at once; an offline session gets them when it reconnects.
+func (c *clusterState) adoptQueued(cl *mqtt.Client) {
+	h := c.b.persist
+	type q struct {
+		key string
+		m   mstorage.Message
+	}
+	var qs []q
+	h.fail("listing queued messages of "+cl.ID, scanJSON(h, keyQueued+cl.ID+"\x00", func(key string, m *mstorage.Message) {
+		qs = append(qs, q{key, *m})
+	}))
+	next := 1
+	for _, e := range qs {
+		for ; next <= 65535; next++ {
+			if _, used := cl.State.Inflight.Get(uint16(next)); !used {
+				break
+			}
+		}
+		if next > 65535 {
+			c.b.log.Warn("cluster: no free packet id for a queued message; it stays queued", "client", cl.ID)
+			return
+		}
+		pk := e.m.ToPacket()
+		pk.FixedHeader.Type = packets.Publish
+		pk.PacketID = uint16(next)
+		next++
+		if !cl.State.Inflight.Set(pk) {
+			continue
+		}
+		atomic.AddInt64(&c.b.server.Info.Inflight, 1)
+		key := inflightKey(cl.ID, pk.PacketID)
+		h.put(key, message(mstorage.InflightKey, key, cl.ID, pk, 0))
+		h.del(e.key)
+		if !cl.Closed() && cl.Net.Conn != nil {
+			_ = cl.WritePacket(pk)
+		}
+	}
+}
+
+// sweep adopts messages queued in the KV for sessions this node holds (queued by a node that
+// took this one's session for an orphan, or before this node adopted it).
+func (c *clusterState) sweep() {
+	ids := map[string]bool{}
+	_ = c.b.persist.store.Scan(keyQueued, func(key string, _ []byte) error {
+		id, _, _ := strings.Cut(strings.TrimPrefix(key, keyQueued), "\x00")
+		ids[id] = true
+		return nil
+	})
+	for id := range ids {
+		if cl, ok := c.b.server.Clients.Get(id); ok && c.b.persist.isPersisted(id) {
+			if rec, found := c.readClient(id); found && rec.Node == c.node {
+				c.adoptQueued(cl)
+			}
+		}
+	}
+}
+
+// owns reports whether a stored session record belongs to this node (read at start).
+func (c *clusterState) owns(rec *storedClient) bool { return rec.Node == c.node }
+
+// queuedForStart returns the messages queued in the KV for the owned session id, renumbered
+// after the packet ids in used, and moves them to inflight records.
+func (c *clusterState) queuedForStart(id string, used map[uint16]bool) []mstorage.Message {
+	h := c.b.persist
+	type q struct {
+		key string
+		m   mstorage.Message
+	}
+	var qs []q
+	h.fail("listing queued messages of "+id, scanJSON(h, keyQueued+id+"\x00", func(key string, m *mstorage.Message) {
+		qs = append(qs, q{key, *m})
+	}))
+	var out []mstorage.Message
+	next := 1
+	for _, e := range qs {
+		for next <= 65535 && used[uint16(next)] {
+			next++
+		}
+		if next > 65535 {
+			break
+		}
+		m := e.m
+		m.PacketID = uint16(next)
+		used[m.PacketID] = true
+		m.ID = inflightKey(id, m.PacketID)
+		m.T = mstorage.InflightKey
+		m.FixedHeader.Type = packets.Publish
+		h.put(m.ID, m)
+		h.del(e.key)
+		out = append(out, m)
+	}
+	return out
+}
