@@ -127,37 +127,42 @@ func OpenLog(ctx context.Context, opts LogOptions) (*Log, error) {
 	}
 	l := &Log{opts: opts, js: opts.JS, log: opts.Logger, fns: map[string]*fnQueue{}, depths: map[string]depth{}}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	subjects := make([]string, 0, 1)
-	subjects = append(subjects, eventsSubject+"*")
-	var err error
-	l.events, err = l.ensureStream(ctx, jetstream.StreamConfig{
-		Name: eventsStream, Description: "fleetgate: accepted events",
-		Subjects: subjects, Retention: jetstream.InterestPolicy, Storage: jetstream.FileStorage,
-		Replicas: opts.Replicas, Duplicates: opts.IdempotencyTTL, AllowAtomicPublish: true,
-		MaxMsgSize: 16 << 20,
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.dead, err = l.ensureStream(ctx, jetstream.StreamConfig{
-		Name: deadStream, Description: "fleetgate: dead letters",
-		Subjects: []string{deadSubject + "*"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-		Replicas: opts.Replicas, MaxMsgSize: 16 << 20,
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.kv, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: kvBucket, Description: "fleetgate: rules, sessions, retained messages, revocations, device state",
-		History: 1, Storage: jetstream.FileStorage, Replicas: opts.Replicas,
-	})
-	if err != nil {
-		return nil, l.wrap("creating the KV bucket "+kvBucket, err)
-	}
-	for _, fn := range opts.Functions {
-		if err := l.ensureConsumers(ctx, fn); err != nil {
-			return nil, err
+	// At a cluster's first start every node creates the same streams at once, and the meta
+	// group may still be settling: retry what times out, saying so, until ctx ends.
+	err := l.retry(ctx, "creating the streams", func(ctx context.Context) (err error) {
+		l.events, err = l.ensureStream(ctx, jetstream.StreamConfig{
+			Name: eventsStream, Description: "fleetgate: accepted events",
+			Subjects: []string{eventsSubject + "*"}, Retention: jetstream.InterestPolicy, Storage: jetstream.FileStorage,
+			Replicas: opts.Replicas, Duplicates: opts.IdempotencyTTL, AllowAtomicPublish: true,
+			MaxMsgSize: 16 << 20,
+		})
+		if err != nil {
+			return err
 		}
+		l.dead, err = l.ensureStream(ctx, jetstream.StreamConfig{
+			Name: deadStream, Description: "fleetgate: dead letters",
+			Subjects: []string{deadSubject + "*"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			Replicas: opts.Replicas, MaxMsgSize: 16 << 20,
+		})
+		if err != nil {
+			return err
+		}
+		l.kv, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: kvBucket, Description: "fleetgate: rules, sessions, retained messages, revocations, device state",
+			History: 1, Storage: jetstream.FileStorage, Replicas: opts.Replicas,
+		})
+		if err != nil {
+			return l.wrap("creating the KV bucket "+kvBucket, err)
+		}
+		for _, fn := range opts.Functions {
+			if err := l.ensureConsumers(ctx, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	s := opts.Metrics
 	l.appended = s.GetOrCreateCounter(`fleetgate_cluster_log_appended_total`)
@@ -166,6 +171,26 @@ func OpenLog(ctx context.Context, opts LogOptions) (*Log, error) {
 	l.wg.Add(1)
 	go l.keepAlive()
 	return l, nil
+}
+
+// retry runs fn until it succeeds, fails with something other than a timeout, or ctx ends.
+func (l *Log) retry(ctx context.Context, what string, fn func(ctx context.Context) error) error {
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil || !errors.Is(err, storage.ErrNoQuorum) || ctx.Err() != nil {
+			return err
+		}
+		l.log.Warn("cluster: "+what+": JetStream did not answer in time; trying again", "attempt", attempt,
+			"waited", time.Since(start).Round(time.Second), "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(min(time.Duration(attempt)*500*time.Millisecond, 5*time.Second)):
+		}
+	}
 }
 
 // ensureStream creates the stream or checks the existing one agrees on what must not differ.

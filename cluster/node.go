@@ -151,8 +151,12 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 	} else {
 		o.SyncInterval = SyncIntervalPeriod
 	}
-	if e.Listen == "" {
+	if e.Listen == "" && e.ClusterListen == "" {
 		o.DontListen = true
+	} else if e.Listen == "" {
+		// nats-server starts routing only once its client listener is up (DontListen would
+		// keep routes down for good): listen on a random loopback port nobody is told about.
+		o.Host, o.Port = "127.0.0.1", server.RANDOM_PORT
 	} else {
 		o.Host, o.Port = splitHostPort(e.Listen)
 	}
@@ -241,10 +245,14 @@ func (n *Node) waitReady(ctx context.Context) error {
 	for {
 		st := n.check()
 		n.status.Store(st)
+		if st.err == nil && st.size > 0 && st.size < n.cfg.Replicas {
+			// A meta leader is elected by a majority of the nodes known so far: the others
+			// may still be joining. Not ready until there are as many nodes as replicas.
+			st = &status{leader: st.leader, peers: st.peers, routes: st.routes, waiting: st.waiting, connected: st.connected, size: st.size,
+				err: fmt.Errorf("cluster.replicas %d but the JetStream cluster %q has %d nodes so far", n.cfg.Replicas, n.cfg.Name, st.size)}
+			n.status.Store(st)
+		}
 		if st.err == nil {
-			if st.size > 0 && st.size < n.cfg.Replicas {
-				return fmt.Errorf("cluster: cluster.replicas %d but the JetStream cluster %q has %d nodes", n.cfg.Replicas, n.cfg.Name, st.size)
-			}
 			n.log.Info("cluster: JetStream ready", "cluster", n.cfg.Name, "meta_leader", st.leader,
 				"peers", st.peers, "routes_connected", st.connected, "waited", time.Since(start).Round(time.Millisecond))
 			return nil
