@@ -73,14 +73,16 @@ type releasedMsg struct {
 }
 
 type heartbeat struct {
-	At int64 `json:"at"` // unix ms
+	At   int64 `json:"at"`             // unix ms
+	Down bool  `json:"down,omitempty"` // shut down cleanly at At
 }
 
 // orphan is a persistent session no live node holds: the node it names is dead.
 type orphan struct {
-	id    string
-	owner string
-	p     *auth.Principal
+	id     string
+	owner  string
+	p      *auth.Principal
+	queued *atomic.Int64 // its inflight and queued records (bounded by the broker's max inflight)
 }
 
 // orphanIndex matches topics against the subscriptions of orphaned sessions.
@@ -107,6 +109,7 @@ type clusterState struct {
 	seq     atomic.Uint64
 
 	sent, received, takeovers, sessionLoads, queued, busErrors *metrics.Counter
+	queueFull, expired                                         *metrics.Counter
 }
 
 func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set) *clusterState {
@@ -124,6 +127,8 @@ func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set)
 	c.sessionLoads = set.NewCounter(`fleetgate_cluster_session_loads_total`)
 	c.queued = set.NewCounter(`fleetgate_cluster_offline_queued_total`)
 	c.busErrors = set.NewCounter(`fleetgate_cluster_bus_errors_total`)
+	c.queueFull = set.NewCounter(`fleetgate_cluster_offline_dropped_total`)
+	c.expired = set.NewCounter(`fleetgate_cluster_orphans_expired_total`)
 	c.orphans.Store(&orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}})
 	return c
 }
@@ -171,7 +176,7 @@ func (c *clusterState) run() {
 	}
 }
 
-// stop leaves the bus and stops the heartbeat. clean deletes the heartbeat, so that other
+// stop leaves the bus and stops the heartbeat. clean marks the heartbeat down, so that other
 // nodes take this one for dead at once (its persistent sessions become orphans); without it
 // (a crash, in tests) they notice after clusterDeadBeats heartbeats.
 func (c *clusterState) stop(clean bool) {
@@ -180,7 +185,7 @@ func (c *clusterState) stop(clean bool) {
 		<-c.done
 		c.unsubscribe()
 		if clean {
-			c.b.persist.del(keyNode + c.node)
+			c.b.persist.put(keyNode+c.node, heartbeat{At: time.Now().UnixMilli(), Down: true})
 		}
 	})
 }
@@ -219,42 +224,78 @@ func (c *clusterState) alive(node string) bool {
 	if json.Unmarshal(data, &h) != nil {
 		return false
 	}
-	return time.Since(time.UnixMilli(h.At)) < clusterDeadBeats*c.hb
+	return c.beating(h)
+}
+
+func (c *clusterState) beating(h heartbeat) bool {
+	return !h.Down && time.Since(time.UnixMilli(h.At)) < clusterDeadBeats*c.hb
 }
 
 // refresh rebuilds the index of orphaned sessions: persistent sessions whose holder is dead.
+// The live node with the smallest name also deletes orphaned sessions past their expiry,
+// counted from their node's last heartbeat.
 func (c *clusterState) refresh() {
 	h := c.b.persist
+	beats := map[string]heartbeat{}
+	expirer := true
+	_ = scanJSON(h, keyNode, func(key string, hb *heartbeat) {
+		node := strings.TrimPrefix(key, keyNode)
+		beats[node] = *hb
+		if node < c.node && c.beating(*hb) {
+			expirer = false
+		}
+	})
 	idx := &orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}}
-	liveness := map[string]bool{}
+	var expired []*storedClient
 	err := scanJSON(h, keyClient, func(_ string, rec *storedClient) {
 		if rec.Node == c.node {
 			return
 		}
-		al, ok := liveness[rec.Node]
-		if !ok {
-			al = c.alive(rec.Node)
-			liveness[rec.Node] = al
+		hb, known := beats[rec.Node]
+		if known && c.beating(hb) {
+			return
 		}
-		if al {
+		if expirer && known && c.orphanExpired(rec, hb) {
+			expired = append(expired, rec)
 			return
 		}
 		p, err := h.principalOf(rec)
 		if err != nil {
 			return // no longer authorized: nothing is queued for it
 		}
-		idx.sessions[rec.ID] = orphan{id: rec.ID, owner: rec.Node, p: p}
+		idx.sessions[rec.ID] = orphan{id: rec.ID, owner: rec.Node, p: p, queued: new(atomic.Int64)}
 	})
 	if err != nil {
 		h.fail("listing sessions", err)
 		return
 	}
-	for id := range idx.sessions {
+	for id, o := range idx.sessions {
 		_ = scanJSON(h, keySub+id+"\x00", func(_ string, s *mstorage.Subscription) {
 			idx.topics.Subscribe(id, packets.Subscription{Filter: s.Filter, Qos: s.Qos, NoLocal: s.NoLocal})
 		})
+		for _, prefix := range []string{keyInflight, keyQueued} {
+			_ = h.store.Scan(prefix+id+"\x00", func(string, []byte) error { o.queued.Add(1); return nil })
+		}
 	}
 	c.orphans.Store(idx)
+	for _, rec := range expired {
+		if cur, ok := c.readClient(rec.ID); ok && cur.Node == rec.Node { // not adopted meanwhile
+			h.deleteSession(rec.ID)
+			c.expired.Inc()
+			c.b.log.Info("mqtt session of a dead node expired", "client", rec.ID, "node", rec.Node)
+		}
+	}
+}
+
+// orphanExpired reports whether an orphaned session is past its expiry (MQTT 5 session expiry
+// interval, else the broker's maximum), counted from its node's last heartbeat: the latest it
+// can have been disconnected.
+func (c *clusterState) orphanExpired(rec *storedClient, hb heartbeat) bool {
+	expiry := int64(c.b.server.Options.Capabilities.MaximumSessionExpiryInterval)
+	if rec.ProtocolVersion == 5 && rec.Properties.SessionExpiryIntervalFlag {
+		expiry = int64(rec.Properties.SessionExpiryInterval)
+	}
+	return time.Now().UnixMilli() > hb.At+expiry*1000
 }
 
 // ---- downlink ----
@@ -292,6 +333,10 @@ func (c *clusterState) queueForOrphans(msg mstorage.Message) {
 		if rec, found := c.readClient(id); !found || c.alive(rec.Node) {
 			continue // gone, or adopted by a live node since the index was built: it delivers
 		}
+		if o.queued.Load() >= int64(c.b.server.Options.Capabilities.MaximumInflight) {
+			c.queueFull.Inc() // as mochi drops what exceeds an offline session's inflight quota
+			continue
+		}
 		m := msg
 		m.Client = id
 		m.FixedHeader.Qos = min(msg.FixedHeader.Qos, sub.Qos)
@@ -302,6 +347,7 @@ func (c *clusterState) queueForOrphans(msg mstorage.Message) {
 		key := fmt.Sprintf("%s%s\x00%s\x00%020d\x00%d", keyQueued, id, c.node, time.Now().UnixNano(), c.seq.Add(1))
 		m.ID = key
 		c.b.persist.put(key, m)
+		o.queued.Add(1)
 		c.queued.Inc()
 	}
 }

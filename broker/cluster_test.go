@@ -702,3 +702,31 @@ func TestClusterNodeRestart(t *testing.T) {
 	tc.connect3(n1b, "d1", "device", false, &r2)
 	waitFor(t, "the message queued while the node was down", func() bool { return r2.has("devices/d1/cmd=while-down") })
 }
+
+// TestClusterOrphanExpiry: the session of a device whose node died expires (MQTT 5 session
+// expiry, counted from the dead node's last heartbeat): a live node deletes its records.
+func TestClusterOrphanExpiry(t *testing.T) {
+	tc := newTestCluster(t, 2)
+	n1, n2 := tc.nodes[0], tc.nodes[1]
+	c, _, err := connect5(t, n1.addr, "d1", tc.token("d1", "device"), func(_ *paho.ClientConfig, cp *paho.Connect) {
+		exp := uint32(1)
+		cp.CleanStart = false
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &exp}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Subscribe(ctx10(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/d1/cmd", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if tc.kv.count(keyClient+"acme/d1") != 1 || tc.kv.count(keySub+"acme/d1\x00") != 1 {
+		t.Fatal("the session is not in the KV")
+	}
+	n1.kill()
+	waitFor(t, "the orphaned session to expire", func() bool {
+		return tc.kv.count(keyClient+"acme/d1") == 0 && tc.kv.count(keySub+"acme/d1\x00") == 0
+	})
+	if n2.b.cluster.expired.Get() != 1 {
+		t.Errorf("orphans expired on node 2 = %d, want 1", n2.b.cluster.expired.Get())
+	}
+}
