@@ -190,7 +190,7 @@ func (c *clusterState) stop(clean bool) {
 	})
 }
 
-func (c *clusterState) publish(subject string, v any) {
+func (c *clusterState) publish(subject string, v any) error {
 	data, err := json.Marshal(v)
 	if err == nil {
 		err = c.bus.Publish(subject, data)
@@ -198,7 +198,9 @@ func (c *clusterState) publish(subject string, v any) {
 	if err != nil {
 		c.busErrors.Inc()
 		c.b.log.Warn("cluster bus: publish failed", "subject", subject, "error", err)
+		return fmt.Errorf("%w: %w", ErrClusterBus, err)
 	}
+	return nil
 }
 
 // ---- liveness ----
@@ -302,19 +304,23 @@ func (c *clusterState) orphanExpired(rec *storedClient, hb heartbeat) bool {
 
 // broadcast sends a publish injected on this node to the other nodes, and queues it in the KV
 // for the orphaned persistent sessions it is for. pk is as given to InjectPacket (the sender's
-// id, if any, in pk.Connect.ClientIdentifier).
-func (c *clusterState) broadcast(pk packets.Packet) {
+// id, if any, in pk.Connect.ClientIdentifier). An error (wrapping ErrClusterBus) means the
+// other nodes did not get it.
+func (c *clusterState) broadcast(pk packets.Packet) error {
 	msg := message(mstorage.InflightKey, "", pk.Connect.ClientIdentifier, pk, 0)
 	msg.Origin = pk.Connect.ClientIdentifier
 	msg.PacketID = 0
 	if msg.Created == 0 {
 		msg.Created = time.Now().Unix()
 	}
-	c.publish(subjectDownlink, downlinkMsg{Node: c.node, Msg: msg})
-	c.sent.Inc()
+	err := c.publish(subjectDownlink, downlinkMsg{Node: c.node, Msg: msg})
+	if err == nil {
+		c.sent.Inc()
+	}
 	if pk.FixedHeader.Qos > 0 {
 		c.queueForOrphans(msg)
 	}
+	return err
 }
 
 // queueForOrphans appends msg to the queued records of every orphaned session subscribed to
@@ -398,7 +404,7 @@ func (h *clusterHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	pk.Connect.ClientIdentifier = cl.ID
-	h.c.broadcast(pk)
+	_ = h.c.broadcast(pk) // logged and counted
 }
 
 // ---- client ids and sessions across nodes ----
@@ -432,7 +438,7 @@ func (c *clusterState) connect(cl *mqtt.Client, pk packets.Packet, s *session) {
 	if found && rec.Node != c.node && c.alive(rec.Node) {
 		wait = c.waitRelease(rec.Node, id)
 	}
-	c.publish(subjectTakeover, takeoverMsg{Node: c.node, ID: id})
+	_ = c.publish(subjectTakeover, takeoverMsg{Node: c.node, ID: id}) // logged and counted
 	if wait != nil {
 		select {
 		case <-wait:
@@ -516,7 +522,7 @@ func (c *clusterState) onTakeover(data []byte) {
 		}
 		c.release(old)
 	}
-	c.publish(subjectReleased, releasedMsg{Node: c.node, ID: m.ID})
+	_ = c.publish(subjectReleased, releasedMsg{Node: c.node, ID: m.ID})
 }
 
 // release drops this node's copy of old's session: its connection (if open), subscriptions
