@@ -395,21 +395,27 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) er
 		b.m.retainedRefused.Inc()
 		return fmt.Errorf("publishing to %q: %w", topic, ErrRetainedFull)
 	}
-	if err := b.inject(pk); err != nil {
+	if err := b.server.InjectPacket(b.inline, pk); err != nil {
 		return fmt.Errorf("publishing to %q: %w", topic, err)
 	}
 	b.m.downlink.Inc()
+	if b.cluster != nil {
+		if err := b.cluster.broadcast(pk); err != nil {
+			return fmt.Errorf("publishing to %q: delivered on this node only: %w", topic, err)
+		}
+	}
 	return nil
 }
 
 // inject hands a publish to mochi through the inline client (the sender's tenant-scoped id,
-// if any, in pk.Connect.ClientIdentifier) and, in cluster mode, to the other nodes.
+// if any, in pk.Connect.ClientIdentifier) and, in cluster mode, to the other nodes (a bus
+// failure is logged and counted: the publish is committed and delivered here).
 func (b *Broker) inject(pk packets.Packet) error {
 	if err := b.server.InjectPacket(b.inline, pk); err != nil {
 		return err
 	}
 	if b.cluster != nil {
-		b.cluster.broadcast(pk)
+		_ = b.cluster.broadcast(pk)
 	}
 	return nil
 }

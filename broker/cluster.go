@@ -73,14 +73,16 @@ type releasedMsg struct {
 }
 
 type heartbeat struct {
-	At int64 `json:"at"` // unix ms
+	At   int64 `json:"at"`             // unix ms
+	Down bool  `json:"down,omitempty"` // shut down cleanly at At
 }
 
 // orphan is a persistent session no live node holds: the node it names is dead.
 type orphan struct {
-	id    string
-	owner string
-	p     *auth.Principal
+	id     string
+	owner  string
+	p      *auth.Principal
+	queued *atomic.Int64 // its inflight and queued records (bounded by the broker's max inflight)
 }
 
 // orphanIndex matches topics against the subscriptions of orphaned sessions.
@@ -107,6 +109,7 @@ type clusterState struct {
 	seq     atomic.Uint64
 
 	sent, received, takeovers, sessionLoads, queued, busErrors *metrics.Counter
+	queueFull, expired                                         *metrics.Counter
 }
 
 func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set) *clusterState {
@@ -124,6 +127,8 @@ func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set)
 	c.sessionLoads = set.NewCounter(`fleetgate_cluster_session_loads_total`)
 	c.queued = set.NewCounter(`fleetgate_cluster_offline_queued_total`)
 	c.busErrors = set.NewCounter(`fleetgate_cluster_bus_errors_total`)
+	c.queueFull = set.NewCounter(`fleetgate_cluster_offline_dropped_total`)
+	c.expired = set.NewCounter(`fleetgate_cluster_orphans_expired_total`)
 	c.orphans.Store(&orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}})
 	return c
 }
@@ -171,7 +176,7 @@ func (c *clusterState) run() {
 	}
 }
 
-// stop leaves the bus and stops the heartbeat. clean deletes the heartbeat, so that other
+// stop leaves the bus and stops the heartbeat. clean marks the heartbeat down, so that other
 // nodes take this one for dead at once (its persistent sessions become orphans); without it
 // (a crash, in tests) they notice after clusterDeadBeats heartbeats.
 func (c *clusterState) stop(clean bool) {
@@ -180,12 +185,12 @@ func (c *clusterState) stop(clean bool) {
 		<-c.done
 		c.unsubscribe()
 		if clean {
-			c.b.persist.del(keyNode + c.node)
+			c.b.persist.put(keyNode+c.node, heartbeat{At: time.Now().UnixMilli(), Down: true})
 		}
 	})
 }
 
-func (c *clusterState) publish(subject string, v any) {
+func (c *clusterState) publish(subject string, v any) error {
 	data, err := json.Marshal(v)
 	if err == nil {
 		err = c.bus.Publish(subject, data)
@@ -193,7 +198,9 @@ func (c *clusterState) publish(subject string, v any) {
 	if err != nil {
 		c.busErrors.Inc()
 		c.b.log.Warn("cluster bus: publish failed", "subject", subject, "error", err)
+		return fmt.Errorf("%w: %w", ErrClusterBus, err)
 	}
+	return nil
 }
 
 // ---- liveness ----
@@ -219,61 +226,101 @@ func (c *clusterState) alive(node string) bool {
 	if json.Unmarshal(data, &h) != nil {
 		return false
 	}
-	return time.Since(time.UnixMilli(h.At)) < clusterDeadBeats*c.hb
+	return c.beating(h)
+}
+
+func (c *clusterState) beating(h heartbeat) bool {
+	return !h.Down && time.Since(time.UnixMilli(h.At)) < clusterDeadBeats*c.hb
 }
 
 // refresh rebuilds the index of orphaned sessions: persistent sessions whose holder is dead.
+// The live node with the smallest name also deletes orphaned sessions past their expiry,
+// counted from their node's last heartbeat.
 func (c *clusterState) refresh() {
 	h := c.b.persist
+	beats := map[string]heartbeat{}
+	expirer := true
+	_ = scanJSON(h, keyNode, func(key string, hb *heartbeat) {
+		node := strings.TrimPrefix(key, keyNode)
+		beats[node] = *hb
+		if node < c.node && c.beating(*hb) {
+			expirer = false
+		}
+	})
 	idx := &orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}}
-	liveness := map[string]bool{}
+	var expired []*storedClient
 	err := scanJSON(h, keyClient, func(_ string, rec *storedClient) {
 		if rec.Node == c.node {
 			return
 		}
-		al, ok := liveness[rec.Node]
-		if !ok {
-			al = c.alive(rec.Node)
-			liveness[rec.Node] = al
+		hb, known := beats[rec.Node]
+		if known && c.beating(hb) {
+			return
 		}
-		if al {
+		if expirer && known && c.orphanExpired(rec, hb) {
+			expired = append(expired, rec)
 			return
 		}
 		p, err := h.principalOf(rec)
 		if err != nil {
 			return // no longer authorized: nothing is queued for it
 		}
-		idx.sessions[rec.ID] = orphan{id: rec.ID, owner: rec.Node, p: p}
+		idx.sessions[rec.ID] = orphan{id: rec.ID, owner: rec.Node, p: p, queued: new(atomic.Int64)}
 	})
 	if err != nil {
 		h.fail("listing sessions", err)
 		return
 	}
-	for id := range idx.sessions {
+	for id, o := range idx.sessions {
 		_ = scanJSON(h, keySub+id+"\x00", func(_ string, s *mstorage.Subscription) {
 			idx.topics.Subscribe(id, packets.Subscription{Filter: s.Filter, Qos: s.Qos, NoLocal: s.NoLocal})
 		})
+		for _, prefix := range []string{keyInflight, keyQueued} {
+			_ = h.store.Scan(prefix+id+"\x00", func(string, []byte) error { o.queued.Add(1); return nil })
+		}
 	}
 	c.orphans.Store(idx)
+	for _, rec := range expired {
+		if cur, ok := c.readClient(rec.ID); ok && cur.Node == rec.Node { // not adopted meanwhile
+			h.deleteSession(rec.ID)
+			c.expired.Inc()
+			c.b.log.Info("mqtt session of a dead node expired", "client", rec.ID, "node", rec.Node)
+		}
+	}
+}
+
+// orphanExpired reports whether an orphaned session is past its expiry (MQTT 5 session expiry
+// interval, else the broker's maximum), counted from its node's last heartbeat: the latest it
+// can have been disconnected.
+func (c *clusterState) orphanExpired(rec *storedClient, hb heartbeat) bool {
+	expiry := int64(c.b.server.Options.Capabilities.MaximumSessionExpiryInterval)
+	if rec.ProtocolVersion == 5 && rec.Properties.SessionExpiryIntervalFlag {
+		expiry = int64(rec.Properties.SessionExpiryInterval)
+	}
+	return time.Now().UnixMilli() > hb.At+expiry*1000
 }
 
 // ---- downlink ----
 
 // broadcast sends a publish injected on this node to the other nodes, and queues it in the KV
 // for the orphaned persistent sessions it is for. pk is as given to InjectPacket (the sender's
-// id, if any, in pk.Connect.ClientIdentifier).
-func (c *clusterState) broadcast(pk packets.Packet) {
+// id, if any, in pk.Connect.ClientIdentifier). An error (wrapping ErrClusterBus) means the
+// other nodes did not get it.
+func (c *clusterState) broadcast(pk packets.Packet) error {
 	msg := message(mstorage.InflightKey, "", pk.Connect.ClientIdentifier, pk, 0)
 	msg.Origin = pk.Connect.ClientIdentifier
 	msg.PacketID = 0
 	if msg.Created == 0 {
 		msg.Created = time.Now().Unix()
 	}
-	c.publish(subjectDownlink, downlinkMsg{Node: c.node, Msg: msg})
-	c.sent.Inc()
+	err := c.publish(subjectDownlink, downlinkMsg{Node: c.node, Msg: msg})
+	if err == nil {
+		c.sent.Inc()
+	}
 	if pk.FixedHeader.Qos > 0 {
 		c.queueForOrphans(msg)
 	}
+	return err
 }
 
 // queueForOrphans appends msg to the queued records of every orphaned session subscribed to
@@ -292,6 +339,10 @@ func (c *clusterState) queueForOrphans(msg mstorage.Message) {
 		if rec, found := c.readClient(id); !found || c.alive(rec.Node) {
 			continue // gone, or adopted by a live node since the index was built: it delivers
 		}
+		if o.queued.Load() >= int64(c.b.server.Options.Capabilities.MaximumInflight) {
+			c.queueFull.Inc() // as mochi drops what exceeds an offline session's inflight quota
+			continue
+		}
 		m := msg
 		m.Client = id
 		m.FixedHeader.Qos = min(msg.FixedHeader.Qos, sub.Qos)
@@ -302,6 +353,7 @@ func (c *clusterState) queueForOrphans(msg mstorage.Message) {
 		key := fmt.Sprintf("%s%s\x00%s\x00%020d\x00%d", keyQueued, id, c.node, time.Now().UnixNano(), c.seq.Add(1))
 		m.ID = key
 		c.b.persist.put(key, m)
+		o.queued.Add(1)
 		c.queued.Inc()
 	}
 }
@@ -352,7 +404,7 @@ func (h *clusterHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	pk.Connect.ClientIdentifier = cl.ID
-	h.c.broadcast(pk)
+	_ = h.c.broadcast(pk) // logged and counted
 }
 
 // ---- client ids and sessions across nodes ----
@@ -386,7 +438,7 @@ func (c *clusterState) connect(cl *mqtt.Client, pk packets.Packet, s *session) {
 	if found && rec.Node != c.node && c.alive(rec.Node) {
 		wait = c.waitRelease(rec.Node, id)
 	}
-	c.publish(subjectTakeover, takeoverMsg{Node: c.node, ID: id})
+	_ = c.publish(subjectTakeover, takeoverMsg{Node: c.node, ID: id}) // logged and counted
 	if wait != nil {
 		select {
 		case <-wait:
@@ -470,7 +522,7 @@ func (c *clusterState) onTakeover(data []byte) {
 		}
 		c.release(old)
 	}
-	c.publish(subjectReleased, releasedMsg{Node: c.node, ID: m.ID})
+	_ = c.publish(subjectReleased, releasedMsg{Node: c.node, ID: m.ID})
 }
 
 // release drops this node's copy of old's session: its connection (if open), subscriptions

@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -701,4 +702,79 @@ func TestClusterNodeRestart(t *testing.T) {
 	var r2 received
 	tc.connect3(n1b, "d1", "device", false, &r2)
 	waitFor(t, "the message queued while the node was down", func() bool { return r2.has("devices/d1/cmd=while-down") })
+}
+
+// TestClusterOrphanExpiry: the session of a device whose node died expires (MQTT 5 session
+// expiry, counted from the dead node's last heartbeat): a live node deletes its records.
+func TestClusterOrphanExpiry(t *testing.T) {
+	tc := newTestCluster(t, 2)
+	n1, n2 := tc.nodes[0], tc.nodes[1]
+	c, _, err := connect5(t, n1.addr, "d1", tc.token("d1", "device"), func(_ *paho.ClientConfig, cp *paho.Connect) {
+		exp := uint32(1)
+		cp.CleanStart = false
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &exp}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Subscribe(ctx10(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/d1/cmd", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if tc.kv.count(keyClient+"acme/d1") != 1 || tc.kv.count(keySub+"acme/d1\x00") != 1 {
+		t.Fatal("the session is not in the KV")
+	}
+	n1.kill()
+	waitFor(t, "the orphaned session to expire", func() bool {
+		return tc.kv.count(keyClient+"acme/d1") == 0 && tc.kv.count(keySub+"acme/d1\x00") == 0
+	})
+	if n2.b.cluster.expired.Get() != 1 {
+		t.Errorf("orphans expired on node 2 = %d, want 1", n2.b.cluster.expired.Get())
+	}
+}
+
+// failingBus is a bus whose publishes fail (NATS unreachable).
+type failingBus struct{}
+
+func (failingBus) Node() string                                   { return "gw-x" }
+func (failingBus) Publish(string, []byte) error                   { return errors.New("nats: connection closed") }
+func (failingBus) Subscribe(string, func([]byte)) (func(), error) { return func() {}, nil }
+
+// TestClusterBusDown: when the bus refuses a message, Publish says the other nodes did not
+// get it (the admin API answers 503), after delivering it here.
+func TestClusterBusDown(t *testing.T) {
+	v, err := newVerifierIn(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &testCluster{t: t, kv: newMemKV(), v: v}
+	st, err := storage.Open(storage.Options{InMemory: true, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	gw, err := ingest.New(ingest.Options{Store: st, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	b, err := New(Options{Config: cfg, Gateway: gw, Auth: v, Store: sharedKV{Backend: st, kv: tc.kv},
+		Logger: testLogger(), Cluster: failingBus{}, ClusterHeartbeat: testHeartbeat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	var r received
+	c := tc.connect3(&clusterNode{name: "gw-x", addr: b.Addr().String()}, "d1", "device", true, nil)
+	subscribe3(t, c, "devices/d1/cmd", 1, &r)
+	if err := b.Publish("devices/d1/cmd", []byte("x"), 1, false); !errors.Is(err, ErrClusterBus) {
+		t.Fatalf("Publish with the bus down: %v, want ErrClusterBus", err)
+	}
+	waitFor(t, "the local delivery", func() bool { return r.has("devices/d1/cmd=x") })
+	if _, err := New(Options{Config: cfg, Gateway: gw, Auth: v, Cluster: failingBus{}}); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("cluster mode without a Store: %v, want ErrInvalidConfig", err)
+	}
 }

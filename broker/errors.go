@@ -25,6 +25,10 @@ var (
 	// ErrRetainedFull is returned by Publish for a retained message that would exceed
 	// mqtt.max_retained or mqtt.max_retained_bytes; nothing is published.
 	ErrRetainedFull = errors.New("retained message limit reached")
+	// ErrClusterBus is wrapped by Publish and PublishReply when the message was delivered on
+	// this node but could not be sent to the other nodes (cluster mode). Publishing again may
+	// deliver it twice here.
+	ErrClusterBus = errors.New("cluster bus unavailable")
 	// ErrTokenExpired is the stop cause of a connection closed because its token expired.
 	ErrTokenExpired = errors.New("token expired")
 )

@@ -157,7 +157,7 @@ func (h *persistHook) del(key string) {
 // deleteSession removes everything stored for client id.
 func (h *persistHook) deleteSession(id string) {
 	h.del(keyClient + id)
-	for _, prefix := range []string{keySub + id + "\x00", keyInflight + id + "\x00"} {
+	for _, prefix := range []string{keySub + id + "\x00", keyInflight + id + "\x00", keyQueued + id + "\x00"} {
 		var keys []string
 		err := h.store.Scan(prefix, func(k string, _ []byte) error {
 			keys = append(keys, k)

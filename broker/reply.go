@@ -71,11 +71,16 @@ func (b *Broker) PublishReply(req *event.Event, payload []byte, qos byte) error 
 	if qos > 0 {
 		pk.PacketID = 1 // required by validation; the inline client never acks
 	}
-	if err := b.inject(pk); err != nil {
+	if err := b.server.InjectPacket(b.inline, pk); err != nil {
 		return fmt.Errorf("replying to event %s on %q: %w", req.ID, topic, err)
 	}
 	b.m.downlink.Inc()
 	b.m.replies.Inc()
+	if b.cluster != nil {
+		if err := b.cluster.broadcast(pk); err != nil {
+			return fmt.Errorf("replying to event %s on %q: delivered on this node only: %w", req.ID, topic, err)
+		}
+	}
 	return nil
 }
 
