@@ -14,3 +14,7 @@ var ErrNoKV = errors.New("no KV store for rule versions")
 
 // ErrCorruptVersion means a stored rule-set version could not be decoded.
 var ErrCorruptVersion = errors.New("stored rule set version is corrupt")
+
+// ErrNoVersion means the requested rule-set version is not stored (never applied, or older
+// than the versions kept).
+var ErrNoVersion = errors.New("no such rule set version")
