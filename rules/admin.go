@@ -44,6 +44,13 @@ type VersionsResponse struct {
 	Versions []VersionInfo `json:"versions"`
 }
 
+// ValidateResponse answers a rule set that would be accepted: the rules as the server read
+// them (what a PUT of the same body would make live).
+type ValidateResponse struct {
+	Valid bool   `json:"valid"`
+	Rules []Rule `json:"rules"`
+}
+
 // RollbackResponse answers a successful rollback.
 type RollbackResponse struct {
 	Version    int `json:"version"`     // the new live version
@@ -65,6 +72,8 @@ type InvalidResponse struct {
 //	GET    /admin/v1/rules/{id}   one rule with counters
 //	DELETE /admin/v1/rules/{id}   remove one rule → 200 {"version":N} or 404
 //	POST   /admin/v1/rules/test   dry run (TestRequest → TestResult)
+//	POST   /admin/v1/rules/validate  check a rule set without applying it (body as for PUT)
+//	                                 → 200 {"valid":true,"rules":[...]} or 422 with every problem
 //	GET    /admin/v1/rules/versions                     stored versions, newest first (VersionsResponse)
 //	GET    /admin/v1/rules/versions/{n}                 one stored version with its rules (StoredVersion)
 //	POST   /admin/v1/rules/versions/{n}/rollback        make version n's rules live again, as a new version
@@ -94,6 +103,8 @@ func (e *Engine) AdminHandler() fasthttp.RequestHandler {
 			}
 		case rest == "test" && method == fasthttp.MethodPost:
 			e.adminTest(ctx)
+		case rest == "validate" && method == fasthttp.MethodPost:
+			e.adminValidate(ctx)
 		case rest == "versions" || strings.HasPrefix(rest, "versions/"):
 			e.adminVersions(ctx, strings.TrimPrefix(strings.TrimPrefix(rest, "versions"), "/"))
 		case strings.Contains(rest, "/"):
@@ -177,6 +188,19 @@ func (e *Engine) adminApply(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	httpx.WriteJSON(ctx, fasthttp.StatusOK, VersionResponse{Version: version})
+}
+
+func (e *Engine) adminValidate(ctx *fasthttp.RequestCtx) {
+	req, err := DecodeApply(ctx.PostBody(), strings.Contains(string(ctx.Request.Header.ContentType()), "yaml"))
+	if err != nil {
+		httpx.WriteError(ctx, fasthttp.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
+	if err := e.Validate(req.Rules); err != nil {
+		writeApplyError(ctx, err)
+		return
+	}
+	httpx.WriteJSON(ctx, fasthttp.StatusOK, ValidateResponse{Valid: true, Rules: req.Rules})
 }
 
 func writeApplyError(ctx *fasthttp.RequestCtx, err error) {

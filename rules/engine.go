@@ -366,6 +366,13 @@ func (e *Engine) Versions() ([]int, error) {
 	return out, nil
 }
 
+// Validate checks rules as Apply would (a *ValidationError listing every problem), without
+// storing them or touching any counter.
+func (e *Engine) Validate(rules []Rule) error {
+	_, err := Compile(rules, e.opts)
+	return err
+}
+
 // VersionInfo describes one stored rule-set version (see Engine.History).
 type VersionInfo struct {
 	Version    int       `json:"version"`

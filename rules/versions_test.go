@@ -89,3 +89,20 @@ func TestAdminVersions(t *testing.T) {
 	f("DELETE", "/versions", 405)
 	f("GET", "/versions/1/other", 404)
 }
+
+func TestAdminValidate(t *testing.T) {
+	e, _ := newTestEngine(t, Rule{ID: "one", Topic: "#", Functions: []string{"log"}})
+	base := serveAdmin(t, e) + AdminPrefix
+	var ok ValidateResponse
+	if code := call(t, "POST", base+"/validate", "application/yaml", "rules:\n  - {id: two, topic: x, functions: [log]}\n", &ok); code != 200 || !ok.Valid || ok.Rules[0].ID != "two" {
+		t.Fatalf("validate good: %d %+v", code, ok)
+	}
+	var bad InvalidResponse
+	body := "rules:\n  - {id: a, topic: x, functions: [log]}\n  - {id: b, topic: 'a/#/b', when: 'payload.x +', functions: [log]}\n"
+	if code := call(t, "POST", base+"/validate", "application/yaml", body, &bad); code != 422 || len(bad.Problems) != 2 || bad.Problems[0].Rule != "b" || bad.Problems[0].Index != 1 {
+		t.Fatalf("validate bad: %d %+v", code, bad)
+	}
+	if _, v := e.Live(); v != 1 {
+		t.Fatalf("validate changed the live version to %d", v)
+	}
+}
