@@ -20,6 +20,7 @@ import (
 	"github.com/valyala/fasthttp/pprofhandler"
 
 	"github.com/fleetgate/fleetgate/broker"
+	"github.com/fleetgate/fleetgate/console"
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
@@ -278,8 +279,13 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	if err := g.broker.Start(); err != nil {
 		return g, err
 	}
+	var consoleHandler fasthttp.RequestHandler
+	if cfg.HTTP.Console {
+		consoleHandler = console.Handler()
+	}
 	g.http, err = ingest.NewServer(ingest.ServerOptions{
 		Config: cfg.HTTP, Gateway: g.ingest, Auth: g.verifier, Metrics: g.metrics, Logger: log.With("component", "http"),
+		Console: consoleHandler,
 		Ready: func() error {
 			if _, _, err := g.store.Get("readyz"); err != nil {
 				return fmt.Errorf("storage: %w", err)
