@@ -93,7 +93,9 @@ func Handler() fasthttp.RequestHandler {
 		}
 		p := string(ctx.Path())
 		if p == strings.TrimSuffix(Prefix, "/") {
-			ctx.Redirect(Prefix, fasthttp.StatusMovedPermanently)
+			// A relative Location: right behind a proxy that changes the host or scheme.
+			h.Set("Location", Prefix)
+			ctx.SetStatusCode(fasthttp.StatusMovedPermanently)
 			return
 		}
 		f, ok := files[p]
