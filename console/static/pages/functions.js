@@ -52,7 +52,7 @@ export function mount(root, ctx) {
       if (f.state !== 'removed') {
         if (!charts.has(f.name)) {
           const ch = new Chart(`${f.name}`, [
-            { name: 'events/s', color: '#1f5fbf', format: (v) => fmtNum(v, 1) },
+            { name: 'events sent/s', color: '#1f5fbf', format: (v) => fmtNum(v, 1) },
             { name: 'batch latency', color: '#b8540b', format: fmtSeconds },
             { name: 'queue', color: '#5b4a9c', format: (v) => fmtNum(v) },
           ]);

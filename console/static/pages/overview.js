@@ -62,13 +62,14 @@ export function mount(root, ctx) {
     prev = cur;
     const clientsNow = sum(m, 'fleetgate_mqtt_clients_connected');
     const total = cur.mqtt + cur.http + cur.other;
+    const nRules = sum(m, 'fleetgate_rules_count');
     replace(tiles,
       tile('Ingest, MQTT', fmtNum(r.mqtt, 1) + ' events/s', fmtNum(cur.mqtt) + ' since start'),
       tile('Ingest, HTTP', fmtNum(r.http, 1) + ' events/s', fmtNum(cur.http) + ' since start'),
       tile('Accepted in all', fmtNum(total), fmtNum(cur.refused) + ' refused'),
       tile('Ack latency (mean)', fmtSeconds(r.append), 'MQTT PUBACK ' + fmtSeconds(r.ack)),
       tile('MQTT clients', fmtNum(clientsNow)),
-      tile('Rule set', 'version ' + fmtNum(sum(m, 'fleetgate_rules_version')), fmtNum(sum(m, 'fleetgate_rules_count')) + ' rules'));
+      tile('Rule set', 'version ' + fmtNum(sum(m, 'fleetgate_rules_version')), `${fmtNum(nRules)} rule${nRules === 1 ? '' : 's'}`));
 
     const logical = sum(m, 'fleetgate_storage_logical_bytes');
     const maxBytes = sum(m, 'fleetgate_storage_max_bytes');

@@ -36,7 +36,7 @@ function ruleLines(text) {
 export function mount(root, ctx) {
   const liveBox = el('div', { id: 'rules-live' });
   const liveTitle = el('h2', { id: 'rules-live-title' }, 'Live rule set');
-  const editor = el('textarea', { id: 'rules-editor', rows: 18, spellcheck: 'false', autocomplete: 'off', 'aria-describedby': 'rules-editor-help' });
+  const editor = el('textarea', { id: 'rules-editor', rows: 8, spellcheck: 'false', autocomplete: 'off', 'aria-describedby': 'rules-editor-help rules-problems' });
   const problems = el('div', { id: 'rules-problems', 'aria-live': 'polite' });
   const diffBox = el('div', { id: 'rules-diff' });
   const applyBtn = el('button', { type: 'button', id: 'rules-apply', hidden: true }, 'Apply');
@@ -83,9 +83,11 @@ export function mount(root, ctx) {
   let reviewed = null;   // {text, rules} of a valid review
   let historyVersion = -1;
 
+  const fit = () => { editor.rows = Math.min(30, Math.max(8, editor.value.split('\n').length + 1)); };
+
   function loadEditor(force) {
     const text = rulesYAML(live.rules);
-    if (force || editor.value === loadedText) { editor.value = text; }
+    if (force || editor.value === loadedText) { editor.value = text; fit(); }
     loadedText = text;
     reviewed = null;
     applyBtn.hidden = true;
@@ -128,8 +130,10 @@ export function mount(root, ctx) {
     });
     for (const p of general) items.push(el('li', { class: 'problem-rule' }, p.field ? el('code', {}, p.field) : null, p.field ? ': ' : '', p.reason));
     replace(problems, el('div', { class: 'problems', role: 'alert' },
-      el('p', {}, el('strong', {}, resp.error || 'The rule set was refused.'), ' Nothing changed.'),
+      el('p', {}, el('strong', {}, resp.error || 'The rule set was refused; nothing changed.')),
       el('ul', { id: 'rules-problem-list' }, items)));
+    editor.setAttribute('aria-invalid', 'true');
+    problems.scrollIntoView({ block: 'nearest' });
   }
 
   function selectLine(n) {
@@ -144,10 +148,12 @@ export function mount(root, ctx) {
 
   async function review() {
     const text = editor.value;
+    fit();
     replace(resultBox);
     replace(diffBox);
     applyBtn.hidden = true;
     reviewed = null;
+    editor.removeAttribute('aria-invalid');
     const r = await call('POST', '/admin/v1/rules/validate', { yaml: text });
     if (r.status === 422) { showProblems(text, r.data); return; }
     if (!r.ok) { replace(problems, el('div', { class: 'problems', role: 'alert' }, el('p', {}, 'The gateway could not read the rule set: ', r.data && r.data.error ? r.data.error : errorText(r)))); return; }
@@ -157,6 +163,7 @@ export function mount(root, ctx) {
     reviewed = { text, base: live.version };
     applyBtn.textContent = `Apply as version ${live.version + 1}`;
     applyBtn.hidden = false;
+    applyBtn.scrollIntoView({ block: 'nearest' });
   }
 
   applyBtn.addEventListener('click', async () => {
