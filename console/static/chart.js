@@ -41,8 +41,10 @@ export class Chart {
     this.legend.append(t);
     for (const s of this.series) {
       const max = Math.max(...s.values, 1e-9);
-      const step = 300 / Math.max(this.points - 1, 1);
-      const off = this.points - s.values.length;
+      // A new chart fills 20 slots first, then widens to `points` as samples come in.
+      const span = Math.min(this.points, Math.max(s.values.length, 20));
+      const step = 300 / Math.max(span - 1, 1);
+      const off = span - s.values.length;
       const pts = s.values.map((v, i) => `${((off + i) * step).toFixed(1)},${(78 - (v / max) * 74).toFixed(1)}`);
       if (pts.length > 1) {
         this.svg.append(svg('polyline', { points: pts.join(' '), fill: 'none', stroke: s.color, 'stroke-width': 1.5, 'vector-effect': 'non-scaling-stroke' }));
