@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // chromiumPath returns the browser to drive, or ends the test when there is none.
@@ -177,7 +178,17 @@ rules:
 		return ids[0].(string)
 	}
 
-	// A little steady traffic (routed nowhere) for the overview's rates and charts.
+	// A device connected over MQTT (for the clients page), and a little steady traffic over
+	// both protocols (routed nowhere) for the overview's rates and charts.
+	mc := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + p.mqttAddr).SetClientID("dev-1").
+		SetUsername("dev-1").SetPassword(dev).SetAutoReconnect(false))
+	if tk := mc.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatalf("MQTT connect: %v", tk.Error())
+	}
+	defer mc.Disconnect(0)
+	if tk := mc.Subscribe("devices/dev-1/commands", 1, nil); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatalf("MQTT subscribe: %v", tk.Error())
+	}
 	stopTraffic := make(chan struct{})
 	trafficDone := make(chan struct{})
 	go func() {
@@ -190,6 +201,7 @@ rules:
 				return
 			case <-tick.C:
 				postEvents(http.DefaultClient, "http://"+p.httpAddr, dev, "devices/dev-1/telemetry", `{"temp":20}`)
+				mc.Publish("devices/dev-1/telemetry", 1, false, `{"temp":21}`).WaitTimeout(5 * time.Second)
 			}
 		}
 	}()
@@ -394,11 +406,20 @@ rules:
 		if c := text("#clients-body"); !strings.Contains(c, "Not available") {
 			t.Errorf("clients page without a clients API: %q", c)
 		}
+		if d, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById('client-search').disabled`)); !d {
+			t.Errorf("the search is offered without a clients API")
+		}
+	} else {
+		until("dev-1 listed", `document.querySelector('#clients-table tr[data-client="dev-1"]')?.innerText.includes('connected')`)
+		step("search by prefix", chromedp.SetValue(chromedp.ID("client-search"), "zz"), chromedp.Click(chromedp.CSS(`form[role=search] button`)))
+		until("no match", `document.getElementById('clients-body').innerText.includes('starts with "zz"')`)
+		step("search by prefix", chromedp.SetValue(chromedp.ID("client-search"), "dev-"), chromedp.Click(chromedp.CSS(`form[role=search] button`)))
+		until("dev-1 found", `document.querySelector('#clients-table tr[data-client="dev-1"]') !== null`)
 	}
 	shoot("clients", false)
 
 	// Overview: rates from /metrics (the steady traffic is HTTP).
-	goTo("overview", `document.querySelectorAll('#main polyline').length >= 2 && /[1-9]/.test(document.querySelector('#overview-tiles .tile:nth-child(2) .tile-value').innerText)`)
+	goTo("overview", `document.querySelectorAll('#main polyline').length >= 2 && [1, 2].every(i => /[1-9]/.test(document.querySelector('#overview-tiles .tile:nth-child(' + i + ') .tile-value').innerText))`)
 	shoot("overview", false)
 
 	// Idle: no page makes more than one admin API round trip per second. And on each page

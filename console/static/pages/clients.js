@@ -1,60 +1,68 @@
-// Clients: connected devices and apps (GET /admin/v1/clients), searched by client id. When the
-// gateway has no clients API (404), the page says so and polls no more.
+// Clients: MQTT sessions (connected clients, and persistent sessions kept while their client
+// is away) from GET /admin/v1/clients, searched by client id prefix. When the gateway has no
+// clients API (404), the page says so and polls no more. While idle: one call every 5 s.
 import { get, errorText } from '../api.js';
-import { el, replace, table, notice, fmtTime, badge } from '../ui.js';
+import { el, replace, table, notice, fmtNum, fmtTime, badge } from '../ui.js';
 
 export const title = 'Clients';
 const EVERY = 5000;
-
-function list(data) {
-  if (Array.isArray(data)) return data;
-  if (data && Array.isArray(data.clients)) return data.clients;
-  return [];
-}
-
-const pick = (c, ...keys) => { for (const k of keys) if (c[k] !== undefined && c[k] !== null && c[k] !== '') return c[k]; return ''; };
+const LIMIT = 200;
 
 export function mount(root, ctx) {
-  const search = el('input', { id: 'client-search', type: 'search', autocomplete: 'off', spellcheck: 'false' });
+  const search = el('input', { id: 'client-search', type: 'search', autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'client-search-help' });
   const body = el('div', { id: 'clients-body', 'aria-live': 'polite' });
   const form = el('form', { class: 'row', role: 'search' },
     el('label', { for: 'client-search' }, 'Client id'), search,
-    el('button', { type: 'submit' }, 'Find'));
+    el('button', { type: 'submit' }, 'Find'),
+    el('small', { id: 'client-search-help', class: 'muted' }, 'Client ids that start with this text.'));
   replace(root, el('h1', {}, 'Clients'),
-    el('p', { class: 'muted' }, 'Connected MQTT clients (presence). Refreshed every 5 seconds.'), form, body);
+    el('p', { class: 'muted' }, 'MQTT sessions: connected clients, and persistent sessions kept while their client is away. Refreshed every 5 seconds.'),
+    form, body);
 
-  let clients = [];
   let available = true;
-  const render = () => {
-    const q = search.value.trim().toLowerCase();
-    const shown = clients.filter((c) => !q || String(pick(c, 'client_id', 'id')).toLowerCase().includes(q));
-    const rows = shown.map((c) => el('tr', {},
-      el('td', {}, String(pick(c, 'client_id', 'id'))),
-      el('td', {}, String(pick(c, 'subject', 'sub'))),
-      el('td', {}, String(pick(c, 'tenant'))),
-      el('td', {}, String(pick(c, 'protocol_version', 'protocol'))),
-      el('td', {}, String(pick(c, 'remote', 'remote_addr'))),
-      el('td', {}, fmtTime(pick(c, 'connected_at', 'since', 'at'))),
-      el('td', {}, c.connected === false ? badge('offline', 'warn') : badge('connected', 'ok'))));
-    replace(body, rows.length ? table(`${shown.length} of ${clients.length} clients`,
-      ['Client id', 'Subject', 'Tenant', 'MQTT version', 'Remote', 'Connected at', 'State'], rows)
-      : notice(q ? `No client id contains "${search.value.trim()}".` : 'No client is connected.'));
-  };
-  const load = async () => {
-    if (!available) return;
-    const r = await get('/admin/v1/clients');
-    if (r.status === 404) {
-      available = false;
-      search.disabled = true;
-      replace(body, notice('Not available: this gateway has no clients API (GET /admin/v1/clients answered 404). ' +
-        'Upgrade the gateway to list connected devices here.', 'warn'));
+  let prefix = '';
+  let busy = false;
+
+  const render = (data) => {
+    const clients = Array.isArray(data) ? data : (data && Array.isArray(data.clients) ? data.clients : []);
+    const rows = clients.map((c) => el('tr', { 'data-client': c.client_id },
+      el('th', { scope: 'row' }, String(c.client_id ?? '')),
+      el('td', {}, String(c.tenant ?? '')),
+      el('td', {}, String(c.subject ?? '')),
+      el('td', {}, c.connected === false ? badge('away', 'warn') : badge('connected', 'ok')),
+      el('td', {}, fmtTime(c.since)),
+      el('td', { class: 'num' }, c.protocol_version ? String(c.protocol_version) : '–'),
+      el('td', {}, String(c.remote ?? '')),
+      el('td', {}, (c.subscriptions || []).map((s) => `${s.filter} (QoS ${s.qos})`).join(', ')),
+      el('td', { class: 'num' }, fmtNum(c.queued_messages ?? 0))));
+    if (!rows.length) {
+      replace(body, notice(prefix ? `No session has a client id that starts with "${prefix}".` : 'No client is connected and no session is kept.'));
       return;
     }
-    if (!r.ok) { replace(body, notice('Could not list clients: ' + errorText(r), 'bad')); return; }
-    clients = list(r.data);
-    render();
+    replace(body,
+      data && data.more ? notice(`Showing the first ${clients.length}: narrow the search to see the others.`, 'info') : null,
+      table(`${clients.length} session${clients.length === 1 ? '' : 's'}${prefix ? ` whose client id starts with "${prefix}"` : ''}`,
+        ['Client id', 'Tenant', 'Subject', 'State', 'Since', 'MQTT version', 'Remote', 'Subscriptions', 'Queued'], rows, { id: 'clients-table' }));
   };
-  form.addEventListener('submit', (e) => { e.preventDefault(); render(); });
-  search.addEventListener('input', render);
+
+  const load = async () => {
+    if (!available || busy) return;
+    busy = true;
+    try {
+      const r = await get(`/admin/v1/clients?limit=${LIMIT}${prefix ? '&prefix=' + encodeURIComponent(prefix) : ''}`);
+      if (r.status === 404) {
+        available = false;
+        search.disabled = true;
+        replace(body, notice('Not available: this gateway has no clients API (GET /admin/v1/clients answered 404). ' +
+          'A gateway version with presence lists its connected devices here.', 'warn'));
+        return;
+      }
+      if (!r.ok) { replace(body, notice('Could not list the clients: ' + errorText(r), 'bad')); return; }
+      render(r.data);
+    } finally {
+      busy = false;
+    }
+  };
+  form.addEventListener('submit', (e) => { e.preventDefault(); prefix = search.value.trim(); load(); });
   ctx.every(EVERY, load);
 }
