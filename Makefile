@@ -9,7 +9,7 @@ RACE_PKGS := ./storage/... ./ingest/... ./broker/... ./functions/... ./rules/...
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-unit test-race fuzz bench examples bench-peers bench-cluster vet clean
+.PHONY: all build run test test-unit test-race fuzz bench examples bench-peers bench-cluster vet clean browser
 
 all: build
 
@@ -31,7 +31,13 @@ vet:
 ## test: everything CI runs — vet, build, the suite (race detector on concurrent packages). Every
 ## fuzz target's seed corpus runs as a plain test there; random fuzzing is `make fuzz` only, so
 ## that `make test` is deterministic.
-test: vet build examples test-unit test-race
+test: vet build examples browser test-unit test-race
+
+## browser: Debian's chromium for the console's browser test (installed with apt-get when
+## missing). Under CI=true a failed install stops make test; elsewhere the test then skips.
+browser:
+	@bash scripts/install-chromium.sh || { if [ "$$CI" = true ]; then exit 1; fi; \
+		echo "warning: no chromium: the console's browser test (TestConsoleInBrowser) will be skipped" >&2; }
 
 test-unit:
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -E '/(storage|ingest|broker|functions|rules|event|cluster)(/|$$)')

@@ -54,6 +54,8 @@ type Gateway struct {
 	appendSeconds                 *metrics.PrometheusHistogram
 	// unrouted counts accepted events no rule chose a function for, by protocol.
 	unrouted struct{ mqtt, http, other *metrics.Counter }
+	// byProtocol counts accepted events by protocol (other: function outputs re-ingested).
+	byProtocol struct{ mqtt, http, other *metrics.Counter }
 }
 
 // New returns a Gateway over opts.Store.
@@ -84,6 +86,9 @@ func New(opts Options) (*Gateway, error) {
 	g.unrouted.mqtt = m.NewCounter(`fleetgate_events_unrouted_total{protocol="mqtt"}`)
 	g.unrouted.http = m.NewCounter(`fleetgate_events_unrouted_total{protocol="http"}`)
 	g.unrouted.other = m.NewCounter(`fleetgate_events_unrouted_total{protocol="other"}`)
+	g.byProtocol.mqtt = m.NewCounter(`fleetgate_ingest_events_by_protocol_total{protocol="mqtt"}`)
+	g.byProtocol.http = m.NewCounter(`fleetgate_ingest_events_by_protocol_total{protocol="http"}`)
+	g.byProtocol.other = m.NewCounter(`fleetgate_ingest_events_by_protocol_total{protocol="other"}`)
 	return g, nil
 }
 
@@ -158,9 +163,11 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 				g.duplicates.Inc()
 			case len(e.Targets) == 0:
 				g.accepted.Inc()
+				g.countProtocol(e.Event.Protocol)
 				g.countUnrouted(e.Event.Protocol)
 			default:
 				g.accepted.Inc()
+				g.countProtocol(e.Event.Protocol)
 			}
 		}
 		done(nil)
@@ -195,6 +202,18 @@ func (g *Gateway) countUnrouted(protocol string) {
 		g.unrouted.http.Inc()
 	default:
 		g.unrouted.other.Inc()
+	}
+}
+
+// countProtocol counts an accepted event by the protocol it came in on.
+func (g *Gateway) countProtocol(protocol string) {
+	switch protocol {
+	case event.ProtocolMQTT:
+		g.byProtocol.mqtt.Inc()
+	case event.ProtocolHTTP:
+		g.byProtocol.http.Inc()
+	default:
+		g.byProtocol.other.Inc()
 	}
 }
 

@@ -44,6 +44,7 @@ type HTTPConfig struct {
 	RateBurst       int           `yaml:"rate_burst"` // events a sender may send at once (default: one second's worth)
 	Concurrency     int           `yaml:"concurrency"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	Console         bool          `yaml:"console"` // serve the operator web console at /console/
 }
 
 // DefaultHTTPConfig returns the defaults of the `http:` section.
@@ -52,6 +53,7 @@ func DefaultHTTPConfig() HTTPConfig {
 		Addr: ":8080", MaxBodyBytes: 1 << 20, MaxEvents: 10000,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		MaxConnsPerIP: 1000, Concurrency: 256 * 1024, ShutdownTimeout: 20 * time.Second,
+		Console: true,
 	}
 }
 
@@ -101,6 +103,9 @@ type ServerOptions struct {
 	Auth    Authenticator
 	Metrics *metrics.Set // the set written at /metrics (also where the server's own metrics go)
 	Ready   func() error // nil error: /readyz answers 200
+	// Console serves the operator web console under /console/ (nil: off, 404). It is not
+	// behind the token check: it serves static files only; the admin API checks the token.
+	Console fasthttp.RequestHandler
 	Logger  *slog.Logger
 }
 
@@ -250,6 +255,7 @@ var (
 	pathHealth  = []byte("/healthz")
 	pathReady   = []byte("/readyz")
 	pathMetrics = []byte("/metrics")
+	pathConsole = []byte("/console")
 )
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -265,6 +271,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString("ok\n")
 	case bytes.Equal(path, pathReady):
 		s.handleReady(ctx)
+	case s.opts.Console != nil && bytes.HasPrefix(path, pathConsole) && (len(path) == len(pathConsole) || path[len(pathConsole)] == '/'):
+		s.opts.Console(ctx)
 	case bytes.Equal(path, pathMetrics):
 		ctx.SetContentType("text/plain; version=0.0.4")
 		w := ctx.Response.BodyWriter()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/fleetgate/fleetgate/internal/httpx"
@@ -37,6 +38,25 @@ type VersionResponse struct {
 	Version int `json:"version"`
 }
 
+// VersionsResponse is the body of GET /admin/v1/rules/versions.
+type VersionsResponse struct {
+	Live     int           `json:"live"` // the live version
+	Versions []VersionInfo `json:"versions"`
+}
+
+// ValidateResponse answers a rule set that would be accepted: the rules as the server read
+// them (what a PUT of the same body would make live).
+type ValidateResponse struct {
+	Valid bool   `json:"valid"`
+	Rules []Rule `json:"rules"`
+}
+
+// RollbackResponse answers a successful rollback.
+type RollbackResponse struct {
+	Version    int `json:"version"`     // the new live version
+	RollbackOf int `json:"rollback_of"` // the version whose rules it holds
+}
+
 // InvalidResponse answers a refused rule set: 422 with every problem.
 type InvalidResponse struct {
 	Error    string    `json:"error"`
@@ -52,6 +72,15 @@ type InvalidResponse struct {
 //	GET    /admin/v1/rules/{id}   one rule with counters
 //	DELETE /admin/v1/rules/{id}   remove one rule → 200 {"version":N} or 404
 //	POST   /admin/v1/rules/test   dry run (TestRequest → TestResult)
+//	POST   /admin/v1/rules/validate  check a rule set without applying it (body as for PUT)
+//	                                 → 200 {"valid":true,"rules":[...]} or 422 with every problem
+//	GET    /admin/v1/rules/versions                     stored versions, newest first (VersionsResponse)
+//	GET    /admin/v1/rules/versions/{n}                 one stored version with its rules (StoredVersion)
+//	POST   /admin/v1/rules/versions/{n}/rollback        make version n's rules live again, as a new version
+//	                                                    → 200 {"version":N}, 404, or 422 if they no longer validate
+//
+// "versions" and "test" name these endpoints, so a rule whose id is "versions" is read from
+// the list (GET /admin/v1/rules), not from GET /admin/v1/rules/versions.
 func (e *Engine) AdminHandler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		path := string(ctx.Path())
@@ -74,6 +103,10 @@ func (e *Engine) AdminHandler() fasthttp.RequestHandler {
 			}
 		case rest == "test" && method == fasthttp.MethodPost:
 			e.adminTest(ctx)
+		case rest == "validate" && method == fasthttp.MethodPost:
+			e.adminValidate(ctx)
+		case rest == "versions" || strings.HasPrefix(rest, "versions/"):
+			e.adminVersions(ctx, strings.TrimPrefix(strings.TrimPrefix(rest, "versions"), "/"))
 		case strings.Contains(rest, "/"):
 			httpx.WriteError(ctx, fasthttp.StatusNotFound, "not_found", "no such path: "+path)
 		default:
@@ -157,6 +190,19 @@ func (e *Engine) adminApply(ctx *fasthttp.RequestCtx) {
 	httpx.WriteJSON(ctx, fasthttp.StatusOK, VersionResponse{Version: version})
 }
 
+func (e *Engine) adminValidate(ctx *fasthttp.RequestCtx) {
+	req, err := DecodeApply(ctx.PostBody(), strings.Contains(string(ctx.Request.Header.ContentType()), "yaml"))
+	if err != nil {
+		httpx.WriteError(ctx, fasthttp.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
+	if err := e.Validate(req.Rules); err != nil {
+		writeApplyError(ctx, err)
+		return
+	}
+	httpx.WriteJSON(ctx, fasthttp.StatusOK, ValidateResponse{Valid: true, Rules: req.Rules})
+}
+
 func writeApplyError(ctx *fasthttp.RequestCtx, err error) {
 	var ve *ValidationError
 	if errors.As(err, &ve) {
@@ -200,4 +246,67 @@ func (e *Engine) adminTest(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	httpx.WriteJSON(ctx, fasthttp.StatusOK, e.Test(req))
+}
+
+// adminVersions serves GET versions, GET versions/{n} and POST versions/{n}/rollback.
+func (e *Engine) adminVersions(ctx *fasthttp.RequestCtx, rest string) {
+	method := string(ctx.Method())
+	if rest == "" {
+		if method != fasthttp.MethodGet {
+			methodNotAllowed(ctx, "GET")
+			return
+		}
+		vs, err := e.History()
+		if err != nil {
+			httpx.WriteError(ctx, fasthttp.StatusInternalServerError, "internal", err.Error())
+			return
+		}
+		_, live := e.Live()
+		if vs == nil {
+			vs = []VersionInfo{}
+		}
+		httpx.WriteJSON(ctx, fasthttp.StatusOK, VersionsResponse{Live: live, Versions: vs})
+		return
+	}
+	num, action, _ := strings.Cut(rest, "/")
+	n, err := strconv.Atoi(num)
+	if err != nil || n <= 0 {
+		httpx.WriteError(ctx, fasthttp.StatusNotFound, "not_found", "no such rule set version: "+strconv.Quote(num)+" (versions are positive integers)")
+		return
+	}
+	switch action {
+	case "":
+		if method != fasthttp.MethodGet {
+			methodNotAllowed(ctx, "GET")
+			return
+		}
+		sv, err := e.Version(n)
+		if err != nil {
+			writeVersionError(ctx, n, err)
+			return
+		}
+		httpx.WriteJSON(ctx, fasthttp.StatusOK, sv)
+	case "rollback":
+		if method != fasthttp.MethodPost {
+			methodNotAllowed(ctx, "POST")
+			return
+		}
+		v, err := e.Rollback(n)
+		if err != nil {
+			writeVersionError(ctx, n, err)
+			return
+		}
+		httpx.WriteJSON(ctx, fasthttp.StatusOK, RollbackResponse{Version: v, RollbackOf: n})
+	default:
+		httpx.WriteError(ctx, fasthttp.StatusNotFound, "not_found", "no such path: "+string(ctx.Path()))
+	}
+}
+
+func writeVersionError(ctx *fasthttp.RequestCtx, n int, err error) {
+	if errors.Is(err, ErrNoVersion) {
+		httpx.WriteError(ctx, fasthttp.StatusNotFound, "not_found",
+			fmt.Sprintf("rule set version %d is not stored (the last %d versions are kept; see GET %s/versions)", n, DefaultKeep, AdminPrefix))
+		return
+	}
+	writeApplyError(ctx, err)
 }

@@ -37,6 +37,8 @@ type storedVersion struct {
 	Version   int       `json:"version"`
 	AppliedAt time.Time `json:"applied_at"`
 	Rules     []Rule    `json:"rules"`
+	// RollbackOf is the version this one restored (0 for an ordinary apply).
+	RollbackOf int `json:"rollback_of,omitempty"`
 }
 
 // EngineOptions configure NewEngine.
@@ -115,9 +117,10 @@ func (s *Set) Stats(id string) (RuleStats, bool) {
 }
 
 type liveSet struct {
-	set       *Set
-	version   int
-	appliedAt time.Time
+	set        *Set
+	version    int
+	appliedAt  time.Time
+	rollbackOf int
 }
 
 // Engine holds the live rule set, keeps its versions in a KV and swaps edits in atomically:
@@ -303,7 +306,7 @@ func (e *Engine) compile(rules []Rule) (*Set, error) {
 func ruleMetric(name, id string) string { return name + `{rule="` + id + `"}` }
 
 func (e *Engine) store(ls *liveSet) error {
-	b, err := json.Marshal(storedVersion{Version: ls.version, AppliedAt: ls.appliedAt, Rules: ls.set.rules})
+	b, err := json.Marshal(storedVersion{Version: ls.version, AppliedAt: ls.appliedAt, Rules: ls.set.rules, RollbackOf: ls.rollbackOf})
 	if err != nil {
 		return fmt.Errorf("rules: encoding version %d: %w", ls.version, err)
 	}
@@ -338,10 +341,10 @@ func (e *Engine) Live() (set *Set, version int) {
 func (e *Engine) Apply(rules []Rule) (version int, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.applyLocked(rules)
+	return e.applyLocked(rules, 0)
 }
 
-func (e *Engine) applyLocked(rules []Rule) (int, error) {
+func (e *Engine) applyLocked(rules []Rule, rollbackOf int) (int, error) {
 	start := time.Now()
 	set, err := e.compile(rules)
 	if err != nil {
@@ -355,7 +358,7 @@ func (e *Engine) applyLocked(rules []Rule) (int, error) {
 		}
 	}
 	old := e.live.Load()
-	ls := &liveSet{set: set, version: old.version + 1, appliedAt: time.Now().UTC()}
+	ls := &liveSet{set: set, version: old.version + 1, appliedAt: time.Now().UTC(), rollbackOf: rollbackOf}
 	if err := e.store(ls); err != nil {
 		e.rejected.Inc()
 		return 0, err
@@ -365,7 +368,11 @@ func (e *Engine) applyLocked(rules []Rule) (int, error) {
 	e.applyDur.UpdateDuration(start)
 	e.forgetRemoved(old.set, set)
 	e.prune(ls.version)
-	e.log.Info("rules applied", "version", ls.version, "rules", set.Len())
+	if rollbackOf > 0 {
+		e.log.Info("rules rolled back", "version", ls.version, "rollback_of", rollbackOf, "rules", set.Len())
+	} else {
+		e.log.Info("rules applied", "version", ls.version, "rules", set.Len())
+	}
 	return ls.version, nil
 }
 
@@ -416,7 +423,7 @@ func (e *Engine) Delete(id string) (version int, err error) {
 	rules := make([]Rule, 0, len(cur.rules)-1)
 	rules = append(rules, cur.rules[:i]...)
 	rules = append(rules, cur.rules[i+1:]...)
-	return e.applyLocked(rules)
+	return e.applyLocked(rules, 0)
 }
 
 // Versions lists the stored rule-set versions, oldest first.
@@ -432,4 +439,92 @@ func (e *Engine) Versions() ([]int, error) {
 		return nil, fmt.Errorf("rules: listing versions: %w", err)
 	}
 	return out, nil
+}
+
+// Validate checks rules as Apply would (a *ValidationError listing every problem), without
+// storing them or touching any counter.
+func (e *Engine) Validate(rules []Rule) error {
+	_, err := Compile(rules, e.opts)
+	return err
+}
+
+// VersionInfo describes one stored rule-set version (see Engine.History).
+type VersionInfo struct {
+	Version    int       `json:"version"`
+	AppliedAt  time.Time `json:"applied_at"`
+	RuleCount  int       `json:"rule_count"`            // how many rules it holds
+	RollbackOf int       `json:"rollback_of,omitempty"` // the version it restored, if a rollback
+	Live       bool      `json:"live"`                  // the live set
+}
+
+// StoredVersion is one stored rule-set version with its rules (see Engine.Version).
+type StoredVersion struct {
+	VersionInfo
+	Rules []Rule `json:"rules"`
+}
+
+// History lists the stored rule-set versions (the last EngineOptions.Keep), newest first.
+func (e *Engine) History() ([]VersionInfo, error) {
+	_, live := e.Live()
+	var out []VersionInfo
+	err := e.kv.Scan(versionPrefix, func(key string, value []byte) error {
+		var sv storedVersion
+		if err := json.Unmarshal(value, &sv); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrCorruptVersion, key, err)
+		}
+		out = append(out, VersionInfo{Version: sv.Version, AppliedAt: sv.AppliedAt, RuleCount: len(sv.Rules),
+			RollbackOf: sv.RollbackOf, Live: sv.Version == live})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rules: listing versions: %w", err)
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}
+
+// Version returns a stored rule-set version with its rules; ErrNoVersion if it is not kept.
+func (e *Engine) Version(version int) (StoredVersion, error) {
+	sv, err := e.loadVersion(version)
+	if err != nil {
+		return StoredVersion{}, err
+	}
+	_, live := e.Live()
+	return StoredVersion{
+		VersionInfo: VersionInfo{Version: sv.Version, AppliedAt: sv.AppliedAt, RuleCount: len(sv.Rules), RollbackOf: sv.RollbackOf, Live: sv.Version == live},
+		Rules:       sv.Rules,
+	}, nil
+}
+
+func (e *Engine) loadVersion(version int) (storedVersion, error) {
+	if version <= 0 {
+		return storedVersion{}, fmt.Errorf("rules: version %d: %w", version, ErrNoVersion)
+	}
+	b, found, err := e.kv.Get(versionKey(version))
+	if err != nil {
+		return storedVersion{}, fmt.Errorf("rules: reading version %d: %w", version, err)
+	}
+	if !found {
+		return storedVersion{}, fmt.Errorf("rules: version %d: %w", version, ErrNoVersion)
+	}
+	var sv storedVersion
+	if err := json.Unmarshal(b, &sv); err != nil {
+		return storedVersion{}, fmt.Errorf("rules: %w: version %d: %v", ErrCorruptVersion, version, err)
+	}
+	return sv, nil
+}
+
+// Rollback makes the rules of a stored version live again, as a new version (history only
+// grows; the new version records which one it restored). Like Apply, the rules are validated
+// against the current functions first: on any error nothing changes.
+func (e *Engine) Rollback(version int) (newVersion int, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sv, err := e.loadVersion(version)
+	if err != nil {
+		return 0, err
+	}
+	return e.applyLocked(sv.Rules, sv.Version)
 }

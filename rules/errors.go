@@ -18,3 +18,7 @@ var ErrCorruptVersion = errors.New("stored rule set version is corrupt")
 // ErrConflict means another node of the cluster stored the same version number first:
 // nothing changed here; look at the live set and apply again.
 var ErrConflict = errors.New("rule set changed concurrently")
+
+// ErrNoVersion means the requested rule-set version is not stored (never applied, or older
+// than the versions kept).
+var ErrNoVersion = errors.New("no such rule set version")

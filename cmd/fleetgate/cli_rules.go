@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -24,6 +25,8 @@ commands:
   test   --topic T --event FILE [--claims JSON] [--source mqtt|http]
          [--subject S] [--tenant T] [--meta k=v ...] [-o json]
                                             dry run: which rules match, which functions, and why
+  versions [-o table|json]                  the stored rule-set versions, newest first
+  rollback VERSION                          make a stored version's rules live again (as a new version)
 
 every command takes --server URL and --token TOKEN (or FLEETGATE_SERVER, FLEETGATE_TOKEN)
 `
@@ -44,6 +47,10 @@ func rulesCmd(args []string, stdout, stderr io.Writer) int {
 		return rulesDelete(rest, stdout, stderr)
 	case "test":
 		return rulesTest(rest, stdout, stderr)
+	case "versions":
+		return rulesVersions(rest, stdout, stderr)
+	case "rollback":
+		return rulesRollback(rest, stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, rulesUsage)
 		return 0
@@ -316,4 +323,73 @@ func printTestResult(w io.Writer, topic string, res rules.TestResult) {
 	for _, r := range res.NotMatched {
 		fmt.Fprintf(w, "  %s: %s\n", r.Rule, r.Reason)
 	}
+}
+
+func rulesVersions(args []string, stdout, stderr io.Writer) int {
+	fs, client := newRulesFlags("versions", stderr)
+	output := fs.String("o", "table", "output: table or json")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return 2
+	}
+	if *output != "table" && *output != "json" {
+		fmt.Fprintf(stderr, "fleetgate rules versions: -o must be table or json, not %q\n", *output)
+		return 2
+	}
+	c, err := client()
+	if err != nil {
+		return failRules(stderr, "versions", err)
+	}
+	var raw json.RawMessage
+	if err := c.Do("GET", rules.AdminPrefix+"/versions", nil, &raw); err != nil {
+		return failRules(stderr, "versions", err)
+	}
+	if *output == "json" {
+		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
+		return 0
+	}
+	var vs rules.VersionsResponse
+	if err := json.Unmarshal(raw, &vs); err != nil {
+		return failRules(stderr, "versions", fmt.Errorf("decoding the answer: %w", err))
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tAPPLIED\tRULES\tNOTE")
+	for _, v := range vs.Versions {
+		var note []string
+		if v.Live {
+			note = append(note, "live")
+		}
+		if v.RollbackOf > 0 {
+			note = append(note, fmt.Sprintf("rollback to %d", v.RollbackOf))
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", v.Version, v.AppliedAt.Format("2006-01-02 15:04:05Z07:00"), v.RuleCount, strings.Join(note, ", "))
+	}
+	tw.Flush()
+	return 0
+}
+
+func rulesRollback(args []string, stdout, stderr io.Writer) int {
+	fs, client := newRulesFlags("rollback", stderr)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: fleetgate rules rollback VERSION   (see fleetgate rules versions)")
+		return 2
+	}
+	n, err := strconv.Atoi(pos[0])
+	if err != nil || n <= 0 {
+		fmt.Fprintf(stderr, "fleetgate rules rollback: VERSION must be a positive integer, not %q\n", pos[0])
+		return 2
+	}
+	c, err := client()
+	if err != nil {
+		return failRules(stderr, "rollback", err)
+	}
+	var resp rules.RollbackResponse
+	if err := c.Do("POST", fmt.Sprintf("%s/versions/%d/rollback", rules.AdminPrefix, n), nil, &resp); err != nil {
+		return failRules(stderr, "rollback", err)
+	}
+	fmt.Fprintf(stdout, "rolled back to the rules of version %d: rule set version %d is live\n", resp.RollbackOf, resp.Version)
+	return 0
 }

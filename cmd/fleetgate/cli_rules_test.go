@@ -223,3 +223,34 @@ func TestRulesCLI(t *testing.T) {
 		t.Fatalf("unknown subcommand: %d", code)
 	}
 }
+
+func TestRulesCLIVersionsAndRollback(t *testing.T) {
+	e, conn := startRulesAdmin(t)
+	if code, out, errOut := runRules(t, append([]string{"apply", "-f", writeFile(t, "rules.yaml", goodRulesYAML)}, conn...)...); code != 0 {
+		t.Fatalf("apply: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut := runRules(t, append([]string{"versions"}, conn...)...)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "VERSION") ||
+		!strings.HasPrefix(lines[1], "2 ") || !strings.HasSuffix(lines[1], "live") || !strings.HasPrefix(lines[2], "1 ") {
+		t.Fatalf("versions: %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runRules(t, append([]string{"rollback", "1"}, conn...)...)
+	if code != 0 || !strings.Contains(out, "rolled back to the rules of version 1: rule set version 3 is live") {
+		t.Fatalf("rollback: %d %q %q", code, out, errOut)
+	}
+	if set, v := e.Live(); v != 3 || set.Rules()[0].ID != "default" {
+		t.Fatalf("after rollback: v%d %+v", v, set.Rules())
+	}
+	code, out, _ = runRules(t, append([]string{"versions", "-o", "json"}, conn...)...)
+	var vs rules.VersionsResponse
+	if code != 0 || json.Unmarshal([]byte(out), &vs) != nil || vs.Live != 3 || vs.Versions[0].RollbackOf != 1 {
+		t.Fatalf("versions json: %d %s", code, out)
+	}
+	if code, _, errOut := runRules(t, append([]string{"rollback", "42"}, conn...)...); code != 1 || !strings.Contains(errOut, "version 42 is not stored") {
+		t.Fatalf("rollback to a missing version: %d %q", code, errOut)
+	}
+	if code, _, _ := runRules(t, append([]string{"rollback", "x"}, conn...)...); code != 2 {
+		t.Fatalf("rollback x: %d", code)
+	}
+}

@@ -20,7 +20,7 @@ usage: fleetgate <command> [flags]
 commands:
   serve     run the gateway (MQTT, HTTP, rules, functions)
   token     print a JWT signed with the gateway's own key (development and tests)
-  rules     list, apply, delete and test routing rules on a running gateway
+  rules     list, apply, delete, test and roll back routing rules on a running gateway
   dlq       list, replay and purge a function's dead letters on a running gateway
   events    show what became of an event (its fate) on a running gateway
   revoke    revoke a subject's tokens (closing its MQTT connections) or one token (jti)

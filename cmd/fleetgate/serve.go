@@ -21,6 +21,7 @@ import (
 
 	"github.com/fleetgate/fleetgate/broker"
 	"github.com/fleetgate/fleetgate/cluster"
+	"github.com/fleetgate/fleetgate/console"
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
@@ -250,9 +251,14 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	if err != nil {
 		return g, err
 	}
+	var consoleHandler fasthttp.RequestHandler
+	if cfg.HTTP.Console {
+		consoleHandler = console.Handler()
+	}
 	g.http, err = ingest.NewServer(ingest.ServerOptions{
 		Config: cfg.HTTP, Gateway: g.ingest, Auth: g.verifier, Metrics: g.metrics, Logger: log.With("component", "http"),
-		Ready: g.ready,
+		Console: consoleHandler,
+		Ready:   g.ready,
 	})
 	if err != nil {
 		return g, err
