@@ -446,16 +446,18 @@ type fnQueue struct {
 	l    *Log
 	name string
 
-	mu   sync.Mutex
-	seq  uint64
-	held map[uint64]*heldItem
-	cons []jetstream.ConsumeContext
+	mu    sync.Mutex
+	seq   uint64
+	held  map[uint64]*heldItem
+	cons  []jetstream.ConsumeContext
+	parts []*partState
 }
 
 type heldItem struct {
 	item    storage.Item
 	msg     jetstream.Msg
 	touched time.Time // delivered, or last told "in progress"
+	part    int
 }
 
 // queue returns the function's queue on this node, consuming its partitions from now on.
@@ -466,7 +468,10 @@ func (l *Log) queue(fn string) (*fnQueue, error) {
 		l.mu.Unlock()
 		return q, nil
 	}
-	q = &fnQueue{l: l, name: fn, held: map[uint64]*heldItem{}}
+	q = &fnQueue{l: l, name: fn, held: map[uint64]*heldItem{}, parts: make([]*partState, l.opts.Partitions)}
+	for p := range q.parts {
+		q.parts[p] = &partState{}
+	}
 	l.fns[fn] = q
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
@@ -482,7 +487,10 @@ func (l *Log) queue(fn string) (*fnQueue, error) {
 		if err != nil {
 			return nil, l.wrap("opening the queue of "+fn, err)
 		}
-		cc, err := c.Consume(q.deliver, jetstream.PullPriorityGroup(priorityGroup), jetstream.PullMaxMessages(256),
+		q.mu.Lock()
+		q.parts[p].cons = c
+		q.mu.Unlock()
+		cc, err := c.Consume(q.deliverTo(p), jetstream.PullPriorityGroup(priorityGroup), jetstream.PullMaxMessages(256),
 			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 				if !l.closed.Load() && !errors.Is(err, jetstream.ErrPinIDMismatch) {
 					l.log.Debug("cluster: pulling a queue", "function", fn, "err", err)
@@ -498,8 +506,102 @@ func (l *Log) queue(fn string) (*fnQueue, error) {
 	return q, nil
 }
 
-// deliver takes one message of the function's partitions.
-func (q *fnQueue) deliver(m jetstream.Msg) {
+// partState is this node's view of one partition of a function's queue.
+type partState struct {
+	cons jetstream.Consumer
+	last time.Time // when the last message arrived
+	// gating: this node has just started receiving the partition (at start, or taking it over
+	// from a node that went silent). Messages the previous holder had and did not acknowledge
+	// are redelivered to us, but JetStream may send newer ones first (a new consumer leader
+	// restarts its redelivery timers): until every unacknowledged message of the partition is
+	// here, arrivals wait in buffer and are then handed over in stream order, so that a
+	// sender's events keep their order across a failover.
+	gating bool
+	buffer []jetstream.Msg
+	held   int // messages of this partition in q.held
+}
+
+// deliverTo returns the message handler of partition p.
+func (q *fnQueue) deliverTo(p int) jetstream.MessageHandler {
+	return func(m jetstream.Msg) {
+		q.mu.Lock()
+		ps := q.parts[p]
+		now := time.Now()
+		if !ps.gating && (ps.last.IsZero() || now.Sub(ps.last) > q.l.ackWait()) {
+			ps.gating = true
+			q.l.wg.Add(1)
+			go q.gate(p)
+		}
+		ps.last = now
+		if ps.gating {
+			ps.buffer = append(ps.buffer, m)
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		q.accept(p, m)
+	}
+}
+
+// gate waits until every unacknowledged message of partition p is on this node, then hands
+// the buffered ones over in stream order.
+func (q *fnQueue) gate(p int) {
+	defer q.l.wg.Done()
+	ps := q.parts[p]
+	deadline := time.Now().Add(2 * q.l.opts.Failover)
+	for {
+		select {
+		case <-q.l.ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		ctx, cancel := context.WithTimeout(q.l.ctx, 2*time.Second)
+		info, err := ps.cons.Info(ctx)
+		cancel()
+		q.mu.Lock()
+		here := ps.held + len(ps.buffer)
+		if err == nil && info.NumAckPending > here && time.Now().Before(deadline) {
+			q.mu.Unlock()
+			continue
+		}
+		if err != nil || info.NumAckPending > here {
+			q.l.log.Warn("cluster: a partition's earlier messages did not all come back in time; going on (order of their senders may differ)",
+				"function", q.name, "partition", p, "err", err)
+		}
+		buf := ps.buffer
+		ps.buffer, ps.gating = nil, false
+		q.mu.Unlock()
+		slices.SortFunc(buf, func(a, b jetstream.Msg) int {
+			return cmpSeq(streamSeq(a), streamSeq(b))
+		})
+		for _, m := range buf {
+			q.accept(p, m)
+		}
+		return
+	}
+}
+
+func streamSeq(m jetstream.Msg) uint64 {
+	md, err := m.Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}
+
+func cmpSeq(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// accept hands one message of partition p to the dispatcher, or acknowledges it when it is
+// not for this function.
+func (q *fnQueue) accept(p int, m jetstream.Msg) {
 	e, err := storage.DecodeEntry(m.Data())
 	if err != nil {
 		q.l.log.Error("cluster: unreadable event skipped", "function", q.name, "err", err)
@@ -520,7 +622,8 @@ func (q *fnQueue) deliver(m jetstream.Msg) {
 	q.seq++
 	it := storage.ItemFromEntry(e, *t)
 	it.Seq = q.seq
-	q.held[it.Seq] = &heldItem{item: it, msg: m, touched: time.Now()}
+	q.held[it.Seq] = &heldItem{item: it, msg: m, touched: time.Now(), part: p}
+	q.parts[p].held++
 	q.mu.Unlock()
 	if fn := q.l.hook(); fn != nil {
 		fn([]*storage.Entry{{Event: e.Event, Targets: []storage.Target{*t}, Seq: it.Seq}})
@@ -536,6 +639,7 @@ func (q *fnQueue) take(seqs []uint64) []jetstream.Msg {
 		if h := q.held[s]; h != nil {
 			out = append(out, h.msg)
 			delete(q.held, s)
+			q.parts[h.part].held--
 		}
 	}
 	return out
@@ -570,6 +674,9 @@ func (l *Log) keepAlive() {
 					msgs = append(msgs, h.msg)
 					h.touched = time.Now()
 				}
+			}
+			for _, ps := range q.parts {
+				msgs = append(msgs, ps.buffer...) // waiting at a gate: short, touched each tick
 			}
 			q.mu.Unlock()
 			for _, m := range msgs {
@@ -930,6 +1037,12 @@ func (l *Log) Close() error {
 		// Give back what was not started: NAK lets another node take them at once.
 		for _, h := range q.held {
 			_ = h.msg.Nak()
+		}
+		for _, ps := range q.parts {
+			for _, m := range ps.buffer {
+				_ = m.Nak()
+			}
+			ps.buffer = nil
 		}
 		q.held = map[uint64]*heldItem{}
 		q.mu.Unlock()

@@ -199,11 +199,22 @@ func NewEngine(opts EngineOptions) (*Engine, error) {
 			return nil, fmt.Errorf("rules: config rules: %w", err)
 		}
 		ls := &liveSet{set: set, version: 1, appliedAt: time.Now().UTC()}
-		if err := e.store(ls); err != nil {
+		err = e.store(ls)
+		if errors.Is(err, ErrConflict) {
+			// Another node of the cluster seeded version 1 first: use what it stored.
+			latest, found, err := e.loadLatest()
+			if err != nil || !found {
+				return nil, fmt.Errorf("rules: reading the version another node seeded: %w", err)
+			}
+			if set, err = e.compile(latest.Rules); err != nil {
+				return nil, fmt.Errorf("rules: the rule set another node seeded (version %d) does not validate with this config: %w", latest.Version, err)
+			}
+			ls = &liveSet{set: set, version: latest.Version, appliedAt: latest.AppliedAt}
+		} else if err != nil {
 			return nil, err
 		}
 		e.live.Store(ls)
-		e.log.Info("rules seeded from config", "version", 1, "rules", set.Len())
+		e.log.Info("rules seeded from config", "version", ls.version, "rules", set.Len())
 	}
 	e.ms.GetOrCreateGauge("fleetgate_rules_version", func() float64 { return float64(e.live.Load().version) })
 	e.ms.GetOrCreateGauge("fleetgate_rules_count", func() float64 { return float64(e.live.Load().set.Len()) })

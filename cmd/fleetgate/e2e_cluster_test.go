@@ -281,6 +281,9 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("%d acknowledged events (%d before the kill), all delivered", len(want), before)
+	if err := s.senderOrder(); err != nil {
+		t.Fatalf("per-sender order across nodes: %v", err)
+	}
 
 	// Rules applied on node 2 are live on node 3 within a second, same version.
 	code, ans := adminDo(t, n2, op, http.MethodPut, "/admin/v1/rules", `{"rules":[{"id":"all","topic":"#","functions":["sink"]},{"id":"extra","topic":"x/#","functions":["sink"]}]}`)
@@ -341,6 +344,22 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 		t.Fatalf("the device of the killed node never got the QoS 1 message queued for it\nnode 2:\n%s", n2.logs())
 	}
 	c.Disconnect(100)
+
+	// With node 3 gone too, node 2 has no quorum: it refuses new events instead of
+	// acknowledging what it cannot replicate, and says so on /readyz.
+	n3.kill()
+	waitFor(t, 30*time.Second, "node 2 to refuse events without a quorum", func() bool {
+		code, ans, err := postEvents(&http.Client{Timeout: 30 * time.Second}, "http://"+n2.httpAddr, appTok, "apps/app-1/e", `{"k":"no-quorum"}`)
+		return err == nil && code == 503 && ans["code"] == "no_quorum"
+	})
+	resp, err := http.Get(n2.url("/readyz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("/readyz of a node without quorum = %d, want 503", resp.StatusCode)
+	}
 }
 
 // dataKeys returns the "k" field of the data of every event the sink received.
@@ -356,4 +375,46 @@ func (s *sink) dataKeys() map[string]bool {
 		}
 	}
 	return out
+}
+
+// senderOrder checks that each sender's events reached the function in the order they were
+// sent, counting each event's first delivery (a redelivery after a node died is a duplicate).
+// The keys are m-<device>-<i> and h-<i>-<a|b>.
+func (s *sink) senderOrder() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	last := map[string]string{} // sender → last first-delivered key
+	lastN := map[string]int{}
+	for _, ev := range s.events {
+		d, _ := ev["data"].(map[string]any)
+		k, _ := d["k"].(string)
+		if k == "" || seen[k] {
+			continue
+		}
+		seen[k] = true
+		var sender string
+		var n int
+		if strings.HasPrefix(k, "m-") {
+			i := strings.LastIndexByte(k, '-')
+			sender = k[:i]
+			fmt.Sscanf(k[i+1:], "%d", &n)
+			n *= 2
+		} else if strings.HasPrefix(k, "h-") {
+			var ab string
+			sender = "h"
+			fmt.Sscanf(strings.ReplaceAll(k[2:], "-", " "), "%d %s", &n, &ab)
+			n *= 2
+			if ab == "b" {
+				n++
+			}
+		} else {
+			continue
+		}
+		if p, ok := lastN[sender]; ok && n < p {
+			return fmt.Errorf("%s delivered (first time) after %s", k, last[sender])
+		}
+		last[sender], lastN[sender] = k, n
+	}
+	return nil
 }
