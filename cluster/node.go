@@ -64,6 +64,7 @@ type Node struct {
 
 	stop      chan struct{}
 	loopDone  chan struct{}
+	closing   atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -151,9 +152,14 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 	} else {
 		o.SyncInterval = SyncIntervalPeriod
 	}
-	if e.Listen == "" {
+	switch {
+	case e.Listen == "" && e.ClusterListen == "":
 		o.DontListen = true
-	} else {
+	case e.Listen == "":
+		// nats-server starts routing only once its client listener is up (with DontListen
+		// the routes never start): a random loopback port stands in for "no listener".
+		o.Host, o.Port = "127.0.0.1", server.RANDOM_PORT
+	default:
 		o.Host, o.Port = splitHostPort(e.Listen)
 	}
 	if e.ClusterListen != "" {
@@ -221,9 +227,7 @@ func (n *Node) connectURL(ctx context.Context) error {
 func (n *Node) connHandlers() nats.Option {
 	return func(o *nats.Options) error {
 		o.DisconnectedErrCB = func(_ *nats.Conn, err error) {
-			select {
-			case <-n.stop:
-			default:
+			if !n.closing.Load() {
 				n.log.Warn("cluster: NATS connection lost", "err", err)
 			}
 		}
@@ -242,9 +246,6 @@ func (n *Node) waitReady(ctx context.Context) error {
 		st := n.check()
 		n.status.Store(st)
 		if st.err == nil {
-			if st.size > 0 && st.size < n.cfg.Replicas {
-				return fmt.Errorf("cluster: cluster.replicas %d but the JetStream cluster %q has %d nodes", n.cfg.Replicas, n.cfg.Name, st.size)
-			}
 			n.log.Info("cluster: JetStream ready", "cluster", n.cfg.Name, "meta_leader", st.leader,
 				"peers", st.peers, "routes_connected", st.connected, "waited", time.Since(start).Round(time.Millisecond))
 			return nil
@@ -255,8 +256,8 @@ func (n *Node) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("cluster: node %s gave up waiting for the JetStream quorum after %s: %s: %w (%w)",
-				n.cfg.Node, time.Since(start).Round(time.Millisecond), n.describe(st), ctx.Err(), storage.ErrNoQuorum)
+			return fmt.Errorf("cluster: node %s gave up waiting for the JetStream quorum after %s: %w%s: %w",
+				n.cfg.Node, time.Since(start).Round(time.Millisecond), st.err, n.describe(st), ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -276,10 +277,9 @@ func (n *Node) waitAttrs(st *status, waited time.Duration) []any {
 	return attrs
 }
 
-// describe says what a status lacks, for errors.
+// describe adds to a status's error the routes waited for and a cluster name conflict.
 func (n *Node) describe(st *status) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%v", st.err)
 	if n.srv != nil {
 		if e := n.cfg.NATS.Embedded; e != nil && len(e.Routes) > 0 {
 			fmt.Fprintf(&b, "; waiting for routes [%s]; connected [%s]",
@@ -411,6 +411,9 @@ func (n *Node) checkEmbedded() *status {
 		st.err = noQuorum("no JetStream meta leader in cluster %q (%d of %d peers online, quorum needs %d)", n.cfg.Name, st.peers, m.Size, need)
 	case st.peers < need:
 		st.err = noQuorum("%d of %d peers online in cluster %q, quorum needs %d", st.peers, m.Size, n.cfg.Name, need)
+	case m.Size < n.cfg.Replicas:
+		// The meta group grows as peers join: streams of cluster.replicas cannot be placed yet.
+		st.err = noQuorum("the JetStream cluster %q has %d nodes, cluster.replicas %d needs %d", n.cfg.Name, m.Size, n.cfg.Replicas, n.cfg.Replicas)
 	}
 	return st
 }
@@ -521,6 +524,7 @@ func (n *Node) Close() error {
 
 // shutdown drains the connection and stops the embedded server.
 func (n *Node) shutdown() error {
+	n.closing.Store(true)
 	var err error
 	if n.nc != nil {
 		closed := make(chan struct{})
@@ -570,7 +574,10 @@ func (l *natsLogger) Fatalf(format string, v ...any) {
 func (l *natsLogger) emit(level slog.Level, format string, v []any) {
 	msg := fmt.Sprintf(format, v...)
 	low := strings.ToLower(msg)
-	if strings.Contains(low, "cluster name") || strings.Contains(low, "cluster_name_conflict") || strings.Contains(low, "cluster name conflict") {
+	// The two sides of a name mismatch say "Rejecting connection, cluster name "x" does not
+	// match "y"" and "cluster name from remote server conflicts" (and close the route with
+	// reason "Cluster Name Conflict").
+	if strings.Contains(low, "cluster name") && (strings.Contains(low, "conflict") || strings.Contains(low, "does not match")) {
 		l.mu.Lock()
 		l.conflict = msg
 		l.mu.Unlock()
