@@ -408,7 +408,7 @@ func (n *Node) checkEmbedded() *status {
 	}
 	switch {
 	case m.Leader == "":
-		st.err = noQuorum("no JetStream meta leader in cluster %q (%d of %d peers online, quorum needs %d)", n.cfg.Name, st.peers, m.Size, need)
+		st.err = noQuorum("no JetStream meta leader in cluster %q (%d peers online of the %d the meta group knows, quorum needs %d)", n.cfg.Name, st.peers, m.Size, need)
 	case st.peers < need:
 		st.err = noQuorum("%d of %d peers online in cluster %q, quorum needs %d", st.peers, m.Size, n.cfg.Name, need)
 	case m.Size < n.cfg.Replicas:

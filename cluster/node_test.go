@@ -290,6 +290,7 @@ func TestUnreachableRoutesNamedWhileWaiting(t *testing.T) {
 	if waitLine == "" {
 		t.Fatalf("no waiting log line:\n%s", out)
 	}
+	t.Logf("log: %s", waitLine)
 	for _, want := range []string{r1, r2} {
 		if !strings.Contains(waitLine, want) {
 			t.Errorf("waiting log line does not name %s: %s", want, waitLine)
