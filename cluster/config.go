@@ -173,6 +173,9 @@ func (c *Config) Validate() error {
 				add("cluster.nats.embedded.cluster_listen: %v", err)
 			}
 		}
+		if len(e.Routes) == 0 && e.ClusterListen != "" {
+			add("cluster.nats.embedded.cluster_listen without routes: NATS runs a JetStream cluster only with routes to the other nodes (name them in cluster.nats.embedded.routes, or drop cluster_listen for one node)")
+		}
 		if len(e.Routes) > 0 && e.ClusterListen == "" {
 			add("cluster.nats.embedded.cluster_listen is required with routes: the address the other nodes' routes reach this node at")
 		}

@@ -108,7 +108,8 @@ func TestConfigValidate(t *testing.T) {
 		{"route port", Config{Node: "a", Replicas: 1, NATS: emb("127.0.0.1:6222", "nats://h:99999")}, `port "99999" is not 1..65535`},
 		{"routes without cluster_listen", Config{Node: "a", Replicas: 2, NATS: emb("", "nats://127.0.0.1:6223")},
 			"cluster.nats.embedded.cluster_listen is required with routes"},
-		{"cluster_listen", Config{Node: "a", Replicas: 1, NATS: emb("6222")}, "cluster.nats.embedded.cluster_listen: \"6222\" is not host:port"},
+		{"cluster_listen", Config{Node: "a", Replicas: 1, NATS: emb("6222", "nats://h:6222")}, "cluster.nats.embedded.cluster_listen: \"6222\" is not host:port"},
+		{"cluster_listen without routes", Config{Node: "a", Replicas: 1, NATS: emb("127.0.0.1:6222")}, "cluster.nats.embedded.cluster_listen without routes"},
 		{"listen", Config{Node: "a", Replicas: 1, NATS: NATSConfig{Embedded: &EmbeddedConfig{Listen: "localhost"}}},
 			"cluster.nats.embedded.listen"},
 	}

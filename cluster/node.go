@@ -186,7 +186,12 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 	srv.SetLogger(n.nlog, false, false)
 	n.srv = srv
 	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
+	// A listener error (port taken) is logged through Fatalf: stop waiting at once then.
+	ready := false
+	for deadline := time.Now().Add(10 * time.Second); !ready && time.Now().Before(deadline) && n.nlog.lastFatal() == ""; {
+		ready = srv.ReadyForConnections(100 * time.Millisecond)
+	}
+	if !ready {
 		msg := n.nlog.lastFatal()
 		if msg == "" {
 			msg = "not ready for connections after 10s"
@@ -353,7 +358,10 @@ func (n *Node) checkEmbedded() *status {
 	}
 	sort.Strings(st.connected)
 	st.routes = len(byName)
-	if e := n.cfg.NATS.Embedded; e != nil {
+	// A peer may have connected to us (an inbound route, from an ephemeral port): when as many
+	// peers are connected as routes are configured, nothing is waited for. Else name the
+	// routes whose address no connected route has.
+	if e := n.cfg.NATS.Embedded; e != nil && st.routes < otherRoutes(e) {
 		for _, r := range e.Routes {
 			u, err := url.Parse(r)
 			if err != nil || (e.ClusterListen != "" && sameAddr(u.Host, e.ClusterListen)) {
@@ -362,11 +370,6 @@ func (n *Node) checkEmbedded() *status {
 			if !routeConnected(u.Host, ips) {
 				st.waiting = append(st.waiting, r)
 			}
-		}
-		// A peer may have connected to us (inbound route, ephemeral port): when as many peers
-		// are connected as routes are configured, nothing is waited for.
-		if len(st.waiting) > 0 && st.routes >= otherRoutes(e) {
-			st.waiting = nil
 		}
 	}
 
@@ -549,11 +552,15 @@ func (n *Node) shutdown() error {
 // natsLogger sends the embedded server's logs to slog and remembers the messages that explain
 // why the node cannot start or join (a listener error, a cluster name conflict).
 type natsLogger struct {
-	log      *slog.Logger
-	mu       sync.Mutex
-	fatal    string
-	conflict string
+	log        *slog.Logger
+	mu         sync.Mutex
+	fatal      string
+	conflict   string
+	conflictAt time.Time
 }
+
+// conflictRecent is how long a cluster name conflict seen in the log is reported.
+const conflictRecent = 30 * time.Second
 
 func (l *natsLogger) Noticef(format string, v ...any) { l.emit(slog.LevelInfo, format, v) }
 func (l *natsLogger) Warnf(format string, v ...any)   { l.emit(slog.LevelWarn, format, v) }
@@ -579,7 +586,7 @@ func (l *natsLogger) emit(level slog.Level, format string, v []any) {
 	// reason "Cluster Name Conflict").
 	if strings.Contains(low, "cluster name") && (strings.Contains(low, "conflict") || strings.Contains(low, "does not match")) {
 		l.mu.Lock()
-		l.conflict = msg
+		l.conflict, l.conflictAt = msg, time.Now()
 		l.mu.Unlock()
 		if level < slog.LevelWarn {
 			level = slog.LevelWarn
@@ -603,5 +610,8 @@ func (l *natsLogger) lastConflict() string {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if time.Since(l.conflictAt) > conflictRecent {
+		return ""
+	}
 	return l.conflict
 }

@@ -343,3 +343,99 @@ func TestMismatchedClusterNameDoesNotJoin(t *testing.T) {
 		}
 	}
 }
+
+func TestExternalNATSByURL(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// An "existing NATS" with JetStream: a one-node embedded server with a client port.
+	port := freePorts(t, 1)[0]
+	natsCfg := Config{Node: "nats-1", Replicas: 1, NATS: NATSConfig{Embedded: &EmbeddedConfig{
+		Listen: fmt.Sprintf("127.0.0.1:%d", port),
+	}}}
+	srv, err := Start(ctx, natsCfg, Options{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.Quorum() != nil || srv.Server().JetStreamIsClustered() {
+		t.Fatalf("one-node embedded: quorum %v, clustered %v", srv.Quorum(), srv.Server().JetStreamIsClustered())
+	}
+	defer srv.Close()
+
+	logs := &testutil.SyncBuffer{}
+	set := metrics.NewSet()
+	cfg := Config{Node: "gw-1", Replicas: 1, NATS: NATSConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", port)}}
+	n, err := Start(ctx, cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Metrics: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.Quorum(); err != nil {
+		t.Fatal(err)
+	}
+	if n.Server() != nil {
+		t.Fatal("a URL node runs no server")
+	}
+	if _, err := n.JetStream().CreateStream(ctx, jetstream.StreamConfig{Name: "U", Subjects: []string{"u.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.JetStream().Publish(ctx, "u.1", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if v := gaugeValue(set, "fleetgate_cluster_quorum"); v != "1" {
+		t.Fatalf("fleetgate_cluster_quorum %q", v)
+	}
+
+	// NATS goes away: no quorum, said in the log and the metric.
+	srv.Close()
+	waitFor(t, 5*time.Second, "quorum lost without NATS", func() error {
+		if err := n.Quorum(); !errors.Is(err, storage.ErrNoQuorum) {
+			return fmt.Errorf("Quorum: %v", err)
+		}
+		return nil
+	})
+	waitFor(t, 5*time.Second, "quorum-lost log and metric", func() error {
+		if !strings.Contains(logs.String(), "quorum lost") || gaugeValue(set, "fleetgate_cluster_quorum") != "0" {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	n.Close()
+	if v := gaugeValue(set, "fleetgate_cluster_quorum"); v != "" {
+		t.Fatalf("gauge still registered after Close: %q", v)
+	}
+}
+
+func TestStartRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	if _, err := Start(context.Background(), Config{}, Options{}); err == nil {
+		t.Fatal("Start without a cluster section")
+	}
+	_, err := Start(context.Background(), Config{Node: "a", Sync: "sometimes", Replicas: 1}, Options{DataDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "cluster.sync") {
+		t.Fatalf("Start with a bad config: %v", err)
+	}
+	// The cluster port already taken: a clear error, not a hang.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err = Start(ctx, Config{Node: "a", Replicas: 1, NATS: NATSConfig{Embedded: &EmbeddedConfig{Listen: l.Addr().String()}}},
+		Options{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), l.Addr().String()) {
+		t.Fatalf("Start on a taken port: %v", err)
+	}
+	t.Logf("taken port: %v", err)
+
+	// The same for the route port.
+	_, err = Start(ctx, Config{Node: "a", Replicas: 1, NATS: NATSConfig{Embedded: &EmbeddedConfig{
+		ClusterListen: l.Addr().String(), Routes: []string{"nats://127.0.0.1:1"}}}},
+		Options{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), l.Addr().String()) {
+		t.Fatalf("Start on a taken route port: %v", err)
+	}
+	t.Logf("taken route port: %v", err)
+}
