@@ -2,6 +2,9 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +40,20 @@ const (
 	urlInfoTimeout = 2 * time.Second
 )
 
+// The embedded server's users: appUser (no credentials needed) and sysUser (in-process only).
+const (
+	appUser = "fleetgate"
+	sysUser = "fleetgate-system"
+)
+
+func randomToken() string {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
 // Options are what Start needs besides the config.
 type Options struct {
 	// DataDir is the gateway's data_dir: the default store dir is <DataDir>/nats.
@@ -57,6 +74,8 @@ type Node struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	nlog   *natsLogger
+	// sysPass is the password of sysUser on the embedded server.
+	sysPass string
 	set    *metrics.Set
 	gauges []string
 
@@ -138,14 +157,26 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 		}
 		storeDir = filepath.Join(dataDir, "nats")
 	}
+	// Clients without credentials (the gateway's in-process connection, the nats CLI on the
+	// client port) are the user "fleetgate" of the global account: no client auth, the client
+	// listener, when enabled, must be protected by the network (docs/operations.md, "Ports to
+	// protect"). One more user, in the system account, with a password made up at every start
+	// and never shown, lets this process send system requests (RemovePeer).
+	sysAcc := server.NewAccount(server.DEFAULT_SYSTEM_ACCOUNT)
+	n.sysPass = randomToken()
 	o := &server.Options{
-		ServerName: cfg.Node,
-		JetStream:  true,
-		StoreDir:   storeDir,
-		MaxPayload: MaxPayload,
-		NoSigs:     true,
-		// No client auth: the client listener, when enabled, must be protected by the network
-		// (see docs/operations.md, "Ports to protect").
+		ServerName:    cfg.Node,
+		JetStream:     true,
+		StoreDir:      storeDir,
+		MaxPayload:    MaxPayload,
+		NoSigs:        true,
+		Accounts:      []*server.Account{sysAcc},
+		SystemAccount: server.DEFAULT_SYSTEM_ACCOUNT,
+		Users: []*server.User{
+			{Username: appUser, Password: randomToken()},
+			{Username: sysUser, Password: n.sysPass, Account: sysAcc},
+		},
+		NoAuthUser: appUser,
 	}
 	if cfg.Sync == SyncAlways {
 		o.SyncAlways = true
@@ -502,6 +533,43 @@ func (n *Node) Config() Config { return n.cfg }
 
 // Server is the embedded NATS server (nil with cluster.nats.url).
 func (n *Node) Server() *server.Server { return n.srv }
+
+// RemovePeer removes a node for good from the JetStream meta group (the NATS system request
+// $JS.API.SERVER.REMOVE, which `nats server raft peer-remove` sends): its size, and so its
+// quorum, no longer count it. Stop the node first and move its stream replicas away (see
+// docs/operations.md, "Shrinking the cluster"). Only with the embedded server: with
+// cluster.nats.url, use your NATS system user.
+func (n *Node) RemovePeer(ctx context.Context, node string) error {
+	if n.srv == nil {
+		return errors.New("cluster: RemovePeer needs the embedded NATS server; with cluster.nats.url run `nats server raft peer-remove` with your NATS system user")
+	}
+	if node == "" || node == n.cfg.Node {
+		return fmt.Errorf("cluster: RemovePeer %q: name another node", node)
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(n.srv), nats.UserInfo(sysUser, n.sysPass),
+		nats.Name("fleetgate "+n.cfg.Node+" system"))
+	if err != nil {
+		return fmt.Errorf("cluster: system connection: %w", err)
+	}
+	defer nc.Close()
+	req, _ := json.Marshal(server.JSApiMetaServerRemoveRequest{Server: node})
+	msg, err := nc.RequestWithContext(ctx, server.JSApiRemoveServer, req)
+	if err != nil {
+		return fmt.Errorf("cluster: remove peer %s: %w", node, err)
+	}
+	var resp server.JSApiMetaServerRemoveResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return fmt.Errorf("cluster: remove peer %s: bad response %q: %w", node, msg.Data, err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("cluster: remove peer %s: %s", node, resp.Error.Description)
+	}
+	if !resp.Success {
+		return fmt.Errorf("cluster: remove peer %s: not done (%s)", node, msg.Data)
+	}
+	n.log.Warn("cluster: peer removed from the JetStream meta group", "peer", node)
+	return nil
+}
 
 // Quorum returns nil when this node can write to JetStream (connected, meta leader known, a
 // quorum of peers online), else an error wrapping storage.ErrNoQuorum that says what is

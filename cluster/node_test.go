@@ -439,3 +439,64 @@ func TestStartRefusesBadConfig(t *testing.T) {
 	}
 	t.Logf("taken route port: %v", err)
 }
+
+func TestRemovePeer(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tns := threeNodes(t)
+	for _, tn := range tns {
+		tn.cfg.Replicas = 2
+	}
+	nodes := startAll(t, ctx, tns)
+	defer func() {
+		for _, n := range nodes {
+			n.Close()
+		}
+	}()
+	metaSize := func(n *Node) int {
+		jsi, err := n.Server().Jsz(nil)
+		if err != nil || jsi.Meta == nil {
+			return -1
+		}
+		return jsi.Meta.Size
+	}
+	waitFor(t, 10*time.Second, "meta group of 3", func() error {
+		if s := metaSize(nodes[0]); s != 3 {
+			return fmt.Errorf("meta size %d", s)
+		}
+		return nil
+	})
+	if err := nodes[0].RemovePeer(ctx, "gw-1"); err == nil {
+		t.Fatal("RemovePeer of the node itself")
+	}
+	if err := nodes[0].RemovePeer(ctx, "nobody"); err == nil {
+		t.Fatal("RemovePeer of an unknown node succeeded")
+	} else {
+		t.Logf("unknown peer: %v", err)
+	}
+
+	// gw-3 leaves for good: stopped, then removed; the meta group shrinks to 2 and the two
+	// others keep their quorum (2 of 2).
+	nodes[2].Close()
+	if err := nodes[0].RemovePeer(ctx, "gw-3"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "meta group of 2 on both nodes", func() error {
+		for _, n := range nodes[:2] {
+			if s := metaSize(n); s != 2 {
+				return fmt.Errorf("%s: meta size %d", n.Name(), s)
+			}
+			if err := n.Quorum(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if _, err := nodes[1].JetStream().CreateStream(ctx, jetstream.StreamConfig{Name: "R2", Subjects: []string{"r2.>"}, Replicas: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodes[1].JetStream().Publish(ctx, "r2.x", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+}
