@@ -68,16 +68,16 @@ type Options struct {
 // Node is a running cluster node: an embedded NATS server (or a connection to an external NATS
 // cluster), a client connection to it and the background loop that tracks the quorum.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	srv    *server.Server // nil with cluster.nats.url
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	nlog   *natsLogger
+	cfg  Config
+	log  *slog.Logger
+	srv  *server.Server // nil with cluster.nats.url
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	nlog *natsLogger
 	// sysPass is the password of sysUser on the embedded server.
 	sysPass string
-	set    *metrics.Set
-	gauges []string
+	set     *metrics.Set
+	gauges  []string
 
 	status atomic.Pointer[status]
 
