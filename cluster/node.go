@@ -74,6 +74,8 @@ type Node struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	nlog *natsLogger
+	// natsLog receives the embedded server's log lines.
+	natsLog *slog.Logger
 	// sysPass is the password of sysUser on the embedded server.
 	sysPass string
 	set     *metrics.Set
@@ -113,10 +115,10 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Node, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("component", "cluster", "node", cfg.Node)
 	n := &Node{
 		cfg:      cfg,
-		log:      log,
+		log:      log.With("component", "cluster", "node", cfg.Node),
+		natsLog:  log.With("component", "nats", "node", cfg.Node),
 		set:      opts.Metrics,
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
@@ -138,11 +140,12 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("cluster: jetstream: %w", err)
 	}
 
+	n.registerMetrics() // while waiting too: fleetgate_cluster_quorum 0, peers and routes as seen
 	if err := n.waitReady(ctx); err != nil {
+		n.unregisterMetrics()
 		n.shutdown()
 		return nil, err
 	}
-	n.registerMetrics()
 	go n.loop()
 	return n, nil
 }
@@ -213,7 +216,7 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 	if err != nil {
 		return fmt.Errorf("cluster: embedded NATS: %w", err)
 	}
-	n.nlog = &natsLogger{log: n.log.With("component", "nats")}
+	n.nlog = &natsLogger{log: n.natsLog}
 	srv.SetLogger(n.nlog, false, false)
 	n.srv = srv
 	srv.Start()
@@ -519,6 +522,15 @@ func (n *Node) registerMetrics() {
 	gauge("fleetgate_cluster_routes_connected", func(st *status) float64 { return float64(st.routes) })
 }
 
+func (n *Node) unregisterMetrics() {
+	if n.set != nil {
+		for _, g := range n.gauges {
+			n.set.UnregisterMetric(g)
+		}
+	}
+	n.gauges = nil
+}
+
 // Conn is the node's NATS connection (in process with the embedded server).
 func (n *Node) Conn() *nats.Conn { return n.nc }
 
@@ -553,9 +565,23 @@ func (n *Node) RemovePeer(ctx context.Context, node string) error {
 	}
 	defer nc.Close()
 	req, _ := json.Marshal(server.JSApiMetaServerRemoveRequest{Server: node})
-	msg, err := nc.RequestWithContext(ctx, server.JSApiRemoveServer, req)
-	if err != nil {
-		return fmt.Errorf("cluster: remove peer %s: %w", node, err)
+	// Only the meta leader answers: while it changes (e.g. the removed node just stopped and
+	// was the leader), a request goes unanswered; ask again until ctx ends.
+	var msg *nats.Msg
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		msg, err = nc.RequestWithContext(rctx, server.JSApiRemoveServer, req)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders)) {
+			return fmt.Errorf("cluster: remove peer %s (is there a JetStream meta leader? %v): %w", node, n.Quorum(), err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	var resp server.JSApiMetaServerRemoveResponse
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
@@ -583,11 +609,7 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		close(n.stop)
 		<-n.loopDone
-		if n.set != nil {
-			for _, g := range n.gauges {
-				n.set.UnregisterMetric(g)
-			}
-		}
+		n.unregisterMetrics()
 		n.closeErr = n.shutdown()
 	})
 	return n.closeErr

@@ -479,6 +479,7 @@ func TestRemovePeer(t *testing.T) {
 	// gw-3 leaves for good: stopped, then removed; the meta group shrinks to 2 and the two
 	// others keep their quorum (2 of 2).
 	nodes[2].Close()
+	// gw-3 may have been the meta leader: RemovePeer asks again until a new one answers.
 	if err := nodes[0].RemovePeer(ctx, "gw-3"); err != nil {
 		t.Fatal(err)
 	}
