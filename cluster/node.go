@@ -195,6 +195,9 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 		o.Host, o.Port = "127.0.0.1", server.RANDOM_PORT
 	default:
 		o.Host, o.Port = splitHostPort(e.Listen)
+		if ip := net.ParseIP(o.Host); o.Host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			n.log.Warn("cluster: cluster.nats.embedded.listen is not a loopback address: NATS clients need no credentials there and can read and delete every stream; firewall it (docs/operations.md, \"Ports to protect\")", "listen", e.Listen)
+		}
 	}
 	if e.ClusterListen != "" {
 		o.Cluster.Name = cfg.Name
@@ -619,17 +622,19 @@ func (n *Node) Close() error {
 func (n *Node) shutdown() error {
 	n.closing.Store(true)
 	var err error
-	if n.nc != nil {
+	if n.nc != nil && !n.nc.IsClosed() {
 		closed := make(chan struct{})
-		n.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+		var once sync.Once
+		n.nc.SetClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) })
 		if derr := n.nc.Drain(); derr != nil {
-			n.nc.Close()
-		}
-		select {
-		case <-closed:
-		case <-time.After(5 * time.Second):
-			n.nc.Close()
-			err = errors.New("cluster: NATS connection drain timed out")
+			n.nc.Close() // not connected: nothing to drain
+		} else {
+			select {
+			case <-closed:
+			case <-time.After(5 * time.Second):
+				n.nc.Close()
+				err = errors.New("cluster: NATS connection drain timed out")
+			}
 		}
 	}
 	if n.srv != nil {
