@@ -181,7 +181,7 @@ func (c *Config) Validate() error {
 		}
 		others := map[string]bool{}
 		for i, r := range e.Routes {
-			if err := checkURL(r, "nats", "nats-route", "tls"); err != nil {
+			if err := checkURL(r, "nats", "nats-route"); err != nil { // no route TLS in this version
 				add("cluster.nats.embedded.routes[%d]: %v", i, err)
 				continue
 			}

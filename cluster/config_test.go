@@ -104,6 +104,7 @@ func TestConfigValidate(t *testing.T) {
 		{"url no port", Config{Node: "a", NATS: NATSConfig{URL: "nats://h"}}, `cluster.nats.url: "nats://h"`},
 		{"url path", Config{Node: "a", NATS: NATSConfig{URL: "nats://h:4222/x"}}, "without a path"},
 		{"url empty member", Config{Node: "a", NATS: NATSConfig{URL: "nats://h:4222,"}}, "cluster.nats.url: empty URL"},
+		{"route with tls (not supported yet)", Config{Node: "a", Replicas: 1, NATS: emb("127.0.0.1:6222", "tls://h:6222")}, "the scheme must be nats:// or nats-route://"},
 		{"route bad", Config{Node: "a", Replicas: 1, NATS: emb("127.0.0.1:6222", "127.0.0.1:6223")}, "cluster.nats.embedded.routes[0]"},
 		{"route port", Config{Node: "a", Replicas: 1, NATS: emb("127.0.0.1:6222", "nats://h:99999")}, `port "99999" is not 1..65535`},
 		{"routes without cluster_listen", Config{Node: "a", Replicas: 2, NATS: emb("", "nats://127.0.0.1:6223")},
