@@ -173,12 +173,15 @@ func (c *Config) Validate() error {
 				add("cluster.nats.embedded.cluster_listen: %v", err)
 			}
 		}
+		if len(e.Routes) == 0 && e.ClusterListen != "" {
+			add("cluster.nats.embedded.cluster_listen without routes: NATS runs a JetStream cluster only with routes to the other nodes (name them in cluster.nats.embedded.routes, or drop cluster_listen for one node)")
+		}
 		if len(e.Routes) > 0 && e.ClusterListen == "" {
 			add("cluster.nats.embedded.cluster_listen is required with routes: the address the other nodes' routes reach this node at")
 		}
 		others := map[string]bool{}
 		for i, r := range e.Routes {
-			if err := checkURL(r, "nats", "nats-route", "tls"); err != nil {
+			if err := checkURL(r, "nats", "nats-route"); err != nil { // no route TLS in this version
 				add("cluster.nats.embedded.routes[%d]: %v", i, err)
 				continue
 			}

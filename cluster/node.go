@@ -2,6 +2,9 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +40,20 @@ const (
 	urlInfoTimeout = 2 * time.Second
 )
 
+// The embedded server's users: appUser (no credentials needed) and sysUser (in-process only).
+const (
+	appUser = "fleetgate"
+	sysUser = "fleetgate-system"
+)
+
+func randomToken() string {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
 // Options are what Start needs besides the config.
 type Options struct {
 	// DataDir is the gateway's data_dir: the default store dir is <DataDir>/nats.
@@ -51,19 +68,24 @@ type Options struct {
 // Node is a running cluster node: an embedded NATS server (or a connection to an external NATS
 // cluster), a client connection to it and the background loop that tracks the quorum.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	srv    *server.Server // nil with cluster.nats.url
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	nlog   *natsLogger
-	set    *metrics.Set
-	gauges []string
+	cfg  Config
+	log  *slog.Logger
+	srv  *server.Server // nil with cluster.nats.url
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	nlog *natsLogger
+	// natsLog receives the embedded server's log lines.
+	natsLog *slog.Logger
+	// sysPass is the password of sysUser on the embedded server.
+	sysPass string
+	set     *metrics.Set
+	gauges  []string
 
 	status atomic.Pointer[status]
 
 	stop      chan struct{}
 	loopDone  chan struct{}
+	closing   atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -93,10 +115,10 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Node, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("component", "cluster", "node", cfg.Node)
 	n := &Node{
 		cfg:      cfg,
-		log:      log,
+		log:      log.With("component", "cluster", "node", cfg.Node),
+		natsLog:  log.With("component", "nats", "node", cfg.Node),
 		set:      opts.Metrics,
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
@@ -118,11 +140,12 @@ func Start(ctx context.Context, cfg Config, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("cluster: jetstream: %w", err)
 	}
 
+	n.registerMetrics() // while waiting too: fleetgate_cluster_quorum 0, peers and routes as seen
 	if err := n.waitReady(ctx); err != nil {
+		n.unregisterMetrics()
 		n.shutdown()
 		return nil, err
 	}
-	n.registerMetrics()
 	go n.loop()
 	return n, nil
 }
@@ -137,28 +160,44 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 		}
 		storeDir = filepath.Join(dataDir, "nats")
 	}
+	// Clients without credentials (the gateway's in-process connection, the nats CLI on the
+	// client port) are the user "fleetgate" of the global account: no client auth, the client
+	// listener, when enabled, must be protected by the network (docs/operations.md, "Ports to
+	// protect"). One more user, in the system account, with a password made up at every start
+	// and never shown, lets this process send system requests (RemovePeer).
+	sysAcc := server.NewAccount(server.DEFAULT_SYSTEM_ACCOUNT)
+	n.sysPass = randomToken()
 	o := &server.Options{
-		ServerName: cfg.Node,
-		JetStream:  true,
-		StoreDir:   storeDir,
-		MaxPayload: MaxPayload,
-		NoSigs:     true,
-		// No client auth: the client listener, when enabled, must be protected by the network
-		// (see docs/operations.md, "Ports to protect").
+		ServerName:    cfg.Node,
+		JetStream:     true,
+		StoreDir:      storeDir,
+		MaxPayload:    MaxPayload,
+		NoSigs:        true,
+		Accounts:      []*server.Account{sysAcc},
+		SystemAccount: server.DEFAULT_SYSTEM_ACCOUNT,
+		Users: []*server.User{
+			{Username: appUser, Password: randomToken()},
+			{Username: sysUser, Password: n.sysPass, Account: sysAcc},
+		},
+		NoAuthUser: appUser,
 	}
 	if cfg.Sync == SyncAlways {
 		o.SyncAlways = true
 	} else {
 		o.SyncInterval = SyncIntervalPeriod
 	}
-	if e.Listen == "" && e.ClusterListen == "" {
+	switch {
+	case e.Listen == "" && e.ClusterListen == "":
 		o.DontListen = true
-	} else if e.Listen == "" {
-		// nats-server starts routing only once its client listener is up (DontListen would
-		// keep routes down for good): listen on a random loopback port nobody is told about.
+	case e.Listen == "":
+		// nats-server starts routing only once its client listener is up (with DontListen
+		// the routes never start): a random loopback port stands in for "no listener".
 		o.Host, o.Port = "127.0.0.1", server.RANDOM_PORT
-	} else {
+	default:
 		o.Host, o.Port = splitHostPort(e.Listen)
+		if ip := net.ParseIP(o.Host); o.Host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			n.log.Warn("cluster: cluster.nats.embedded.listen is not a loopback address: NATS clients need no credentials there and can read and delete every stream; firewall it (docs/operations.md, \"Ports to protect\")", "listen", e.Listen)
+		}
 	}
 	if e.ClusterListen != "" {
 		o.Cluster.Name = cfg.Name
@@ -180,11 +219,16 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 	if err != nil {
 		return fmt.Errorf("cluster: embedded NATS: %w", err)
 	}
-	n.nlog = &natsLogger{log: n.log.With("component", "nats")}
+	n.nlog = &natsLogger{log: n.natsLog}
 	srv.SetLogger(n.nlog, false, false)
 	n.srv = srv
 	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
+	// A listener error (port taken) is logged through Fatalf: stop waiting at once then.
+	ready := false
+	for deadline := time.Now().Add(10 * time.Second); !ready && time.Now().Before(deadline) && n.nlog.lastFatal() == ""; {
+		ready = srv.ReadyForConnections(100 * time.Millisecond)
+	}
+	if !ready {
 		msg := n.nlog.lastFatal()
 		if msg == "" {
 			msg = "not ready for connections after 10s"
@@ -225,9 +269,7 @@ func (n *Node) connectURL(ctx context.Context) error {
 func (n *Node) connHandlers() nats.Option {
 	return func(o *nats.Options) error {
 		o.DisconnectedErrCB = func(_ *nats.Conn, err error) {
-			select {
-			case <-n.stop:
-			default:
+			if !n.closing.Load() {
 				n.log.Warn("cluster: NATS connection lost", "err", err)
 			}
 		}
@@ -245,13 +287,6 @@ func (n *Node) waitReady(ctx context.Context) error {
 	for {
 		st := n.check()
 		n.status.Store(st)
-		if st.err == nil && st.size > 0 && st.size < n.cfg.Replicas {
-			// A meta leader is elected by a majority of the nodes known so far: the others
-			// may still be joining. Not ready until there are as many nodes as replicas.
-			st = &status{leader: st.leader, peers: st.peers, routes: st.routes, waiting: st.waiting, connected: st.connected, size: st.size,
-				err: fmt.Errorf("cluster.replicas %d but the JetStream cluster %q has %d nodes so far", n.cfg.Replicas, n.cfg.Name, st.size)}
-			n.status.Store(st)
-		}
 		if st.err == nil {
 			n.log.Info("cluster: JetStream ready", "cluster", n.cfg.Name, "meta_leader", st.leader,
 				"peers", st.peers, "routes_connected", st.connected, "waited", time.Since(start).Round(time.Millisecond))
@@ -263,8 +298,8 @@ func (n *Node) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("cluster: node %s gave up waiting for the JetStream quorum after %s: %s: %w (%w)",
-				n.cfg.Node, time.Since(start).Round(time.Millisecond), n.describe(st), ctx.Err(), storage.ErrNoQuorum)
+			return fmt.Errorf("cluster: node %s gave up waiting for the JetStream quorum after %s: %w%s: %w",
+				n.cfg.Node, time.Since(start).Round(time.Millisecond), st.err, n.describe(st), ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -284,10 +319,9 @@ func (n *Node) waitAttrs(st *status, waited time.Duration) []any {
 	return attrs
 }
 
-// describe says what a status lacks, for errors.
+// describe adds to a status's error the routes waited for and a cluster name conflict.
 func (n *Node) describe(st *status) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%v", st.err)
 	if n.srv != nil {
 		if e := n.cfg.NATS.Embedded; e != nil && len(e.Routes) > 0 {
 			fmt.Fprintf(&b, "; waiting for routes [%s]; connected [%s]",
@@ -361,7 +395,10 @@ func (n *Node) checkEmbedded() *status {
 	}
 	sort.Strings(st.connected)
 	st.routes = len(byName)
-	if e := n.cfg.NATS.Embedded; e != nil {
+	// A peer may have connected to us (an inbound route, from an ephemeral port): when as many
+	// peers are connected as routes are configured, nothing is waited for. Else name the
+	// routes whose address no connected route has.
+	if e := n.cfg.NATS.Embedded; e != nil && st.routes < otherRoutes(e) {
 		for _, r := range e.Routes {
 			u, err := url.Parse(r)
 			if err != nil || (e.ClusterListen != "" && sameAddr(u.Host, e.ClusterListen)) {
@@ -370,11 +407,6 @@ func (n *Node) checkEmbedded() *status {
 			if !routeConnected(u.Host, ips) {
 				st.waiting = append(st.waiting, r)
 			}
-		}
-		// A peer may have connected to us (inbound route, ephemeral port): when as many peers
-		// are connected as routes are configured, nothing is waited for.
-		if len(st.waiting) > 0 && st.routes >= otherRoutes(e) {
-			st.waiting = nil
 		}
 	}
 
@@ -416,9 +448,12 @@ func (n *Node) checkEmbedded() *status {
 	}
 	switch {
 	case m.Leader == "":
-		st.err = noQuorum("no JetStream meta leader in cluster %q (%d of %d peers online, quorum needs %d)", n.cfg.Name, st.peers, m.Size, need)
+		st.err = noQuorum("no JetStream meta leader in cluster %q (%d peers online of the %d the meta group knows, quorum needs %d)", n.cfg.Name, st.peers, m.Size, need)
 	case st.peers < need:
 		st.err = noQuorum("%d of %d peers online in cluster %q, quorum needs %d", st.peers, m.Size, n.cfg.Name, need)
+	case m.Size < n.cfg.Replicas:
+		// The meta group grows as peers join: streams of cluster.replicas cannot be placed yet.
+		st.err = noQuorum("the JetStream cluster %q has %d nodes, cluster.replicas %d needs %d", n.cfg.Name, m.Size, n.cfg.Replicas, n.cfg.Replicas)
 	}
 	return st
 }
@@ -490,6 +525,15 @@ func (n *Node) registerMetrics() {
 	gauge("fleetgate_cluster_routes_connected", func(st *status) float64 { return float64(st.routes) })
 }
 
+func (n *Node) unregisterMetrics() {
+	if n.set != nil {
+		for _, g := range n.gauges {
+			n.set.UnregisterMetric(g)
+		}
+	}
+	n.gauges = nil
+}
+
 // Conn is the node's NATS connection (in process with the embedded server).
 func (n *Node) Conn() *nats.Conn { return n.nc }
 
@@ -505,6 +549,57 @@ func (n *Node) Config() Config { return n.cfg }
 // Server is the embedded NATS server (nil with cluster.nats.url).
 func (n *Node) Server() *server.Server { return n.srv }
 
+// RemovePeer removes a node for good from the JetStream meta group (the NATS system request
+// $JS.API.SERVER.REMOVE, which `nats server raft peer-remove` sends): its size, and so its
+// quorum, no longer count it. Stop the node first and move its stream replicas away (see
+// docs/operations.md, "Shrinking the cluster"). Only with the embedded server: with
+// cluster.nats.url, use your NATS system user.
+func (n *Node) RemovePeer(ctx context.Context, node string) error {
+	if n.srv == nil {
+		return errors.New("cluster: RemovePeer needs the embedded NATS server; with cluster.nats.url run `nats server raft peer-remove` with your NATS system user")
+	}
+	if node == "" || node == n.cfg.Node {
+		return fmt.Errorf("cluster: RemovePeer %q: name another node", node)
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(n.srv), nats.UserInfo(sysUser, n.sysPass),
+		nats.Name("fleetgate "+n.cfg.Node+" system"))
+	if err != nil {
+		return fmt.Errorf("cluster: system connection: %w", err)
+	}
+	defer nc.Close()
+	req, _ := json.Marshal(server.JSApiMetaServerRemoveRequest{Server: node})
+	// Only the meta leader answers: while it changes (e.g. the removed node just stopped and
+	// was the leader), a request goes unanswered; ask again until ctx ends.
+	var msg *nats.Msg
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		msg, err = nc.RequestWithContext(rctx, server.JSApiRemoveServer, req)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders)) {
+			return fmt.Errorf("cluster: remove peer %s (is there a JetStream meta leader? %v): %w", node, n.Quorum(), err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	var resp server.JSApiMetaServerRemoveResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return fmt.Errorf("cluster: remove peer %s: bad response %q: %w", node, msg.Data, err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("cluster: remove peer %s: %s", node, resp.Error.Description)
+	}
+	if !resp.Success {
+		return fmt.Errorf("cluster: remove peer %s: not done (%s)", node, msg.Data)
+	}
+	n.log.Warn("cluster: peer removed from the JetStream meta group", "peer", node)
+	return nil
+}
+
 // Quorum returns nil when this node can write to JetStream (connected, meta leader known, a
 // quorum of peers online), else an error wrapping storage.ErrNoQuorum that says what is
 // missing. It is cached and refreshed every 500 ms in the background.
@@ -517,11 +612,7 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		close(n.stop)
 		<-n.loopDone
-		if n.set != nil {
-			for _, g := range n.gauges {
-				n.set.UnregisterMetric(g)
-			}
-		}
+		n.unregisterMetrics()
 		n.closeErr = n.shutdown()
 	})
 	return n.closeErr
@@ -529,18 +620,21 @@ func (n *Node) Close() error {
 
 // shutdown drains the connection and stops the embedded server.
 func (n *Node) shutdown() error {
+	n.closing.Store(true)
 	var err error
-	if n.nc != nil {
+	if n.nc != nil && !n.nc.IsClosed() {
 		closed := make(chan struct{})
-		n.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+		var once sync.Once
+		n.nc.SetClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) })
 		if derr := n.nc.Drain(); derr != nil {
-			n.nc.Close()
-		}
-		select {
-		case <-closed:
-		case <-time.After(5 * time.Second):
-			n.nc.Close()
-			err = errors.New("cluster: NATS connection drain timed out")
+			n.nc.Close() // not connected: nothing to drain
+		} else {
+			select {
+			case <-closed:
+			case <-time.After(5 * time.Second):
+				n.nc.Close()
+				err = errors.New("cluster: NATS connection drain timed out")
+			}
 		}
 	}
 	if n.srv != nil {
@@ -553,11 +647,15 @@ func (n *Node) shutdown() error {
 // natsLogger sends the embedded server's logs to slog and remembers the messages that explain
 // why the node cannot start or join (a listener error, a cluster name conflict).
 type natsLogger struct {
-	log      *slog.Logger
-	mu       sync.Mutex
-	fatal    string
-	conflict string
+	log        *slog.Logger
+	mu         sync.Mutex
+	fatal      string
+	conflict   string
+	conflictAt time.Time
 }
+
+// conflictRecent is how long a cluster name conflict seen in the log is reported.
+const conflictRecent = 30 * time.Second
 
 func (l *natsLogger) Noticef(format string, v ...any) { l.emit(slog.LevelInfo, format, v) }
 func (l *natsLogger) Warnf(format string, v ...any)   { l.emit(slog.LevelWarn, format, v) }
@@ -578,9 +676,12 @@ func (l *natsLogger) Fatalf(format string, v ...any) {
 func (l *natsLogger) emit(level slog.Level, format string, v []any) {
 	msg := fmt.Sprintf(format, v...)
 	low := strings.ToLower(msg)
-	if strings.Contains(low, "cluster name") || strings.Contains(low, "cluster_name_conflict") || strings.Contains(low, "cluster name conflict") {
+	// The two sides of a name mismatch say "Rejecting connection, cluster name "x" does not
+	// match "y"" and "cluster name from remote server conflicts" (and close the route with
+	// reason "Cluster Name Conflict").
+	if strings.Contains(low, "cluster name") && (strings.Contains(low, "conflict") || strings.Contains(low, "does not match")) {
 		l.mu.Lock()
-		l.conflict = msg
+		l.conflict, l.conflictAt = msg, time.Now()
 		l.mu.Unlock()
 		if level < slog.LevelWarn {
 			level = slog.LevelWarn
@@ -604,5 +705,8 @@ func (l *natsLogger) lastConflict() string {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if time.Since(l.conflictAt) > conflictRecent {
+		return ""
+	}
 	return l.conflict
 }
