@@ -218,6 +218,11 @@ func (c *clusterState) alive(node string) bool {
 	if node == "" {
 		return false
 	}
+	// A bus that sees the nodes' connections (cluster mode's embedded NATS) knows of a death
+	// at once: its routes close when the process dies.
+	if pd, ok := c.bus.(interface{ PeerDown(node string) bool }); ok && pd.PeerDown(node) {
+		return false
+	}
 	data, ok, err := c.b.persist.store.Get(keyNode + node)
 	if err != nil || !ok {
 		return false

@@ -1,6 +1,10 @@
 package cluster
 
-import "github.com/nats-io/nats.go"
+import (
+	"strings"
+
+	"github.com/nats-io/nats.go"
+)
 
 // The broker's message bus between nodes (broker.Cluster) is core NATS on the node's
 // connection: downlink, retained messages, takeovers and session hand-overs cross nodes there.
@@ -20,4 +24,24 @@ func (n *Node) Subscribe(subject string, fn func(data []byte)) (stop func(), err
 	// A slow consumer must not lose downlink: let its buffer grow well past the defaults.
 	_ = sub.SetPendingLimits(1<<20, 256<<20)
 	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// PeerDown reports whether node is a peer this node's embedded NATS server has no route to
+// (as of the last status check, at most half a second old). A SIGKILLed node's routes close at
+// once, so the broker takes its sessions over without waiting for heartbeats to go stale.
+// With an external NATS (cluster.nats.url) it knows nothing and answers false.
+func (n *Node) PeerDown(node string) bool {
+	if n.srv == nil || node == n.Name() {
+		return false
+	}
+	st := n.status.Load()
+	if st == nil {
+		return false
+	}
+	for _, c := range st.connected {
+		if name, _, _ := strings.Cut(c, "@"); name == node {
+			return false
+		}
+	}
+	return true
 }

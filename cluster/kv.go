@@ -169,32 +169,67 @@ func (l *Log) Delete(key string) error {
 	return nil
 }
 
-// Scan implements storage.KV: the keys with prefix, in ascending order, with their values.
+// Scan implements storage.KV: the keys with prefix, in ascending order, with their values. It
+// reads them all in one pass (a KV watch delivers every current value, then a marker), not one
+// request per key.
 func (l *Log) Scan(prefix string, fn func(key string, value []byte) error) error {
 	ctx, cancel := l.kvCtx()
 	defer cancel()
-	lister, err := l.kv.ListKeysFiltered(ctx, kvFilter(prefix))
+	w, err := l.kv.WatchFiltered(ctx, []string{kvFilter(prefix)}, jetstream.IgnoreDeletes())
 	if err != nil {
 		return l.wrap("listing "+prefix, err)
 	}
-	var keys []string
-	for k := range lister.Keys() {
-		if key, ok := kvDecode(k); ok && strings.HasPrefix(key, prefix) {
-			keys = append(keys, key)
+	defer w.Stop()
+	type kv struct {
+		key   string
+		value []byte
+	}
+	var all []kv
+	for {
+		var e jetstream.KeyValueEntry
+		var ok bool
+		select {
+		case e, ok = <-w.Updates():
+		case <-ctx.Done():
+			return l.wrap("listing "+prefix, ctx.Err())
+		}
+		if !ok {
+			return l.wrap("listing "+prefix, errors.New("watch ended"))
+		}
+		if e == nil {
+			break // every current value was delivered
+		}
+		if key, ok := kvDecode(e.Key()); ok && strings.HasPrefix(key, prefix) {
+			all = append(all, kv{key, e.Value()})
 		}
 	}
-	sort.Strings(keys)
-	for _, key := range keys {
-		e, err := l.kv.Get(ctx, kvEncode(key))
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return l.wrap("reading "+key, err)
-		}
-		if err := fn(key, e.Value()); err != nil {
+	sort.Slice(all, func(i, j int) bool { return all[i].key < all[j].key })
+	for _, e := range all {
+		if err := fn(e.key, e.value); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// Watch calls fn (from another goroutine) after every change of a key with prefix, until stop
+// is called. Rules use it to make a set applied on another node live here at once.
+func (l *Log) Watch(prefix string, fn func()) (stop func(), err error) {
+	w, err := l.kv.WatchFiltered(l.ctx, []string{kvFilter(prefix)}, jetstream.UpdatesOnly())
+	if err != nil {
+		return nil, l.wrap("watching "+prefix, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range w.Updates() {
+			if e == nil {
+				continue
+			}
+			if key, ok := kvDecode(e.Key()); ok && strings.HasPrefix(key, prefix) {
+				fn()
+			}
+		}
+	}()
+	return func() { _ = w.Stop(); <-done }, nil
 }

@@ -136,10 +136,11 @@ type Engine struct {
 	mu   sync.Mutex // serializes Apply and Delete
 	live atomic.Pointer[liveSet]
 
-	poll     bool
-	stop     chan struct{} // closed by Close: ends the poll loop
-	stopOnce sync.Once
-	pollDone chan struct{}
+	poll      bool
+	stopWatch func()        // ends the KV watch (EngineOptions.Poll with a KV that can watch)
+	stop      chan struct{} // closed by Close: ends the poll loop
+	stopOnce  sync.Once
+	pollDone  chan struct{}
 
 	applied  *metrics.Counter
 	rejected *metrics.Counter
@@ -220,7 +221,25 @@ func NewEngine(opts EngineOptions) (*Engine, error) {
 	e.ms.GetOrCreateGauge("fleetgate_rules_count", func() float64 { return float64(e.live.Load().set.Len()) })
 	e.stop, e.pollDone = make(chan struct{}), make(chan struct{})
 	if opts.Poll > 0 {
-		go e.pollLoop(opts.Poll)
+		changed := make(chan struct{}, 1)
+		if w, ok := opts.KV.(interface {
+			Watch(prefix string, fn func()) (stop func(), err error)
+		}); ok {
+			// A shared KV that tells of changes: a new version is live here as soon as it is
+			// stored; the poll stays as the fallback.
+			stopWatch, err := w.Watch(versionPrefix, func() {
+				select {
+				case changed <- struct{}{}:
+				default:
+				}
+			})
+			if err != nil {
+				e.log.Warn("rules: watching the stored versions failed; polling only", "err", err)
+			} else {
+				e.stopWatch = stopWatch
+			}
+		}
+		go e.pollLoop(opts.Poll, changed)
 	} else {
 		close(e.pollDone)
 	}
@@ -229,12 +248,17 @@ func NewEngine(opts EngineOptions) (*Engine, error) {
 
 // Close stops the poll loop (EngineOptions.Poll). The engine keeps matching.
 func (e *Engine) Close() {
-	e.stopOnce.Do(func() { close(e.stop) })
+	e.stopOnce.Do(func() {
+		if e.stopWatch != nil {
+			e.stopWatch()
+		}
+		close(e.stop)
+	})
 	<-e.pollDone
 }
 
 // pollLoop makes the newest stored version live when another node stored it.
-func (e *Engine) pollLoop(every time.Duration) {
+func (e *Engine) pollLoop(every time.Duration, changed <-chan struct{}) {
 	defer close(e.pollDone)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -243,6 +267,7 @@ func (e *Engine) pollLoop(every time.Duration) {
 		case <-e.stop:
 			return
 		case <-t.C:
+		case <-changed:
 		}
 		if err := e.Refresh(); err != nil {
 			e.log.Warn("rules: reading the stored rule set", "err", err)
