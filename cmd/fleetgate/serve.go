@@ -216,7 +216,7 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 		Metrics: g.metrics, Logger: log.With("component", "rules"),
 	}
 	if g.node != nil {
-		ruleOpts.Poll = 250 * time.Millisecond // rules applied on another node take effect here within a second
+		ruleOpts.Poll = time.Second // with the KV watch, rules applied on another node are live here at once; the poll is the fallback
 	}
 	g.rules, err = rules.NewEngine(ruleOpts)
 	if err != nil {
