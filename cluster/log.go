@@ -264,7 +264,7 @@ func (l *Log) wrap(what string, err error) error {
 		return fmt.Errorf("%s: %w", what, storage.ErrClosed)
 	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
 		errors.Is(err, jetstream.ErrNoHeartbeat), errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrDisconnected),
-		errors.Is(err, jetstream.ErrJetStreamNotEnabled):
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoStreamResponse):
 		return fmt.Errorf("%s: %w (%v)", what, storage.ErrNoQuorum, err)
 	}
 	var apiErr *jetstream.APIError
@@ -297,7 +297,7 @@ func (l *Log) Append(ctx context.Context, entries []*storage.Entry) error {
 		l.refused.Add(len(entries))
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*kvTimeout)
+	ctx, cancel := context.WithTimeout(ctx, appendTimeout)
 	defer cancel()
 	for _, e := range entries {
 		if e.Event == nil {
@@ -326,6 +326,10 @@ func (l *Log) Append(ctx context.Context, entries []*storage.Entry) error {
 	}
 	return nil
 }
+
+// appendTimeout bounds how long an append waits for JetStream's "stored on a quorum": past it
+// the sender is refused (503 / 0x97) and retries, on another node if it likes.
+const appendTimeout = 5 * time.Second
 
 // AppendAsync implements storage.Backend.
 func (l *Log) AppendAsync(entries []*storage.Entry, done func(error)) {

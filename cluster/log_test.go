@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,4 +72,23 @@ func TestLogConformance(t *testing.T) {
 			return open()
 		}
 	})
+}
+
+// A node configured with other replicas than the cluster's streams is refused with a clear
+// error instead of acknowledging on fewer replicas than its operator expects.
+func TestLogRefusesOtherReplicas(t *testing.T) {
+	srv, nc, js := startJS(t, t.TempDir())
+	defer srv.Shutdown()
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l, err := OpenLog(ctx, LogOptions{JS: js, Node: "t1", Replicas: 1, Partitions: 2, Functions: []string{"f"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	_, err = OpenLog(ctx, LogOptions{JS: js, Node: "t1", Replicas: 3, Partitions: 2, Functions: []string{"f"}})
+	if err == nil || !strings.Contains(err.Error(), "has 1 replicas but this node is configured with cluster.replicas 3") {
+		t.Fatalf("OpenLog with other replicas = %v", err)
+	}
 }
