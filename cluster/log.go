@@ -31,9 +31,13 @@ const (
 	deadStream    = "FLEETGATE_DLQ"    // subjects fg.dlq.<function token>: dead letters
 	kvBucket      = "FLEETGATE_KV"     // the small KV (rules, sessions, retained, revocations, shadows)
 	eventsSubject = "fg.ev."
-	deadSubject   = "fg.dlq."
-	priorityGroup = "fleetgate"
-	consumerPre   = "fn_"
+	// untargetedSubject takes the events no rule chose a function for: stored like the others
+	// (acknowledged once a quorum has them, their idempotency key remembered), and gone at once
+	// as no queue is interested in them (the stream keeps messages while a queue wants them).
+	untargetedSubject = "fg.none"
+	deadSubject       = "fg.dlq."
+	priorityGroup     = "fleetgate"
+	consumerPre       = "fn_"
 )
 
 // LogOptions configure OpenLog.
@@ -111,6 +115,9 @@ type Log struct {
 	depths  map[string]depth // cached, refreshed at most once a second
 
 	appended, duplicates, refused *metrics.Counter
+	groupSize                     *metrics.Histogram
+
+	appendCh chan *appendReq // appends waiting for the committer
 }
 
 type depth struct {
@@ -132,7 +139,7 @@ func OpenLog(ctx context.Context, opts LogOptions) (*Log, error) {
 	err := l.retry(ctx, "creating the streams", func(ctx context.Context) (err error) {
 		l.events, err = l.ensureStream(ctx, jetstream.StreamConfig{
 			Name: eventsStream, Description: "fleetgate: accepted events",
-			Subjects: []string{eventsSubject + "*"}, Retention: jetstream.InterestPolicy, Storage: jetstream.FileStorage,
+			Subjects: []string{eventsSubject + "*", untargetedSubject}, Retention: jetstream.InterestPolicy, Storage: jetstream.FileStorage,
 			Replicas: opts.Replicas, Duplicates: opts.IdempotencyTTL, AllowAtomicPublish: true,
 			MaxMsgSize: 16 << 20,
 		})
@@ -168,8 +175,11 @@ func OpenLog(ctx context.Context, opts LogOptions) (*Log, error) {
 	l.appended = s.GetOrCreateCounter(`fleetgate_cluster_log_appended_total`)
 	l.duplicates = s.GetOrCreateCounter(`fleetgate_cluster_log_duplicates_total`)
 	l.refused = s.GetOrCreateCounter(`fleetgate_cluster_log_refused_total`)
-	l.wg.Add(1)
+	l.groupSize = s.GetOrCreateHistogram(`fleetgate_cluster_log_group_events`)
+	l.appendCh = make(chan *appendReq, 4096)
+	l.wg.Add(2)
 	go l.keepAlive()
+	go l.committer()
 	return l, nil
 }
 
@@ -290,54 +300,153 @@ func (l *Log) Refusing() error { return l.writable() }
 
 // Append implements storage.Backend.
 func (l *Log) Append(ctx context.Context, entries []*storage.Entry) error {
-	if len(entries) == 0 {
-		return nil
-	}
-	if err := l.writable(); err != nil {
-		l.refused.Add(len(entries))
+	done := make(chan error, 1)
+	l.AppendAsync(entries, func(err error) { done <- err })
+	select {
+	case err := <-done:
 		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	ctx, cancel := context.WithTimeout(ctx, appendTimeout)
-	defer cancel()
-	for _, e := range entries {
-		if e.Event == nil {
-			return fmt.Errorf("appending: %w: entry without event", storage.ErrInvalid)
-		}
-		if e.Event.ID == "" {
-			e.Event.ID = event.NewID()
-		}
-	}
-	var err error
-	if len(entries) == 1 {
-		err = l.publishOne(ctx, entries[0])
-	} else {
-		err = l.publishBatch(ctx, entries)
-	}
-	if err != nil {
-		l.refused.Add(len(entries))
-		return err
-	}
-	for _, e := range entries {
-		if e.Duplicate {
-			l.duplicates.Inc()
-		} else {
-			l.appended.Inc()
-		}
-	}
-	return nil
 }
 
 // appendTimeout bounds how long an append waits for JetStream's "stored on a quorum": past it
 // the sender is refused (503 / 0x97) and retries, on another node if it likes.
 const appendTimeout = 5 * time.Second
 
+// Group commit: appends that arrive while one is being stored are stored together, as one
+// JetStream atomic batch, which JetStream fsyncs once (with sync: always a message alone is
+// one fsync each). One committer keeps the order of appends, so one sender's events are stored
+// in the order it sent them.
+const (
+	maxGroupEvents = maxAtomicBatch
+	maxGroupBytes  = 4 << 20
+)
+
+type appendReq struct {
+	entries []*storage.Entry
+	bytes   int
+	done    func(error)
+}
+
 // AppendAsync implements storage.Backend.
 func (l *Log) AppendAsync(entries []*storage.Entry, done func(error)) {
-	go func() { done(l.Append(l.ctx, entries)) }()
+	if len(entries) == 0 {
+		done(nil)
+		return
+	}
+	if err := l.writable(); err != nil {
+		l.refused.Add(len(entries))
+		done(err)
+		return
+	}
+	size := 0
+	for _, e := range entries {
+		if e.Event == nil {
+			done(fmt.Errorf("appending: %w: entry without event", storage.ErrInvalid))
+			return
+		}
+		if e.Event.ID == "" {
+			e.Event.ID = event.NewID()
+		}
+		size += e.Event.Size()
+	}
+	if size > maxGroupBytes/2 {
+		done(fmt.Errorf("appending %d bytes: %w", size, storage.ErrTooLarge))
+		return
+	}
+	select {
+	case l.appendCh <- &appendReq{entries: entries, bytes: size, done: done}:
+	case <-l.ctx.Done():
+		done(storage.ErrClosed)
+	}
+}
+
+// committer stores the queued appends, group by group.
+func (l *Log) committer() {
+	defer l.wg.Done()
+	var next *appendReq
+	for {
+		r := next
+		next = nil
+		if r == nil {
+			select {
+			case r = <-l.appendCh:
+			case <-l.ctx.Done():
+				l.failQueued()
+				return
+			}
+		}
+		group := []*appendReq{r}
+		n, size := len(r.entries), r.bytes
+	collect:
+		for n < maxGroupEvents {
+			select {
+			case r2 := <-l.appendCh:
+				if n+len(r2.entries) > maxGroupEvents || size+r2.bytes > maxGroupBytes {
+					next = r2
+					break collect
+				}
+				group = append(group, r2)
+				n, size = n+len(r2.entries), size+r2.bytes
+			default:
+				break collect
+			}
+		}
+		l.commit(group, n)
+	}
+}
+
+func (l *Log) failQueued() {
+	for {
+		select {
+		case r := <-l.appendCh:
+			r.done(storage.ErrClosed)
+		default:
+			return
+		}
+	}
+}
+
+func (l *Log) commit(group []*appendReq, n int) {
+	all := group[0].entries
+	if len(group) > 1 {
+		all = make([]*storage.Entry, 0, n)
+		for _, r := range group {
+			all = append(all, r.entries...)
+		}
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, appendTimeout)
+	var err error
+	if len(all) == 1 {
+		err = l.publishOne(ctx, all[0])
+	} else {
+		err = l.publishBatch(ctx, all)
+	}
+	cancel()
+	if err != nil {
+		l.refused.Add(len(all))
+	} else {
+		for _, e := range all {
+			if e.Duplicate {
+				l.duplicates.Inc()
+			} else {
+				l.appended.Inc()
+			}
+		}
+	}
+	l.groupSize.Update(float64(len(all)))
+	for _, r := range group {
+		r.done(err)
+	}
 }
 
 func (l *Log) message(e *storage.Entry) *nats.Msg {
-	m := nats.NewMsg(eventsSubject + strconv.Itoa(l.partition(e.Event)))
+	subj := untargetedSubject // stored (and its id remembered), but no queue reads it
+	if len(e.Targets) > 0 {
+		subj = eventsSubject + strconv.Itoa(l.partition(e.Event))
+	}
+	m := nats.NewMsg(subj)
 	m.Data = storage.AppendEntry(nil, e)
 	if e.IdempotencyKey != "" {
 		m.Header.Set(jetstream.MsgIDHeader, e.IdempotencyKey)

@@ -3,11 +3,12 @@
 #   badger-1  one node, the embedded default (Badger)
 #   js-1      one node in cluster mode (embedded NATS JetStream, replicas 1)
 #   js-3      three nodes in cluster mode on this machine (JetStream R3), the load on node 1
+#   js-1-interval, js-3-interval   the same with cluster.sync: interval (fsync every second)
 # each started fresh, one after another, on loopback; prints a table and writes
 # loadtest/CLUSTER.md (raw lines: loadtest/cluster.jsonl). CPU is the sum over every node's
 # process. Every load run is bounded (--duration, and `timeout 90`).
 #
-# Knobs: BENCH_SCALE [1] multiplies the message count; BENCH_REPEAT [3] runs per setup (the
+# Knobs: BENCH_SETUPS [all five], BENCH_SCALE [1] multiplies the message count; BENCH_REPEAT [3] runs per setup (the
 # table shows the median by throughput); BENCH_SKIP_BUILD=1 uses bin/ as it is.
 set -euo pipefail
 
@@ -62,11 +63,14 @@ all_ticks() { local s=0 p; for p in "${PIDS[@]}"; do s=$((s + $(ticks "$p"))); d
 
 # start SETUP: starts the node(s) of SETUP and sets MQTT_PORT to node 1's.
 start() {
-	local setup=$1 n=1 replicas=0 i
+	local setup=$1 n=1 replicas=0 i sync=always
 	case $setup in
 	badger-1) n=1 ;;
 	js-1) n=1 replicas=1 ;;
 	js-3) n=3 replicas=3 ;;
+	js-1-interval) n=1 replicas=1 sync=interval ;;
+	js-3-interval) n=3 replicas=3 sync=interval ;;
+	*) die "unknown setup $setup" ;;
 	esac
 	local mqtt=() http=() route=()
 	for i in $(seq 1 $n); do mqtt+=("$(free_port)"); http+=("$(free_port)"); route+=("$(free_port)"); done
@@ -87,6 +91,7 @@ start() {
 				echo "cluster:"
 				echo "  node: gw-$i"
 				echo "  replicas: $replicas"
+				echo "  sync: $sync"
 				echo "  nats:"
 				echo "    embedded:"
 				if [ "$n" -gt 1 ]; then
@@ -111,7 +116,8 @@ start() {
 
 N=$((10000 * SCALE))
 log "work dir $WORK; $REPEAT runs per setup; 10 connections × $N messages, QoS 1, 128 B, inflight 64"
-for setup in badger-1 js-1 js-3; do
+SETUPS=${BENCH_SETUPS:-"badger-1 js-1 js-3 js-1-interval js-3-interval"}
+for setup in $SETUPS; do
 	for rep in $(seq 1 "$REPEAT"); do
 		start "$setup"
 		before=$(all_ticks)
@@ -139,7 +145,7 @@ print("Median run of each setup by throughput; CPU is every node's process toget
 print("| setup | msgs/s | p50 ack ms | p99 ack ms | CPU s per 100k msgs | vs badger-1 |")
 print("|---|---:|---:|---:|---:|---:|")
 base = None
-for setup in ["badger-1", "js-1", "js-3"]:
+for setup in ["badger-1", "js-1", "js-3", "js-1-interval", "js-3-interval"]:
     rs = rows.get(setup)
     if not rs:
         continue
