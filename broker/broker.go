@@ -21,6 +21,7 @@ import (
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/shadow"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -57,6 +58,18 @@ type Options struct {
 	Store   *storage.Store
 	Metrics *metrics.Set // nil: a private set
 	Logger  *slog.Logger // nil: slog.Default()
+	// Node names this gateway in presence events and the clients API ("" = the host name,
+	// or "local"); cluster mode sets it to cluster.node.
+	Node string
+	// Shadows takes device shadow updates published on $shadow/{device}/update; nil refuses
+	// them like any topic outside the policy.
+	Shadows Shadows
+}
+
+// Shadows applies a shadow update a device published (shadow.Service satisfies it). It
+// answers on $shadow/{device}/update/accepted or /rejected itself.
+type Shadows interface {
+	UpdateFromDevice(ctx context.Context, from shadow.Sender, tenant, device string, body []byte)
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start; Close stops it.
@@ -71,6 +84,11 @@ type Broker struct {
 	inline  *mqtt.Client // our own inline client: delivery of committed publishes and downlink
 	hooks   []mqtt.Hook  // every hook added to server, in order
 	persist *persistHook // nil without a Store
+	node    string
+	shadows Shadows
+
+	presence sync.Map // *mqtt.Client → *presenceConn
+	queues   sync.Map // tenant-scoped client id → *sessionQueue
 
 	sessions sync.Map // *mqtt.Client → *session
 
@@ -108,6 +126,9 @@ type brokerMetrics struct {
 	ackLatency                                  *metrics.PrometheusHistogram
 	inflight                                    atomic.Int64
 	persistErrors                               *metrics.Counter
+	presenceConnected, presenceDisconnected     *metrics.Counter
+	presenceSuppressed, gatewayEventFailed      *metrics.Counter
+	queueDroppedMessages, queueDroppedBytes     *metrics.Counter
 }
 
 // New checks the options and builds a broker; nothing listens until Start.
@@ -135,6 +156,11 @@ func New(opts Options) (*Broker, error) {
 		log:      opts.Logger,
 		restored: map[string]*auth.Principal{},
 		retained: newRetainedIndex(opts.Config),
+		node:     opts.Node,
+		shadows:  opts.Shadows,
+	}
+	if b.node == "" {
+		b.node = defaultNode()
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -147,7 +173,10 @@ func New(opts Options) (*Broker, error) {
 	caps.TopicAliasMaximum = uint16(b.cfg.TopicAliasMax)
 	// Messages kept for an offline persistent session, per session (and the cap on a client's
 	// announced receive maximum).
-	caps.MaximumInflight = 1024
+	// mochi drops (and only counts) a message past it: queueHook keeps every queue within
+	// session_queue_max.messages, dropping the oldest with an event, so this is a backstop
+	// for deliveries that race on one session.
+	caps.MaximumInflight = uint16(min(65535, b.cfg.SessionQueueMax.Messages+queueSlack))
 	// Retained messages and offline messages expire only by their own message expiry interval,
 	// not after a broker-wide day.
 	caps.MaximumMessageExpiryInterval = 0
@@ -171,6 +200,14 @@ func New(opts Options) (*Broker, error) {
 	if b.store != nil {
 		b.persist = &persistHook{b: b, store: b.store}
 		if err := b.addHook(b.persist); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.addHook(&queueHook{b: b}); err != nil { // after persistHook: it deletes what that one stored
+		return nil, err
+	}
+	if b.cfg.Presence.Enabled {
+		if err := b.addHook(&presenceHook{b: b, versions: map[string]uint64{}}); err != nil {
 			return nil, err
 		}
 	}
@@ -209,6 +246,12 @@ func (b *Broker) initMetrics(set *metrics.Set) {
 	m.replyRefused = set.NewCounter(`fleetgate_mqtt_replies_total{result="refused"}`)
 	m.persistErrors = set.NewCounter(`fleetgate_mqtt_session_store_errors_total`)
 	m.ackLatency = set.NewPrometheusHistogram(`fleetgate_mqtt_publish_ack_seconds`)
+	m.presenceConnected = set.NewCounter(`fleetgate_presence_events_total{kind="connected"}`)
+	m.presenceDisconnected = set.NewCounter(`fleetgate_presence_events_total{kind="disconnected"}`)
+	m.presenceSuppressed = set.NewCounter(`fleetgate_presence_suppressed_total`)
+	m.gatewayEventFailed = set.NewCounter(`fleetgate_mqtt_gateway_events_failed_total`)
+	m.queueDroppedMessages = set.NewCounter(`fleetgate_mqtt_queue_dropped_total{reason="messages"}`)
+	m.queueDroppedBytes = set.NewCounter(`fleetgate_mqtt_queue_dropped_total{reason="bytes"}`)
 	set.NewGauge(`fleetgate_mqtt_publishes_inflight`, func() float64 { return float64(m.inflight.Load()) })
 	info := b.server.Info
 	set.NewGauge(`fleetgate_mqtt_clients_connected`, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) })

@@ -25,6 +25,7 @@ import (
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
 	"github.com/fleetgate/fleetgate/rules"
+	"github.com/fleetgate/fleetgate/shadow"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -161,6 +162,7 @@ type gateway struct {
 	rules       *rules.Engine
 	dispatcher  *functions.Dispatcher
 	broker      *broker.Broker
+	shadows     *shadow.Service
 	http        *ingest.Server
 	metrics     *metrics.Set
 	log         *slog.Logger
@@ -185,6 +187,19 @@ func (p *lazyPublisher) PublishReply(req *event.Event, payload []byte, qos byte)
 }
 
 var _ functions.Replier = (*lazyPublisher)(nil)
+
+// gatewayEvents lets the shadow service take events in through the ingest gateway.
+type gatewayEvents struct{ g *ingest.Gateway }
+
+func (e gatewayEvents) Accept(ctx context.Context, events []*event.Event) error {
+	return e.g.Accept(ctx, events, ingest.AcceptOptions{})
+}
+
+var (
+	_ shadow.KV      = (*storage.Store)(nil)
+	_ shadow.Events  = gatewayEvents{}
+	_ broker.Shadows = (*shadow.Service)(nil)
+)
 
 // rulesRouter routes events with the live rule set of the engine.
 type rulesRouter struct{ e *rules.Engine }
@@ -264,8 +279,15 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 		return g, err
 	}
 	g.ingest.SetRouter(rulesRouter{g.rules})
+	g.shadows, err = shadow.New(shadow.Options{
+		KV: g.store, MaxBytes: cfg.Shadow.MaxBytes, Events: gatewayEvents{g.ingest}, Publisher: pub,
+		Metrics: g.metrics, Logger: log.With("component", "shadow"),
+	})
+	if err != nil {
+		return g, err
+	}
 	g.broker, err = broker.New(broker.Options{
-		Config: cfg.MQTT, Gateway: g.ingest, Auth: g.verifier, Store: g.store,
+		Config: cfg.MQTT, Gateway: g.ingest, Auth: g.verifier, Store: g.store, Shadows: g.shadows,
 		Metrics: g.metrics, Logger: log.With("component", "mqtt"),
 	})
 	if err != nil {
@@ -300,6 +322,8 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	g.http.Mount("/admin/v1/dlq/", fh)
 	g.http.Mount("/admin/v1/events/", fh)
 	g.http.Mount("/admin/v1/publish/", g.broker.AdminHandler())
+	g.http.Mount(broker.ClientsPath+"/", g.broker.ClientsHandler())
+	g.http.MountAPI(shadow.HTTPPrefix, g.shadows.Handler())
 	g.http.Mount(ingest.RevocationsPath+"/", ingest.RevocationsHandler(g.revocations, g.broker, log.With("component", "auth")))
 	// Go's profiler, for operators: curl -H "Authorization: Bearer $T" -o cpu.pprof http://HOST/admin/v1/debug/pprof/profile
 	g.http.Mount("/admin/v1/debug/pprof/", func(ctx *fasthttp.RequestCtx) {

@@ -1,0 +1,271 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/ingest"
+	"github.com/fleetgate/fleetgate/ingest/auth"
+)
+
+// Presence.
+//
+// Every MQTT session established and every connection ended is a durable event, taken in
+// through the same Gateway as device publishes (so rules route it and the promise holds), on
+// $events/presence/connected/{client_id} and $events/presence/disconnected/{client_id}.
+// The gateway produces it on the device's behalf: its sender (subject, tenant, claims) is the
+// device's, its source "mqtt://{client_id}", its protocol "mqtt". No client can publish to a
+// "$" topic, so no client can forge one. A rule must name "$events/..." in its filter: "#"
+// does not match "$" topics.
+//
+// session_version orders the events of one client id: it grows by one at every session
+// established, is kept in the store's KV (mqtt/presence/ver/<client id>) so it keeps growing
+// across restarts, and a connection's disconnected event carries its connected event's
+// version. With mqtt.presence.grace a connection shorter than the grace period produces no
+// event, so versions may have gaps.
+
+// Topics of presence events.
+const (
+	TopicPresenceConnected    = "$events/presence/connected/"
+	TopicPresenceDisconnected = "$events/presence/disconnected/"
+	keyPresenceVersion        = "mqtt/presence/ver/"
+)
+
+// Disconnect reasons, in a disconnected event's "reason".
+const (
+	ReasonClientDisconnect = "client_disconnect" // the client sent DISCONNECT
+	ReasonKeepalive        = "keepalive_timeout" // nothing read from the client for 1.5 × its keepalive
+	ReasonTakeover         = "takeover"          // another connection took the client id over
+	ReasonTokenExpired     = "token_expired"     // its token expired (MQTT 5: DISCONNECT 0xA0)
+	ReasonRevoked          = "revoked"           // its credential was revoked
+	ReasonServerShutdown   = "server_shutdown"   // the gateway is stopping
+	ReasonProtocolError    = "protocol_error"    // the broker closed it for a malformed or refused packet
+	ReasonConnectionLost   = "connection_lost"   // the connection broke without DISCONNECT (killed client, network error)
+	reasonConnect          = "client_connect"    // the reason of every connected event
+)
+
+// PresenceData is the data of a presence event.
+type PresenceData struct {
+	ClientID        string    `json:"client_id"`
+	Subject         string    `json:"subject"`
+	Tenant          string    `json:"tenant"`
+	ProtocolVersion byte      `json:"protocol_version"` // 3, 4 (3.1.1) or 5
+	Remote          string    `json:"remote"`
+	CleanStart      bool      `json:"clean_start"`
+	Reason          string    `json:"reason"`
+	SessionVersion  uint64    `json:"session_version"`
+	At              time.Time `json:"at"`
+	DurationMS      *int64    `json:"duration_ms,omitempty"` // disconnected only
+	Node            string    `json:"node"`
+}
+
+// presenceConn is one connection's presence, from its session established to its end.
+type presenceConn struct {
+	data PresenceData
+	p    *auth.Principal
+
+	mu        sync.Mutex
+	timer     *time.Timer // grace period
+	announced bool        // its connected event was emitted
+	ended     bool
+}
+
+// presenceHook emits presence events. One job: it reads the session authHook built.
+type presenceHook struct {
+	mqtt.HookBase
+	b *Broker
+
+	mu       sync.Mutex
+	versions map[string]uint64 // client id → last session version, read from the KV once
+}
+
+func (h *presenceHook) ID() string { return "fleetgate-presence" }
+
+func (h *presenceHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+}
+
+// nextVersion returns the next session version of the (tenant-scoped) client id, durably.
+func (h *presenceHook) nextVersion(id string) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.versions[id]
+	st := h.b.store
+	if !ok && st != nil {
+		raw, found, err := st.Get(keyPresenceVersion + id)
+		if err != nil {
+			h.b.log.Error("mqtt presence: reading session version", "client", id, "error", err)
+		} else if found {
+			v, _ = strconv.ParseUint(string(raw), 10, 64)
+		}
+	}
+	v++
+	if st != nil {
+		if err := st.Put(keyPresenceVersion+id, strconv.AppendUint(nil, v, 10)); err != nil {
+			h.b.log.Error("mqtt presence: storing session version", "client", id, "error", err)
+		}
+	}
+	h.versions[id] = v
+	return v
+}
+
+// OnSessionEstablished emits the connected event (after the grace period, if any).
+func (h *presenceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	b := h.b
+	s := b.session(cl)
+	if s == nil || cl.Net.Inline {
+		return
+	}
+	pc := &presenceConn{p: s.p, data: PresenceData{
+		ClientID: s.clientID, Subject: s.p.Subject, Tenant: s.p.Tenant,
+		ProtocolVersion: cl.Properties.ProtocolVersion, Remote: cl.Net.Remote, CleanStart: cl.Properties.Clean,
+		Reason: reasonConnect, SessionVersion: h.nextVersion(cl.ID), At: s.connectedAt, Node: b.node,
+	}}
+	s.version.Store(pc.data.SessionVersion)
+	b.presence.Store(cl, pc)
+	grace := b.cfg.Presence.Grace
+	if grace <= 0 {
+		pc.announced = true
+		b.emitPresence(TopicPresenceConnected, pc)
+		return
+	}
+	pc.mu.Lock()
+	pc.timer = time.AfterFunc(grace-time.Since(s.connectedAt), func() {
+		pc.mu.Lock()
+		defer pc.mu.Unlock()
+		if pc.ended {
+			return
+		}
+		pc.announced = true
+		b.emitPresence(TopicPresenceConnected, pc)
+	})
+	pc.mu.Unlock()
+}
+
+// OnDisconnect emits the disconnected event of a connection whose connected event was emitted.
+func (h *presenceHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	b := h.b
+	v, ok := b.presence.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	pc := v.(*presenceConn)
+	pc.mu.Lock()
+	pc.ended = true
+	if pc.timer != nil {
+		pc.timer.Stop()
+	}
+	announced := pc.announced
+	pc.mu.Unlock()
+	if !announced {
+		b.m.presenceSuppressed.Inc()
+		return
+	}
+	d := pc.data
+	now := time.Now()
+	ms := now.Sub(d.At).Milliseconds()
+	d.DurationMS, d.At, d.Reason = &ms, now, disconnectReason(cl, err)
+	b.emitPresence(TopicPresenceDisconnected, &presenceConn{p: pc.p, data: d})
+}
+
+// disconnectReason classifies why a connection ended, from its stop cause and read error.
+func disconnectReason(cl *mqtt.Client, err error) string {
+	cause := cl.StopCause()
+	var code packets.Code
+	switch {
+	case errors.Is(cause, packets.ErrSessionTakenOver) || cl.IsTakenOver():
+		return ReasonTakeover
+	case errors.Is(cause, packets.ErrServerShuttingDown):
+		return ReasonServerShutdown
+	case errors.Is(cause, ErrTokenExpired) || errors.Is(cause, packets.ErrMaxConnectTime):
+		return ReasonTokenExpired
+	case errors.Is(cause, errTokenRevoked) || errors.Is(cause, packets.ErrNotAuthorized):
+		return ReasonRevoked
+	case errors.Is(cause, packets.CodeDisconnect) || errors.Is(cause, packets.CodeDisconnectWillMessage):
+		return ReasonClientDisconnect
+	case isTimeout(err) || isTimeout(cause):
+		return ReasonKeepalive
+	case errors.As(cause, &code) && code.Code >= packets.ErrUnspecifiedError.Code,
+		errors.Is(cause, packets.ErrRejectPacket), errors.Is(err, packets.ErrRejectPacket):
+		return ReasonProtocolError
+	}
+	return ReasonConnectionLost
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && (errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()))
+}
+
+// topicLevel makes a client id one safe topic level: '/', '+', '#', NUL and '%' are
+// percent-encoded (the data keeps the id as it is).
+func topicLevel(id string) string {
+	if !strings.ContainsAny(id, "/+#\x00%") {
+		return id
+	}
+	var sb strings.Builder
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; c {
+		case '/', '+', '#', 0, '%':
+			sb.WriteString("%" + strings.ToUpper(strconv.FormatUint(uint64(c)|0x100, 16)[1:]))
+		default:
+			sb.WriteByte(c)
+		}
+	}
+	return sb.String()
+}
+
+// emitPresence takes a presence event in through the Gateway. It does not wait: a failure is
+// logged and counted (fleetgate_presence_events_total{result="failed"}).
+func (b *Broker) emitPresence(prefix string, pc *presenceConn) {
+	kind := "connected"
+	if prefix == TopicPresenceDisconnected {
+		kind = "disconnected"
+	}
+	data, _ := json.Marshal(pc.data)
+	b.emit(&event.Event{
+		Source: "mqtt://" + pc.data.ClientID, Type: "fleetgate.presence." + kind,
+		Subject: pc.p.Subject, Tenant: pc.p.Tenant, Claims: pc.p.Claims, ClaimsJSON: pc.p.ClaimsJSON,
+		Time: time.Now(), ContentType: "application/json", Data: data, Protocol: event.ProtocolMQTT,
+		Topic: prefix + topicLevel(pc.data.ClientID), Meta: map[string]string{"client_id": pc.data.ClientID},
+	}, kind)
+}
+
+// emit takes an event the broker produces (presence, queue drops) in through the Gateway,
+// asynchronously; Close waits for it.
+func (b *Broker) emit(ev *event.Event, kind string) {
+	b.pending.Add(1)
+	b.gw.AcceptAsync([]*event.Event{ev}, ingest.AcceptOptions{}, func(err error) {
+		defer b.pending.Done()
+		if err != nil {
+			b.m.gatewayEventFailed.Inc()
+			b.log.Error("mqtt: gateway event not stored", "kind", kind, "topic", ev.Topic, "error", err)
+			return
+		}
+		switch kind {
+		case "connected":
+			b.m.presenceConnected.Inc()
+		case "disconnected":
+			b.m.presenceDisconnected.Inc()
+		}
+	})
+}
+
+// defaultNode is the node name when Options.Node is empty: the host name, or "local".
+func defaultNode() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "local"
+}
