@@ -129,7 +129,7 @@ func (p *pattern) expand(sub, tenant string, claims map[string]any) (string, boo
 // policyTemplate is a configured Policy with its patterns parsed.
 type policyTemplate struct {
 	publish, subscribe, shadow []*pattern
-	admin, anyClientID bool
+	admin, anyClientID         bool
 }
 
 func compilePolicy(pol Policy) (*policyTemplate, error) {
