@@ -30,7 +30,7 @@ import (
 // does not match "$" topics.
 //
 // session_version orders the events of one client id: it grows by one at every session
-// established, is kept in the store's KV (mqtt/presence/ver/<client id>) so it keeps growing
+// established, is kept in the store's KV (presence/ver/<client id>) so it keeps growing
 // across restarts, and a connection's disconnected event carries its connected event's
 // version. With mqtt.presence.grace a connection shorter than the grace period produces no
 // event, so versions may have gaps.
@@ -39,7 +39,7 @@ import (
 const (
 	TopicPresenceConnected    = "$events/presence/connected/"
 	TopicPresenceDisconnected = "$events/presence/disconnected/"
-	keyPresenceVersion        = "mqtt/presence/ver/"
+	keyPresenceVersion        = "presence/ver/"
 )
 
 // Disconnect reasons, in a disconnected event's "reason".
