@@ -69,7 +69,7 @@ func ParseUpdate(body []byte) (*Update, error) {
 		case "state":
 		case "version":
 			var n json.Number
-			if err := decodeStrict(raw, &n); err != nil {
+			if err := decodeStrict(raw, &n); err != nil || len(raw) == 0 || raw[0] == '"' {
 				return nil, fmt.Errorf("%w: version: must be a positive integer", ErrInvalid)
 			}
 			v, err := n.Int64()
