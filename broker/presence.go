@@ -72,8 +72,9 @@ type PresenceData struct {
 
 // presenceConn is one connection's presence, from its session established to its end.
 type presenceConn struct {
-	data PresenceData
-	p    *auth.Principal
+	data  PresenceData
+	p     *auth.Principal
+	ready chan struct{} // closed once the version is stored and the connected event emitted or scheduled
 
 	mu        sync.Mutex
 	timer     *time.Timer // grace period
@@ -86,8 +87,10 @@ type presenceHook struct {
 	mqtt.HookBase
 	b *Broker
 
-	mu       sync.Mutex
-	versions map[string]uint64 // client id → last session version, read from the KV once
+	locks    [256]sync.Mutex   // by client id: one client id's versions are allocated in order
+	mu       sync.Mutex        // guards versions
+	versions map[string]uint64 // client id → last session version allocated
+	stored   map[string]uint64 // client id → last session version written to the KV
 }
 
 func (h *presenceHook) ID() string { return "fleetgate-presence" }
@@ -96,14 +99,17 @@ func (h *presenceHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
 }
 
-// nextVersion returns the next session version of the (tenant-scoped) client id, durably.
+// nextVersion allocates the next session version of the (tenant-scoped) client id. It
+// does not wait for the store: storeVersion makes it durable before any event carries it.
 func (h *presenceHook) nextVersion(id string) uint64 {
+	l := &h.locks[fnv32(id)%uint32(len(h.locks))]
+	l.Lock()
+	defer l.Unlock()
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	v, ok := h.versions[id]
-	st := h.b.store
-	if !ok && st != nil {
-		raw, found, err := st.Get(keyPresenceVersion + id)
+	h.mu.Unlock()
+	if !ok && h.b.store != nil {
+		raw, found, err := h.b.store.Get(keyPresenceVersion + id)
 		if err != nil {
 			h.b.log.Error("mqtt presence: reading session version", "client", id, "error", err)
 		} else if found {
@@ -111,46 +117,87 @@ func (h *presenceHook) nextVersion(id string) uint64 {
 		}
 	}
 	v++
-	if st != nil {
-		if err := st.Put(keyPresenceVersion+id, strconv.AppendUint(nil, v, 10)); err != nil {
-			h.b.log.Error("mqtt presence: storing session version", "client", id, "error", err)
-		}
-	}
+	h.mu.Lock()
 	h.versions[id] = v
+	h.mu.Unlock()
 	return v
 }
 
-// OnSessionEstablished emits the connected event (after the grace period, if any).
+// storeVersion writes version v of client id to the store's KV, unless a later one is
+// already there. Writes of different client ids share the store's group commit.
+func (h *presenceHook) storeVersion(id string, v uint64) {
+	st := h.b.store
+	if st == nil {
+		return
+	}
+	l := &h.locks[fnv32(id)%uint32(len(h.locks))]
+	l.Lock()
+	defer l.Unlock()
+	h.mu.Lock()
+	done := h.stored[id] >= v
+	h.mu.Unlock()
+	if done {
+		return
+	}
+	if err := st.Put(keyPresenceVersion+id, strconv.AppendUint(nil, v, 10)); err != nil {
+		h.b.log.Error("mqtt presence: storing session version", "client", id, "error", err)
+		return
+	}
+	h.mu.Lock()
+	h.stored[id] = v
+	h.mu.Unlock()
+}
+
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint32(s[i])) * 16777619
+	}
+	return h
+}
+
+// OnSessionEstablished allocates the connection's session version and, off the connection's
+// goroutine, makes it durable and then emits the connected event (after the grace period, if
+// any), so that a connect storm does not wait for the store.
 func (h *presenceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	b := h.b
 	s := b.session(cl)
 	if s == nil || cl.Net.Inline {
 		return
 	}
-	pc := &presenceConn{p: s.p, data: PresenceData{
+	pc := &presenceConn{p: s.p, ready: make(chan struct{}), data: PresenceData{
 		ClientID: s.clientID, Subject: s.p.Subject, Tenant: s.p.Tenant,
 		ProtocolVersion: cl.Properties.ProtocolVersion, Remote: cl.Net.Remote, CleanStart: cl.Properties.Clean,
 		Reason: reasonConnect, SessionVersion: h.nextVersion(cl.ID), At: s.connectedAt, Node: b.node,
 	}}
 	s.version.Store(pc.data.SessionVersion)
 	b.presence.Store(cl, pc)
-	grace := b.cfg.Presence.Grace
-	if grace <= 0 {
-		pc.announced = true
-		b.emitPresence(TopicPresenceConnected, pc)
-		return
-	}
-	pc.mu.Lock()
-	pc.timer = time.AfterFunc(grace-time.Since(s.connectedAt), func() {
+	id := cl.ID
+	b.pending.Add(1)
+	go func() {
+		defer b.pending.Done()
+		defer close(pc.ready)
+		h.storeVersion(id, pc.data.SessionVersion)
+		grace := b.cfg.Presence.Grace
 		pc.mu.Lock()
 		defer pc.mu.Unlock()
-		if pc.ended {
-			return
+		switch {
+		case pc.ended:
+		case grace <= 0:
+			pc.announced = true
+			b.emitPresence(TopicPresenceConnected, pc)
+		default:
+			pc.timer = time.AfterFunc(grace-time.Since(s.connectedAt), func() {
+				pc.mu.Lock()
+				defer pc.mu.Unlock()
+				if pc.ended {
+					return
+				}
+				pc.announced = true
+				b.emitPresence(TopicPresenceConnected, pc)
+			})
 		}
-		pc.announced = true
-		b.emitPresence(TopicPresenceConnected, pc)
-	})
-	pc.mu.Unlock()
+	}()
 }
 
 // OnDisconnect emits the disconnected event of a connection whose connected event was emitted.
@@ -161,6 +208,7 @@ func (h *presenceHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 		return
 	}
 	pc := v.(*presenceConn)
+	<-pc.ready // the connected event, if any, is emitted first
 	pc.mu.Lock()
 	pc.ended = true
 	if pc.timer != nil {
