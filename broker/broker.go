@@ -320,6 +320,7 @@ func (b *Broker) Start() error {
 		b.closeListeners()
 		return fmt.Errorf("starting mqtt server: %w", err)
 	}
+	b.restoreExpiry()
 	for _, l := range b.listeners {
 		b.log.Info("mqtt listening", "listener", l.id, "addr", l.Address())
 	}

@@ -162,3 +162,38 @@ func TestQueuedMessageExpiry(t *testing.T) {
 		t.Fatalf("%d drop events for an expired message", n)
 	}
 }
+
+// The expiry of a queued message survives a restart of the gateway.
+func TestQueuedMessageExpiryAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := newEnv(t, dir, nil)
+	mon := dialRaw(t, e.addr, 5)
+	monTok := e.token("m1", "monitor", time.Hour)
+	mon.connect("m1", monTok, false, func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
+	})
+	mon.send(subscribePacket("devices/#", 1))
+	if ack, err := mon.read(); err != nil || ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("suback: %v %v", ack, err)
+	}
+	mon.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	mon.expectClosed()
+	dev := dialRaw(t, e.addr, 5)
+	dev.connect("d2", e.token("d2", "device", time.Hour), true, nil)
+	short := publishPacket("devices/d2/t", 1, 1, []byte("expires"))
+	short.Properties.MessageExpiryInterval = 2
+	dev.send(short)
+	if ack, err := dev.read(); err != nil || ack.FixedHeader.Type != packets.Puback {
+		t.Fatalf("puback: %v %v", ack, err)
+	}
+	waitFor(t, "the message queued for m1", func() bool { ci, _ := e.broker.Client("acme", "m1"); return ci.QueuedMessages == 1 })
+	e.close()
+	e = newEnv(t, dir, nil)
+	if ci, _ := e.broker.Client("acme", "m1"); ci.QueuedMessages != 1 {
+		t.Fatalf("after the restart: %+v", ci)
+	}
+	waitFor(t, "the expired message to leave m1's queue after the restart", func() bool {
+		ci, _ := e.broker.Client("acme", "m1")
+		return ci.QueuedMessages == 0
+	})
+}

@@ -251,3 +251,19 @@ func (h *queueHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 
 // OnClientExpired forgets the queue of an expired session.
 func (h *queueHook) OnClientExpired(cl *mqtt.Client) { h.b.queues.Delete(cl.ID) }
+
+// restoreExpiry gives the queued messages restored from the store their MQTT 5 expiry back:
+// mochi's stored record keeps the expiry interval and creation time, but the restored packet
+// has no expiry time (nor protocol version), so mochi's sweep would never drop it.
+func (b *Broker) restoreExpiry() {
+	for _, cl := range b.server.Clients.GetAll() {
+		for _, pk := range cl.State.Inflight.GetAll(false) {
+			if pk.FixedHeader.Type != packets.Publish || pk.Properties.MessageExpiryInterval == 0 || pk.Expiry != 0 {
+				continue
+			}
+			pk.Expiry = pk.Created + int64(pk.Properties.MessageExpiryInterval)
+			pk.ProtocolVersion = 5
+			cl.State.Inflight.Set(pk)
+		}
+	}
+}
