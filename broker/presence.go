@@ -91,6 +91,9 @@ type presenceHook struct {
 	mu       sync.Mutex        // guards versions
 	versions map[string]uint64 // client id → last session version allocated
 	stored   map[string]uint64 // client id → last session version written to the KV
+	pending  map[string]uint64 // versions to write in the next PutMany
+	waiters  []chan struct{}   // closed once the next PutMany is done
+	flushing bool              // a flush goroutine runs
 }
 
 func (h *presenceHook) ID() string { return "fleetgate-presence" }
@@ -123,29 +126,62 @@ func (h *presenceHook) nextVersion(id string) uint64 {
 	return v
 }
 
-// storeVersion writes version v of client id to the store's KV, unless a later one is
-// already there. Writes of different client ids share the store's group commit.
+// storeVersion writes version v of client id to the store's KV (unless a later one is
+// already there) and returns once it is durable. Concurrent calls are written together, in
+// one PutMany: a connect storm costs a few commits, not one write per client.
 func (h *presenceHook) storeVersion(id string, v uint64) {
-	st := h.b.store
-	if st == nil {
+	if h.b.store == nil {
 		return
 	}
-	l := &h.locks[fnv32(id)%uint32(len(h.locks))]
-	l.Lock()
-	defer l.Unlock()
+	done := make(chan struct{})
 	h.mu.Lock()
-	done := h.stored[id] >= v
-	h.mu.Unlock()
-	if done {
+	if h.stored[id] >= v {
+		h.mu.Unlock()
 		return
 	}
-	if err := st.Put(keyPresenceVersion+id, strconv.AppendUint(nil, v, 10)); err != nil {
-		h.b.log.Error("mqtt presence: storing session version", "client", id, "error", err)
-		return
+	if h.pending[id] < v {
+		h.pending[id] = v
 	}
-	h.mu.Lock()
-	h.stored[id] = v
+	h.waiters = append(h.waiters, done)
+	if !h.flushing {
+		h.flushing = true
+		go h.flush()
+	}
 	h.mu.Unlock()
+	<-done
+}
+
+// flush writes the pending versions until there are none left.
+func (h *presenceHook) flush() {
+	for {
+		h.mu.Lock()
+		if len(h.pending) == 0 {
+			h.flushing = false
+			h.mu.Unlock()
+			return
+		}
+		batch, waiters := h.pending, h.waiters
+		h.pending, h.waiters = map[string]uint64{}, nil
+		h.mu.Unlock()
+		kvs := make(map[string][]byte, len(batch))
+		for id, v := range batch {
+			kvs[keyPresenceVersion+id] = strconv.AppendUint(nil, v, 10)
+		}
+		err := h.b.store.PutMany(kvs)
+		if err != nil {
+			h.b.log.Error("mqtt presence: storing session versions", "clients", len(batch), "error", err)
+		}
+		h.mu.Lock()
+		for id, v := range batch {
+			if err == nil && h.stored[id] < v {
+				h.stored[id] = v
+			}
+		}
+		h.mu.Unlock()
+		for _, w := range waiters {
+			close(w)
+		}
+	}
 }
 
 func fnv32(s string) uint32 {
