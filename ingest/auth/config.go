@@ -96,7 +96,7 @@ func DefaultConfig() Config {
 		JWKSRefresh: DefaultJWKSRefresh,
 		Policies: map[string]Policy{
 			"device":   {Publish: []string{"devices/${sub}/#"}, Subscribe: []string{"devices/${sub}/#"}, Shadow: []string{"${sub}"}},
-			"app":      {Publish: []string{"apps/#"}},
+			"app":      {Publish: []string{"apps/#"}, Shadow: []string{"${claims.device}"}},
 			"operator": {Admin: true},
 		},
 	}
