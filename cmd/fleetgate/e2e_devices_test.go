@@ -469,3 +469,33 @@ func TestOfflineQueueFull(t *testing.T) {
 		}
 	}
 }
+
+// TestShadowDefaultPolicies: with the embedded policies, a device may use its own shadow, an
+// app the shadow its token's "device" claim names (and no other), an operator every shadow.
+func TestShadowDefaultPolicies(t *testing.T) {
+	data := t.TempDir() + "/data"
+	p := startProc(t, data, "")
+	dev := token(t, data, "", "--subject", "dev-1", "--role", "device")
+	owner := token(t, data, "", "--subject", "app-7", "--role", "app", "--claim", "device=dev-1")
+	plain := token(t, data, "", "--subject", "app-8", "--role", "app")
+	op := token(t, data, "", "--subject", "ops", "--role", "operator")
+	for _, c := range []struct {
+		tok, method, device, body string
+		want                      int
+	}{
+		{dev, "PATCH", "dev-1", `{"state":{"reported":{"temp":21.5}}}`, 200},
+		{dev, "GET", "dev-2", ``, 403},
+		{owner, "GET", "dev-1", ``, 200},
+		{owner, "PATCH", "dev-1", `{"state":{"desired":{"fan":3}},"version":1}`, 200},
+		{owner, "GET", "dev-2", ``, 403},
+		{plain, "GET", "dev-1", ``, 403},
+		{op, "GET", "dev-1", ``, 200},
+		{op, "GET", "dev-9", ``, 404},
+		{op, "PUT", "dev-1", `{}`, 405},
+		{"not-a-token", "GET", "dev-1", ``, 401},
+	} {
+		if code, ans := shadowHTTP(t, p, c.tok, c.method, c.device, c.body); code != c.want {
+			t.Errorf("%s %s: %d %v, want %d", c.method, c.device, code, ans, c.want)
+		}
+	}
+}
