@@ -66,10 +66,12 @@ type Options struct {
 	Shadows Shadows
 }
 
-// Shadows applies a shadow update a device published (shadow.Service satisfies it). It
-// answers on $shadow/{device}/update/accepted or /rejected itself.
+// Shadows applies a shadow update a device published, and answers a device's get
+// (shadow.Service satisfies it). It answers on $shadow/{device}/update|get/accepted or
+// /rejected itself.
 type Shadows interface {
 	UpdateFromDevice(ctx context.Context, from shadow.Sender, tenant, device string, body []byte)
+	GetForDevice(tenant, device string)
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start; Close stops it.

@@ -127,12 +127,12 @@ func (s *session) takePublish(pk packets.Packet) error {
 			}
 		}
 	}
-	shadowDevice := ""
+	shadowDevice, shadowOp := "", ""
 	if device, rest, ok := shadow.DeviceOfTopic(pk.TopicName); ok && !refused {
-		// $shadow/{device}/update is taken by the shadow service, if the policy allows the
-		// device's shadow; every other $shadow topic is the gateway's to publish.
-		if rest == "update" && b.shadows != nil && s.p.CanUseShadow(device) {
-			shadowDevice = device
+		// $shadow/{device}/update and /get are taken by the shadow service, if the policy
+		// allows the device's shadow; every other $shadow topic is the gateway's to publish.
+		if (rest == "update" || rest == "get") && b.shadows != nil && s.p.CanUseShadow(device) {
+			shadowDevice, shadowOp = device, rest
 			pk.FixedHeader.Retain = false
 		} else {
 			refused = true
@@ -197,7 +197,7 @@ func (s *session) takePublish(pk packets.Packet) error {
 		return nil
 	}
 	if shadowDevice != "" {
-		s.updateShadow(e, shadowDevice)
+		s.updateShadow(e, shadowDevice, shadowOp)
 		return nil
 	}
 	if qos == 0 {
@@ -214,10 +214,11 @@ func (s *session) takePublish(pk packets.Packet) error {
 	return nil
 }
 
-// updateShadow hands a shadow update to the shadow service off the read goroutine; the
-// publish is acknowledged once the service has answered (the update is durable, or was
-// rejected on $shadow/{device}/update/rejected). It is not delivered to subscribers.
-func (s *session) updateShadow(e *entry, device string) {
+// updateShadow hands a shadow update (op "update") or get (op "get") to the shadow service
+// off the read goroutine; the publish is acknowledged once the service has answered (the
+// update is durable, or was rejected on $shadow/{device}/update/rejected). It is not
+// delivered to subscribers.
+func (s *session) updateShadow(e *entry, device, op string) {
 	b := s.b
 	e.local = true
 	from := shadow.Sender{Subject: s.p.Subject, Tenant: s.p.Tenant, Protocol: event.ProtocolMQTT, Source: s.source,
@@ -227,7 +228,11 @@ func (s *session) updateShadow(e *entry, device string) {
 		defer b.pending.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		b.shadows.UpdateFromDevice(ctx, from, s.p.Tenant, device, e.pk.Payload)
+		if op == "get" {
+			b.shadows.GetForDevice(s.p.Tenant, device)
+		} else {
+			b.shadows.UpdateFromDevice(ctx, from, s.p.Tenant, device, e.pk.Payload)
+		}
 		s.complete(e, nil)
 	}()
 }

@@ -44,6 +44,13 @@ func TopicUpdate(device string) string   { return "$shadow/" + device + "/update
 func TopicAccepted(device string) string { return "$shadow/" + device + "/update/accepted" }
 func TopicRejected(device string) string { return "$shadow/" + device + "/update/rejected" }
 func TopicDelta(device string) string    { return "$shadow/" + device + "/delta" }
+func TopicGet(device string) string      { return "$shadow/" + device + "/get" }
+func TopicGetAccepted(device string) string {
+	return "$shadow/" + device + "/get/accepted"
+}
+func TopicGetRejected(device string) string {
+	return "$shadow/" + device + "/get/rejected"
+}
 
 // TopicPrefix starts every shadow topic.
 const TopicPrefix = "$shadow/"
@@ -300,6 +307,28 @@ func (s *Service) UpdateFromDevice(ctx context.Context, from Sender, tenant, dev
 		if perr := s.pub.Publish(TopicRejected(device), b, 1, false); perr != nil {
 			s.publishFailed.Inc()
 		}
+	}
+}
+
+// GetForDevice answers a message on TopicGet(device): the document on
+// TopicGetAccepted(device), or a Rejection (code "not_found" when there is none) on
+// TopicGetRejected(device). A device that starts a clean session reads its shadow this way.
+func (s *Service) GetForDevice(tenant, device string) {
+	if s.pub == nil {
+		return
+	}
+	doc, err := s.Get(tenant, device)
+	topic := TopicGetAccepted(device)
+	var b []byte
+	if err != nil {
+		_, r := RejectionFor(err)
+		b, _ = json.Marshal(r)
+		topic = TopicGetRejected(device)
+	} else {
+		b, _ = json.Marshal(doc)
+	}
+	if perr := s.pub.Publish(topic, b, 1, false); perr != nil {
+		s.publishFailed.Inc()
 	}
 }
 

@@ -131,6 +131,12 @@ func TestUpdateVersionSizeAndAnnouncements(t *testing.T) {
 	if r := rec.pubs["$shadow/dev-1/update/rejected"]; len(r) != 1 || !strings.Contains(r[0], `"code":"version_conflict","version":2`) {
 		t.Fatalf("rejected: %q", r)
 	}
+	s.GetForDevice("", "dev-1")
+	s.GetForDevice("", "dev-9")
+	if a, r := rec.pubs["$shadow/dev-1/get/accepted"], rec.pubs["$shadow/dev-9/get/rejected"]; len(a) != 1 || !strings.Contains(a[0], `"version":2`) ||
+		len(r) != 1 || !strings.Contains(r[0], `"code":"not_found"`) {
+		t.Fatalf("get answers: %q %q", a, r)
+	}
 	for _, d := range []string{"", "a/b", "+", "#", "$x", "a\x00"} {
 		if _, err := s.Update(ctx, from, "", d, []byte(`{"state":{"reported":{}}}`)); !errors.Is(err, ErrInvalidDevice) {
 			t.Errorf("device %q: %v", d, err)

@@ -377,6 +377,12 @@ func TestShadowRoundTrip(t *testing.T) {
 	dev = connectV3(t, p.mqttAddr, "dev-1", devTok, false, in2.handler())
 	defer dev.Disconnect(0)
 	in2.wait(t, "$shadow/dev-1/delta", `{"state":{"fan":5},"version":4`)
+	// A device reads its whole shadow with .../get.
+	if tk := dev.Subscribe("$shadow/dev-1/get/+", 1, nil); !tk.WaitTimeout(5*time.Second) || tk.Error() != nil {
+		t.Fatal(tk.Error())
+	}
+	pub(dev, "$shadow/dev-1/get", ``)
+	in2.wait(t, "$shadow/dev-1/get/accepted", `"desired":{"fan":5}`)
 
 	// Every accepted update is an event the rules routed.
 	waitFor(t, 15*time.Second, "4 shadow events", func() bool { return len(s.eventsOn("$shadow/dev-1/update/accepted")) >= 4 })
