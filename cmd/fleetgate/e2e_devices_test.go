@@ -52,17 +52,20 @@ func (s *sink) eventsOn(topic string) []map[string]any {
 // waitEvent waits for an event on topic whose data satisfies match, and returns its data.
 func (s *sink) waitEvent(t *testing.T, topic string, match func(data map[string]any) bool) map[string]any {
 	t.Helper()
-	var found map[string]any
-	waitFor(t, 15*time.Second, "an event on "+topic, func() bool {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var seen []any
 		for _, ev := range s.eventsOn(topic) {
 			if d, ok := ev["data"].(map[string]any); ok && (match == nil || match(d)) {
-				found = d
-				return true
+				return d
 			}
+			seen = append(seen, ev["data"])
 		}
-		return false
-	})
-	return found
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 15s waiting for the event on %s; events there: %v", topic, seen)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func reasonIs(r string, version float64) func(map[string]any) bool {
