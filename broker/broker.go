@@ -90,6 +90,7 @@ type Broker struct {
 	shadows Shadows
 
 	presence sync.Map // *mqtt.Client → *presenceConn
+	emitter  emitter  // events the broker emits (presence, queue drops)
 	queues   sync.Map // tenant-scoped client id → *sessionQueue
 
 	sessions sync.Map // *mqtt.Client → *session

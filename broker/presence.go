@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -327,23 +328,69 @@ func (b *Broker) emitPresence(prefix string, pc *presenceConn) {
 }
 
 // emit takes an event the broker produces (presence, queue drops) in through the Gateway,
-// asynchronously; Close waits for it.
+// asynchronously and in order; Close waits for it. Events emitted while the previous batch is
+// being committed go together in the next one (at most maxEmitBatch), so a connect storm
+// costs a few appends, not one per client.
 func (b *Broker) emit(ev *event.Event, kind string) {
 	b.pending.Add(1)
-	b.gw.AcceptAsync([]*event.Event{ev}, ingest.AcceptOptions{}, func(err error) {
-		defer b.pending.Done()
-		if err != nil {
-			b.m.gatewayEventFailed.Inc()
-			b.log.Error("mqtt: gateway event not stored", "kind", kind, "topic", ev.Topic, "error", err)
+	e := &b.emitter
+	e.mu.Lock()
+	e.queue = append(e.queue, emitted{ev: ev, kind: kind})
+	if !e.running {
+		e.running = true
+		go b.emitLoop()
+	}
+	e.mu.Unlock()
+}
+
+// maxEmitBatch bounds the events of one append of emitted events.
+const maxEmitBatch = 256
+
+// emitter is the queue of events the broker emits, and whether a goroutine drains it.
+type emitter struct {
+	mu      sync.Mutex
+	queue   []emitted
+	running bool
+}
+
+type emitted struct {
+	ev   *event.Event
+	kind string
+}
+
+func (b *Broker) emitLoop() {
+	e := &b.emitter
+	for {
+		e.mu.Lock()
+		if len(e.queue) == 0 {
+			e.running = false
+			e.mu.Unlock()
 			return
 		}
-		switch kind {
-		case "connected":
-			b.m.presenceConnected.Inc()
-		case "disconnected":
-			b.m.presenceDisconnected.Inc()
+		n := min(len(e.queue), maxEmitBatch)
+		batch := slices.Clone(e.queue[:n])
+		e.queue = slices.Delete(e.queue, 0, n)
+		e.mu.Unlock()
+		evs := make([]*event.Event, len(batch))
+		for i, x := range batch {
+			evs[i] = x.ev
 		}
-	})
+		done := make(chan error, 1)
+		b.gw.AcceptAsync(evs, ingest.AcceptOptions{}, func(err error) { done <- err })
+		err := <-done
+		for _, x := range batch {
+			switch {
+			case err != nil:
+				b.m.gatewayEventFailed.Inc()
+				b.log.Error("mqtt: gateway event not stored", "kind", x.kind, "topic", x.ev.Topic, "error", err)
+			case x.kind == "connected":
+				b.m.presenceConnected.Inc()
+			case x.kind == "disconnected":
+				b.m.presenceDisconnected.Inc()
+			}
+			b.pending.Done()
+		}
+	}
 }
 
 // defaultNode is the node name when Options.Node is empty: the host name, or "local".

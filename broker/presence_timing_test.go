@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/ingest"
+	"github.com/fleetgate/fleetgate/storage"
 )
 
 // BenchmarkConnectStorm measures what presence events add to a connect storm: two gateways
@@ -18,10 +23,19 @@ import (
 // a storm of 2000 MQTT 3.1.1 clients connecting at once (256 dialing at a time), each until
 // its first PINGRESP (mochi reads a connection's packets only once the session hooks,
 // presence included, have returned). Between storms every client disconnects and, with
-// presence on, every disconnected event is stored before the next storm starts.
+// presence on, every disconnected event is stored before the next storm starts. Presence
+// events are either routed to a function (presence_routed) or, as with the embedded default
+// rule "#", to none (presence_unrouted: stored, then deleted by retention).
 //
-//	go test -run '^$' -bench ConnectStorm -benchtime 10x ./broker/
+//	go test -run '^$' -bench ConnectStorm -benchtime 20x ./broker/
 func BenchmarkConnectStorm(b *testing.B) {
+	b.Run("presence_unrouted", func(b *testing.B) { connectStorm(b, false) })
+	b.Run("presence_routed", func(b *testing.B) { connectStorm(b, true) })
+}
+
+// connectStorm runs the storms; routed says whether a rule sends presence events to a
+// function (one queue entry each), or, as with the embedded rules, none does.
+func connectStorm(b *testing.B, routed bool) {
 	const clients, dialers = 2000, 256
 	type side struct {
 		on       bool
@@ -33,9 +47,23 @@ func BenchmarkConnectStorm(b *testing.B) {
 	var sides []*side
 	for _, on := range []bool{false, true} {
 		sd := &side{on: on}
-		sd.e = newEnv(b, "", func(c *Config, _ *Options) {
+		sd.e = newEnv(b, "", func(c *Config, o *Options) {
 			c.Presence.Enabled = on
 			c.MaxConnsPerIP = 0
+			if !routed {
+				// as the embedded default rule ("#" to log): "$" topics match no rule
+				gw, err := ingest.New(ingest.Options{Store: o.Store, Logger: testLogger(),
+					Router: ingest.RouterFunc(func(ev *event.Event, dst []storage.Target) []storage.Target {
+						if strings.HasPrefix(ev.Topic, "$") {
+							return dst
+						}
+						return append(dst, storage.Target{Function: "log", Rule: "default"})
+					})})
+				if err != nil {
+					b.Fatal(err)
+				}
+				o.Gateway = gw
+			}
 		})
 		sd.connects = make([][]byte, clients)
 		for i := range sd.connects {
@@ -116,7 +144,7 @@ func BenchmarkConnectStorm(b *testing.B) {
 	for _, sd := range sides {
 		b.ReportMetric(float64(clients*sd.storms)/sd.total.Seconds(), fmt.Sprintf("connects/s_presence_%v", sd.on))
 	}
-	if got := len(sides[1].e.storedOn("$events/presence/connected/")); got != clients*b.N {
+	if got := len(sides[1].e.storedOn("$events/presence/connected/")); routed && got != clients*b.N {
 		b.Fatalf("%d connected events, want %d", got, clients*b.N)
 	}
 }
