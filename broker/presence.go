@@ -31,10 +31,12 @@ import (
 // does not match "$" topics.
 //
 // session_version orders the events of one client id: it grows by one at every session
-// established, is kept in the store's KV (presence/ver/<client id>) so it keeps growing
-// across restarts, and a connection's disconnected event carries its connected event's
-// version. With mqtt.presence.grace a connection shorter than the grace period produces no
-// event, so versions may have gaps.
+// established, and a connection's disconnected event carries its connected event's version.
+// It keeps growing across restarts: the store's KV (presence/ver/<client id>) holds a
+// reservation, written (and durable) before any event carries a version under it, once per
+// 64 sessions of the client id and once after each start; after a restart versions go on
+// after the reservation, so they may jump by up to 63. With mqtt.presence.grace a connection
+// shorter than the grace period produces no event, so versions may have gaps there too.
 
 // Topics of presence events.
 const (
@@ -91,6 +93,7 @@ type presenceHook struct {
 	locks    [256]sync.Mutex   // by client id: one client id's versions are allocated in order
 	mu       sync.Mutex        // guards versions
 	versions map[string]uint64 // client id → last session version allocated
+	reserved map[string]uint64 // client id → versions up to this may be allocated
 	stored   map[string]uint64 // client id → last session version written to the KV
 	pending  map[string]uint64 // versions to write in the next PutMany
 	waiters  []chan struct{}   // closed once the next PutMany is done
@@ -103,28 +106,43 @@ func (h *presenceHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
 }
 
-// nextVersion allocates the next session version of the (tenant-scoped) client id. It
-// does not wait for the store: storeVersion makes it durable before any event carries it.
-func (h *presenceHook) nextVersion(id string) uint64 {
+// versionBlock is how many session versions of one client id are reserved in the KV at a
+// time: a client id's version is written once per versionBlock sessions (and once after each
+// start of the gateway), not at every connect.
+const versionBlock = 64
+
+// nextVersion allocates the next session version of the (tenant-scoped) client id, and
+// returns the reservation that must be durable before an event carries it (storeVersion).
+// It does not wait for the store.
+func (h *presenceHook) nextVersion(id string) (v, reserve uint64) {
 	l := &h.locks[fnv32(id)%uint32(len(h.locks))]
 	l.Lock()
 	defer l.Unlock()
 	h.mu.Lock()
 	v, ok := h.versions[id]
+	reserve = h.reserved[id]
 	h.mu.Unlock()
 	if !ok && h.b.store != nil {
 		raw, found, err := h.b.store.Get(keyPresenceVersion + id)
 		if err != nil {
 			h.b.log.Error("mqtt presence: reading session version", "client", id, "error", err)
 		} else if found {
+			// Every version up to the stored reservation may have been used: go on after it.
 			v, _ = strconv.ParseUint(string(raw), 10, 64)
+			reserve = v
+			h.mu.Lock()
+			h.stored[id] = max(h.stored[id], v)
+			h.mu.Unlock()
 		}
 	}
 	v++
+	if v > reserve {
+		reserve = v + versionBlock - 1
+	}
 	h.mu.Lock()
-	h.versions[id] = v
+	h.versions[id], h.reserved[id] = v, reserve
 	h.mu.Unlock()
-	return v
+	return v, reserve
 }
 
 // storeVersion writes version v of client id to the store's KV (unless a later one is
@@ -202,10 +220,11 @@ func (h *presenceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if s == nil || cl.Net.Inline {
 		return
 	}
+	version, reserve := h.nextVersion(cl.ID)
 	pc := &presenceConn{p: s.p, ready: make(chan struct{}), data: PresenceData{
 		ClientID: s.clientID, Subject: s.p.Subject, Tenant: s.p.Tenant,
 		ProtocolVersion: cl.Properties.ProtocolVersion, Remote: cl.Net.Remote, CleanStart: cl.Properties.Clean,
-		Reason: reasonConnect, SessionVersion: h.nextVersion(cl.ID), At: s.connectedAt, Node: b.node,
+		Reason: reasonConnect, SessionVersion: version, At: s.connectedAt, Node: b.node,
 	}}
 	s.version.Store(pc.data.SessionVersion)
 	b.presence.Store(cl, pc)
@@ -214,7 +233,7 @@ func (h *presenceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	go func() {
 		defer b.pending.Done()
 		defer close(pc.ready)
-		h.storeVersion(id, pc.data.SessionVersion)
+		h.storeVersion(id, reserve)
 		grace := b.cfg.Presence.Grace
 		pc.mu.Lock()
 		defer pc.mu.Unlock()

@@ -197,3 +197,36 @@ func TestQueuedMessageExpiryAfterRestart(t *testing.T) {
 		return ci.QueuedMessages == 0
 	})
 }
+
+// Session versions grow by one per session; the KV holds a reservation of 64, written once,
+// and after a restart versions go on after it.
+func TestSessionVersionsAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := newEnv(t, dir, withPresence(0))
+	tok := e.token("d1", "device", time.Hour)
+	for v := 1; v <= 3; v++ {
+		rc := dialRaw(t, e.addr, 4)
+		rc.connect("d1", tok, true, nil)
+		waitFor(t, "the connected event", func() bool { return len(e.storedOn(TopicPresenceConnected+"d1")) == v })
+		if got := e.storedOn(TopicPresenceConnected + "d1")[v-1]["session_version"]; got != float64(v) {
+			t.Fatalf("session %d has version %v", v, got)
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.expectClosed()
+	}
+	if raw, ok, err := e.store.Get(keyPresenceVersion + "acme/d1"); err != nil || !ok || string(raw) != "64" {
+		t.Fatalf("stored reservation: %q %v %v", raw, ok, err)
+	}
+	waitFor(t, "3 disconnected events", func() bool { return len(e.storedOn(TopicPresenceDisconnected+"d1")) == 3 })
+	e.close()
+	e = newEnv(t, dir, withPresence(0))
+	rc := dialRaw(t, e.addr, 4)
+	rc.connect("d1", tok, true, nil)
+	waitFor(t, "the connected event after the restart", func() bool { return len(e.storedOn(TopicPresenceConnected+"d1")) == 4 })
+	if got := e.storedOn(TopicPresenceConnected + "d1")[3]["session_version"]; got != 65.0 {
+		t.Fatalf("after the restart: version %v, want 65", got)
+	}
+	if raw, _, _ := e.store.Get(keyPresenceVersion + "acme/d1"); string(raw) != "128" {
+		t.Fatalf("stored reservation after the restart: %q", raw)
+	}
+}
