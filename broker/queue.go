@@ -109,7 +109,7 @@ func (b *Broker) queue(id string) *sessionQueue {
 	return v.(*sessionQueue)
 }
 
-// QueueLen returns the messages and bytes queued for the tenant-scoped client id.
+// queueLen returns the messages and bytes queued for cl's session.
 func (b *Broker) queueLen(cl *mqtt.Client) (int, int64) {
 	q := b.queue(cl.ID)
 	q.mu.Lock()
