@@ -386,6 +386,11 @@ func (b *Broker) listenerAddr(ids ...string) net.Addr {
 // while its session lives, which for persistent sessions includes broker restarts.
 // It does not go through ingest: downlink messages are not events.
 func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) error {
+	return b.publish(topic, payload, qos, retain, 0)
+}
+
+// publish is Publish with an MQTT 5 message expiry interval in seconds (0: none).
+func (b *Broker) publish(topic string, payload []byte, qos byte, retain bool, expiry uint32) error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
@@ -403,6 +408,7 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) er
 		TopicName:   topic,
 		Payload:     payload,
 	}
+	pk.Properties.MessageExpiryInterval = expiry
 	if qos > 0 {
 		pk.PacketID = 1 // required by validation; the inline client never acks
 	}

@@ -230,3 +230,26 @@ func TestSessionVersionsAcrossRestart(t *testing.T) {
 		t.Fatalf("stored reservation after the restart: %q", raw)
 	}
 }
+
+// An operator's downlink may carry an MQTT 5 message expiry: queued for an offline session, it
+// is dropped once the interval passes.
+func TestAdminPublishMessageExpiry(t *testing.T) {
+	e := newEnv(t, "", nil)
+	rc := dialRaw(t, e.addr, 4)
+	rc.connect("d1", e.token("d1", "device", time.Hour), false, nil)
+	rc.send(subscribePacket("devices/d1/#", 1))
+	if pk, err := rc.read(); err != nil || pk.FixedHeader.Type != packets.Suback {
+		t.Fatalf("SUBACK %+v %v", pk, err)
+	}
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	rc.expectClosed()
+	op := e.token("alice", "operator", time.Hour)
+	if status, out := adminRequest(t, e, op, "POST", `{"topic":"devices/d1/cmd","payload":"soon stale","qos":1,"message_expiry":1}`); status != 200 {
+		t.Fatalf("admin publish: %d %v", status, out)
+	}
+	if status, out := adminRequest(t, e, op, "POST", `{"topic":"devices/d1/cmd","payload":"x","qos":1,"message_expiry":-1}`); status != 400 {
+		t.Fatalf("negative expiry: %d %v", status, out)
+	}
+	waitFor(t, "the message queued", func() bool { ci, _ := e.broker.Client("acme", "d1"); return ci.QueuedMessages == 1 })
+	waitFor(t, "the message expired", func() bool { ci, _ := e.broker.Client("acme", "d1"); return ci.QueuedMessages == 0 })
+}
