@@ -142,6 +142,12 @@ func TestPresenceEventsReachFunction(t *testing.T) {
 		!strings.HasPrefix(con["remote"].(string), "127.0.0.1:") || con["at"] == nil || con["node"] == "" {
 		t.Fatalf("connected event data: %v", con)
 	}
+	// The CloudEvent: chosen by the rule naming $events/presence/# (not by "#"), from the device.
+	for _, ev := range s.eventsOn("$events/presence/connected/dev-1") {
+		if ev["rule"] != "presence" || ev["type"] != "fleetgate.presence.connected" || ev["source"] != "mqtt://dev-1" || ev["subject"] != "dev-1" {
+			t.Fatalf("presence CloudEvent: %v", ev)
+		}
+	}
 	if tk := c1.Subscribe("devices/dev-1/cmd", 1, nil); !tk.WaitTimeout(5*time.Second) || tk.Error() != nil {
 		t.Fatal(tk.Error())
 	}
