@@ -25,6 +25,9 @@ type PublishRequest struct {
 	PayloadBase64 string          `json:"payload_base64,omitempty"`
 	QoS           int             `json:"qos"`
 	Retain        bool            `json:"retain"`
+	// MessageExpiry is the MQTT 5 message expiry interval in seconds (0: none): a message
+	// still queued for a session when it passes is dropped, not delivered.
+	MessageExpiry int64 `json:"message_expiry,omitempty"`
 }
 
 // parsePublishRequest decodes and checks a PublishRequest body; it returns the payload bytes.
@@ -43,6 +46,9 @@ func parsePublishRequest(body []byte) (PublishRequest, []byte, error) {
 	}
 	if req.QoS < 0 || req.QoS > 2 {
 		return req, nil, fmt.Errorf("qos: must be 0, 1 or 2, got %d", req.QoS)
+	}
+	if req.MessageExpiry < 0 || req.MessageExpiry > 1<<32-1 {
+		return req, nil, fmt.Errorf("message_expiry: must be seconds in [0, 4294967295], got %d", req.MessageExpiry)
 	}
 	hasPayload := len(req.Payload) > 0 && string(req.Payload) != "null"
 	if hasPayload && req.PayloadBase64 != "" {
@@ -73,7 +79,8 @@ func parsePublishRequest(body []byte) (PublishRequest, []byte, error) {
 }
 
 // AdminHandler serves POST /admin/v1/publish: an operator sends a message to devices
-// ({"topic","payload" | "payload_base64","qos","retain"} → 200 {"published":true,"topic","bytes"}).
+// ({"topic","payload" | "payload_base64","qos","retain","message_expiry"} → 200
+// {"published":true,"topic","bytes"}).
 // The HTTP server authenticates the request and stores the *auth.Principal under
 // httpx.PrincipalKey; this handler requires it to be an admin (operator) principal.
 func (b *Broker) AdminHandler() fasthttp.RequestHandler {
@@ -108,7 +115,7 @@ func (b *Broker) AdminHandler() fasthttp.RequestHandler {
 				fmt.Sprintf("payload is %d bytes, mqtt.max_packet_bytes is %d", len(payload), b.cfg.MaxPacketBytes))
 			return
 		}
-		if err := b.Publish(req.Topic, payload, byte(req.QoS), req.Retain); err != nil {
+		if err := b.publish(req.Topic, payload, byte(req.QoS), req.Retain, uint32(req.MessageExpiry)); err != nil {
 			switch {
 			case errors.Is(err, ErrInvalidTopic):
 				httpx.WriteError(ctx, fasthttp.StatusBadRequest, "bad_topic", err.Error())

@@ -21,6 +21,7 @@ import (
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/shadow"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -65,6 +66,23 @@ type Options struct {
 	// ClusterHeartbeat is how often this node writes its heartbeat in the shared KV (0:
 	// DefaultClusterHeartbeat); a node is taken for dead after 3 heartbeats without one.
 	ClusterHeartbeat time.Duration
+	// Node names this gateway in presence events and the clients API ("" = the host name,
+	// or "local"); cluster mode sets it to cluster.node.
+	Node string
+	// Shadows takes device shadow updates published on $shadow/{device}/update; nil refuses
+	// them like any topic outside the policy.
+	Shadows Shadows
+	// NewShadows, when Shadows is nil, builds the shadow service with this broker as its
+	// publisher (the deltas it sends to devices): both are built in one step, no late binding.
+	NewShadows func(b *Broker) (Shadows, error)
+}
+
+// Shadows applies a shadow update a device published, and answers a device's get
+// (shadow.Service satisfies it). It answers on $shadow/{device}/update|get/accepted or
+// /rejected itself.
+type Shadows interface {
+	UpdateFromDevice(ctx context.Context, from shadow.Sender, tenant, device string, body []byte)
+	GetForDevice(tenant, device string)
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start; Close stops it.
@@ -85,6 +103,13 @@ type Broker struct {
 	released sync.Map // *mqtt.Client → struct{}
 	// halted (tests: a node's death) stops every write to the store
 	halted atomic.Bool
+
+	node    string
+	shadows Shadows
+
+	presence sync.Map // *mqtt.Client → *presenceConn
+	emitter  emitter  // events the broker emits (presence, queue drops)
+	queues   sync.Map // tenant-scoped client id → *sessionQueue
 
 	sessions sync.Map // *mqtt.Client → *session
 
@@ -122,6 +147,9 @@ type brokerMetrics struct {
 	ackLatency                                  *metrics.PrometheusHistogram
 	inflight                                    atomic.Int64
 	persistErrors                               *metrics.Counter
+	presenceConnected, presenceDisconnected     *metrics.Counter
+	presenceSuppressed, gatewayEventFailed      *metrics.Counter
+	queueDroppedMessages, queueDroppedBytes     *metrics.Counter
 }
 
 // New checks the options and builds a broker; nothing listens until Start.
@@ -155,6 +183,11 @@ func New(opts Options) (*Broker, error) {
 		log:      opts.Logger,
 		restored: map[string]*auth.Principal{},
 		retained: newRetainedIndex(opts.Config),
+		node:     opts.Node,
+		shadows:  opts.Shadows,
+	}
+	if b.node == "" {
+		b.node = defaultNode()
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -167,7 +200,10 @@ func New(opts Options) (*Broker, error) {
 	caps.TopicAliasMaximum = uint16(b.cfg.TopicAliasMax)
 	// Messages kept for an offline persistent session, per session (and the cap on a client's
 	// announced receive maximum).
-	caps.MaximumInflight = 1024
+	// mochi drops (and only counts) a message past it: queueHook keeps every queue within
+	// session_queue_max.messages, dropping the oldest with an event, so this is a backstop
+	// for deliveries that race on one session.
+	caps.MaximumInflight = uint16(min(65535, b.cfg.SessionQueueMax.Messages+queueSlack))
 	// Retained messages and offline messages expire only by their own message expiry interval,
 	// not after a broker-wide day.
 	caps.MaximumMessageExpiryInterval = 0
@@ -182,6 +218,13 @@ func New(opts Options) (*Broker, error) {
 	b.inline.Properties.ProtocolVersion = 5
 
 	b.initMetrics(opts.Metrics)
+	if b.shadows == nil && opts.NewShadows != nil {
+		sh, err := opts.NewShadows(b)
+		if err != nil {
+			return nil, err
+		}
+		b.shadows = sh
+	}
 	if err := b.addHook(&authHook{b: b}); err != nil {
 		return nil, err
 	}
@@ -197,6 +240,15 @@ func New(opts Options) (*Broker, error) {
 	if opts.Cluster != nil {
 		b.cluster = newClusterState(b, opts.Cluster, opts.ClusterHeartbeat, opts.Metrics)
 		if err := b.addHook(&clusterHook{c: b.cluster}); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.addHook(&queueHook{b: b}); err != nil { // after persistHook: it deletes what that one stored
+		return nil, err
+	}
+	if b.cfg.Presence.Enabled {
+		if err := b.addHook(&presenceHook{b: b, versions: map[string]uint64{}, reserved: map[string]uint64{},
+			stored: map[string]uint64{}, pending: map[string]uint64{}}); err != nil {
 			return nil, err
 		}
 	}
@@ -235,6 +287,12 @@ func (b *Broker) initMetrics(set *metrics.Set) {
 	m.replyRefused = set.NewCounter(`fleetgate_mqtt_replies_total{result="refused"}`)
 	m.persistErrors = set.NewCounter(`fleetgate_mqtt_session_store_errors_total`)
 	m.ackLatency = set.NewPrometheusHistogram(`fleetgate_mqtt_publish_ack_seconds`)
+	m.presenceConnected = set.NewCounter(`fleetgate_presence_events_total{kind="connected"}`)
+	m.presenceDisconnected = set.NewCounter(`fleetgate_presence_events_total{kind="disconnected"}`)
+	m.presenceSuppressed = set.NewCounter(`fleetgate_presence_suppressed_total`)
+	m.gatewayEventFailed = set.NewCounter(`fleetgate_mqtt_gateway_events_failed_total`)
+	m.queueDroppedMessages = set.NewCounter(`fleetgate_mqtt_queue_dropped_total{reason="messages"}`)
+	m.queueDroppedBytes = set.NewCounter(`fleetgate_mqtt_queue_dropped_total{reason="bytes"}`)
 	set.NewGauge(`fleetgate_mqtt_publishes_inflight`, func() float64 { return float64(m.inflight.Load()) })
 	info := b.server.Info
 	set.NewGauge(`fleetgate_mqtt_clients_connected`, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) })
@@ -310,6 +368,7 @@ func (b *Broker) Start() error {
 		}
 		b.log.Info("mqtt cluster mode", "node", b.cluster.node)
 	}
+	b.restoreExpiry()
 	for _, l := range b.listeners {
 		b.log.Info("mqtt listening", "listener", l.id, "addr", l.Address())
 	}
@@ -371,6 +430,11 @@ func (b *Broker) listenerAddr(ids ...string) net.Addr {
 // while its session lives, which for persistent sessions includes broker restarts.
 // It does not go through ingest: downlink messages are not events.
 func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) error {
+	return b.publish(topic, payload, qos, retain, 0)
+}
+
+// publish is Publish with an MQTT 5 message expiry interval in seconds (0: none).
+func (b *Broker) publish(topic string, payload []byte, qos byte, retain bool, expiry uint32) error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
@@ -388,6 +452,7 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte, retain bool) er
 		TopicName:   topic,
 		Payload:     payload,
 	}
+	pk.Properties.MessageExpiryInterval = expiry
 	if qos > 0 {
 		pk.PacketID = 1 // required by validation; the inline client never acks
 	}

@@ -28,6 +28,24 @@ type TLSConfig struct {
 // Enabled reports whether TLS is configured.
 func (t TLSConfig) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
 
+// PresenceConfig is mqtt.presence: connect and disconnect events (see presence.go).
+type PresenceConfig struct {
+	// Enabled turns presence events on (the default).
+	Enabled bool `yaml:"enabled"`
+	// Grace, when positive, suppresses short connections: a connection that ends less than
+	// Grace after its session was established produces neither a connected nor a
+	// disconnected event. A longer one produces its connected event Grace after it connected
+	// (the event's "at" is still the connect time) and its disconnected event when it ends.
+	Grace time.Duration `yaml:"grace"`
+}
+
+// QueueMax is mqtt.session_queue_max: the QoS 1/2 messages one session may hold that its
+// client has not acknowledged (queued while it is offline, or in flight while it is online).
+type QueueMax struct {
+	Messages int   `yaml:"messages"`
+	Bytes    int64 `yaml:"bytes"` // topic and payload bytes
+}
+
 // Config is the mqtt section of the config file.
 type Config struct {
 	// Addr is the plain MQTT (TCP) listen address; "" disables it (then TLSAddr or WSAddr must be set).
@@ -84,6 +102,12 @@ type Config struct {
 	// MaxAwaitingRel bounds the inbound QoS 2 publishes of one client that were answered with
 	// PUBREC and whose PUBREL has not arrived; one more disconnects the client (MQTT 5: 0x93).
 	MaxAwaitingRel int `yaml:"max_awaiting_rel"`
+	// Presence configures connect and disconnect events.
+	Presence PresenceConfig `yaml:"presence"`
+	// SessionQueueMax bounds each session's queue of unacknowledged QoS 1/2 messages. When a
+	// new message would exceed it, the oldest queued messages are dropped to make room, and
+	// each drop is an event on $events/queue/dropped/{client_id} (see queue.go).
+	SessionQueueMax QueueMax `yaml:"session_queue_max"`
 }
 
 // DefaultConfig returns the embedded defaults.
@@ -103,6 +127,8 @@ func DefaultConfig() Config {
 		MaxRetainedPerClient: 100,
 		MaxRetainedBytes:     256 << 20,
 		MaxAwaitingRel:       100,
+		Presence:             PresenceConfig{Enabled: true},
+		SessionQueueMax:      QueueMax{Messages: 1000, Bytes: 1 << 20},
 	}
 }
 
@@ -180,6 +206,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAwaitingRel < 1 || c.MaxAwaitingRel > 65535 {
 		add("mqtt.max_awaiting_rel: must be in [1, 65535], got %d", c.MaxAwaitingRel)
+	}
+	if c.Presence.Grace < 0 {
+		add("mqtt.presence.grace: must be >= 0 (0 = off), got %s", c.Presence.Grace)
+	}
+	if c.SessionQueueMax.Messages < 1 || c.SessionQueueMax.Messages > maxQueueMessages {
+		add("mqtt.session_queue_max.messages: must be in [1, %d], got %d", maxQueueMessages, c.SessionQueueMax.Messages)
+	}
+	if c.SessionQueueMax.Bytes < 1 {
+		add("mqtt.session_queue_max.bytes: must be > 0, got %d", c.SessionQueueMax.Bytes)
 	}
 	if len(probs) == 0 {
 		return nil

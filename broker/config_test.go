@@ -75,3 +75,24 @@ func TestConfigValidateHostileLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigPresenceAndQueues(t *testing.T) {
+	c := DefaultConfig()
+	if !c.Presence.Enabled || c.Presence.Grace != 0 || c.SessionQueueMax != (QueueMax{Messages: 1000, Bytes: 1 << 20}) {
+		t.Fatalf("defaults %+v %+v", c.Presence, c.SessionQueueMax)
+	}
+	// Keys left out of the file keep their defaults.
+	if err := yaml.Unmarshal([]byte(`{presence: {grace: 5s}, session_queue_max: {messages: 10}}`), &c); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Presence.Enabled || c.Presence.Grace.String() != "5s" || c.SessionQueueMax != (QueueMax{Messages: 10, Bytes: 1 << 20}) {
+		t.Fatalf("parsed %+v %+v", c.Presence, c.SessionQueueMax)
+	}
+	c.Presence.Grace, c.SessionQueueMax = -1, QueueMax{Messages: 70000, Bytes: 0}
+	err := c.Validate()
+	for _, want := range []string{"mqtt.presence.grace", "mqtt.session_queue_max.messages", "mqtt.session_queue_max.bytes"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s: %v", want, err)
+		}
+	}
+}

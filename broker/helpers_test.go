@@ -77,6 +77,7 @@ func newEnv(t testing.TB, dir string, mod func(*Config, *Options), storeMod ...f
 	e.verifier = v
 	cfg := DefaultConfig()
 	cfg.Addr = "127.0.0.1:0"
+	cfg.Presence.Enabled = false                                           // these tests count the events of publishes; presence_test.go turns it on
 	gw, err := ingest.New(ingest.Options{Store: st, Logger: testLogger()}) // DefaultRouter: everything to "log"
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/shadow"
 )
 
 // authHook is the broker's single authority: it authenticates CONNECT (JWT password, client
@@ -78,6 +79,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	clientID := cl.ID
 	cl.ID = scopedClientID(p.Tenant, clientID) // before mochi looks up an existing session by it
 	s := newSession(b, cl, p, clientID)
+	s.connectedAt = time.Now()
 	b.sessions.Store(cl, s)
 	s.armExpiry()
 	if b.cluster != nil { // other nodes let go of this client id; its session may load from the KV
@@ -154,7 +156,16 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write {
 		return s.p.CanPublish(topic)
 	}
-	return s.p.CanSubscribe(topic)
+	return canRead(s.p, topic)
+}
+
+// canRead reports whether p may subscribe to filter or receive a message on it: shadow topics
+// ($shadow/{device}/...) by the policy's shadow entries, anything else by its subscribe filters.
+func canRead(p *auth.Principal, filter string) bool {
+	if device, _, ok := shadow.DeviceOfTopic(filter); ok {
+		return p.CanUseShadow(device)
+	}
+	return p.CanSubscribe(filter)
 }
 
 // tenantSep separates tenant and client id in the broker's internal client ids.
@@ -201,7 +212,7 @@ func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 // may not read.
 func (b *Broker) dropUnreadable(cl *mqtt.Client, p *auth.Principal) {
 	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type != packets.Publish || p.CanSubscribe(pk.TopicName) {
+		if pk.FixedHeader.Type != packets.Publish || canRead(p, pk.TopicName) {
 			continue
 		}
 		if cl.State.Inflight.Delete(pk.PacketID) {

@@ -1,9 +1,11 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -12,6 +14,7 @@ import (
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/shadow"
 )
 
 // The ack pipeline.
@@ -44,6 +47,9 @@ type session struct {
 	clientID string // the id the client sent (cl.ID is scoped by tenant: see scopedClientID)
 	source   string // event source: "mqtt://<client id>"
 
+	connectedAt time.Time     // when CONNECT was authenticated (zero for a restored session)
+	version     atomic.Uint64 // session_version (presence), 0 when presence is off
+
 	mu       sync.Mutex
 	timer    *time.Timer // token expiry
 	queue    []*entry    // pipeline, oldest first, from queue[head]
@@ -72,6 +78,7 @@ type entry struct {
 	reason   string // its reason string, when not the code's own
 	reserved bool   // holds room for a retained message (released unless delivered)
 	ackOnly  bool   // a QoS 2 resend already acknowledged: ack again, do not ingest
+	local    bool   // handled by the gateway itself (a shadow update): not delivered
 	done     bool
 	err      error // from the gateway
 	start    time.Time
@@ -120,7 +127,17 @@ func (s *session) takePublish(pk packets.Packet) error {
 			}
 		}
 	}
-	if !refused && !s.p.CanPublish(pk.TopicName) {
+	shadowDevice, shadowOp := "", ""
+	if device, rest, ok := shadow.DeviceOfTopic(pk.TopicName); ok && !refused {
+		// $shadow/{device}/update and /get are taken by the shadow service, if the policy
+		// allows the device's shadow; every other $shadow topic is the gateway's to publish.
+		if (rest == "update" || rest == "get") && b.shadows != nil && s.p.CanUseShadow(device) {
+			shadowDevice, shadowOp = device, rest
+			pk.FixedHeader.Retain = false
+		} else {
+			refused = true
+		}
+	} else if !refused && !s.p.CanPublish(pk.TopicName) {
 		refused = true
 	}
 	if refused {
@@ -179,6 +196,10 @@ func (s *session) takePublish(pk packets.Packet) error {
 		s.complete(e, nil)
 		return nil
 	}
+	if shadowDevice != "" {
+		s.updateShadow(e, shadowDevice, shadowOp)
+		return nil
+	}
 	if qos == 0 {
 		b.m.pubQoS0.Inc()
 	}
@@ -191,6 +212,29 @@ func (s *session) takePublish(pk packets.Packet) error {
 		b.pending.Done()
 	})
 	return nil
+}
+
+// updateShadow hands a shadow update (op "update") or get (op "get") to the shadow service
+// off the read goroutine; the publish is acknowledged once the service has answered (the
+// update is durable, or was rejected on $shadow/{device}/update/rejected). It is not
+// delivered to subscribers.
+func (s *session) updateShadow(e *entry, device, op string) {
+	b := s.b
+	e.local = true
+	from := shadow.Sender{Subject: s.p.Subject, Tenant: s.p.Tenant, Protocol: event.ProtocolMQTT, Source: s.source,
+		Claims: s.p.Claims, ClaimsJSON: s.p.ClaimsJSON}
+	b.pending.Add(1)
+	go func() {
+		defer b.pending.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if op == "get" {
+			b.shadows.GetForDevice(s.p.Tenant, device)
+		} else {
+			b.shadows.UpdateFromDevice(ctx, from, s.p.Tenant, device, e.pk.Payload)
+		}
+		s.complete(e, nil)
+	}()
 }
 
 // isAckOnly reports whether pk resends a QoS 2 publish already answered with PUBREC.
@@ -419,7 +463,7 @@ func (s *session) finish(e *entry) {
 	}
 	// Delivered before it is acknowledged: once the sender has its ack, its retained message
 	// (or the clearing of one) is in place, and its room under the retained caps is counted.
-	if stored {
+	if stored && !e.local {
 		s.deliver(e)
 	}
 	if e.qos > 0 {

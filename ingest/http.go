@@ -118,6 +118,7 @@ type Server struct {
 	log    *slog.Logger
 	mu     sync.RWMutex
 	mounts []mount
+	api    []mount // authenticated endpoints for any role (MountAPI)
 	ready  atomic.Bool
 
 	byCode   sync.Map // status code → *metrics.Counter
@@ -208,6 +209,39 @@ func (s *Server) Mount(prefix string, h fasthttp.RequestHandler) {
 	s.mounts = append(s.mounts, mount{prefix: prefix, h: h})
 }
 
+// MountAPI serves prefix (under /v1/, e.g. "/v1/shadows/") with h for any authenticated
+// principal: the server checks the bearer token (401 otherwise), reads the body within
+// http.max_body_bytes, and stores the *auth.Principal under httpx.PrincipalKey; h decides
+// what the principal may do.
+func (s *Server) MountAPI(prefix string, h fasthttp.RequestHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.api = append(s.api, mount{prefix: prefix, h: h})
+}
+
+func (s *Server) apiHandler(path []byte) fasthttp.RequestHandler {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, m := range s.api {
+		if bytes.HasPrefix(path, []byte(m.prefix)) {
+			return m.h
+		}
+	}
+	return nil
+}
+
+func (s *Server) handleAPI(ctx *fasthttp.RequestCtx, h fasthttp.RequestHandler) {
+	p := s.authenticate(ctx)
+	if p == nil {
+		return
+	}
+	ctx.SetUserValue(httpx.PrincipalKey, p)
+	if !s.loadBody(ctx) {
+		return
+	}
+	h(ctx)
+}
+
 // Start listens on the configured address (TLS when cert and key are configured) and serves
 // in the background. When it returns nil, the listener accepts connections.
 func (s *Server) Start() error {
@@ -278,6 +312,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		w := ctx.Response.BodyWriter()
 		s.opts.Metrics.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
+	case s.apiHandler(path) != nil:
+		s.handleAPI(ctx, s.apiHandler(path))
 	default:
 		s.fail(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+string(path))
 	}

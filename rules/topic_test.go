@@ -45,6 +45,11 @@ func TestMatchFilter(t *testing.T) {
 	f("$SYS/#", "$SYS/x", true)
 	f("$SYS/+", "$SYS/x", true)
 	f("$SYS/#", "$SYS", true)
+	f("#", "$events/presence/connected/d1", false) // presence events are routed only by name
+	f("+/presence/#", "$events/presence/connected/d1", false)
+	f("$events/#", "$events/presence/connected/d1", true)
+	f("$events/presence/+/d1", "$events/presence/disconnected/d1", true)
+	f("$shadow/+/update/accepted", "$shadow/d1/update/accepted", true)
 	f("a/+/#", "a/b", true)
 	f("a/+/#", "a", false)
 	f("devices/+/telemetry", "devices/d1/telemetry", true)

@@ -17,6 +17,7 @@ import (
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
 	"github.com/fleetgate/fleetgate/rules"
+	"github.com/fleetgate/fleetgate/shadow"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -30,9 +31,17 @@ type Config struct {
 	Functions []functions.Definition `yaml:"functions"`
 	Rules     []rules.Rule           `yaml:"rules"`
 	Log       LogConfig              `yaml:"log"`
+	Shadow    ShadowConfig           `yaml:"shadow"`
 	// Cluster, when present, runs this node in cluster mode on NATS JetStream (see
 	// docs/operations.md); absent, one node on Badger.
 	Cluster cluster.Config `yaml:"cluster"`
+}
+
+// ShadowConfig is the `shadow:` section: device state documents.
+type ShadowConfig struct {
+	// MaxBytes bounds one device's shadow document (encoded JSON, metadata included); an
+	// update that would make it bigger is refused (HTTP 413, MQTT .../update/rejected).
+	MaxBytes int `yaml:"max_bytes"`
 }
 
 // StorageConfig is the `storage:` section: the safety valves of the durable log.
@@ -76,6 +85,7 @@ func DefaultConfig() Config {
 		Auth:    auth.DefaultConfig(),
 		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour, FateTTL: storage.DefaultFateTTL, MemtableBytes: 64 << 20},
 		Log:     LogConfig{Level: "info", Format: "text"},
+		Shadow:  ShadowConfig{MaxBytes: shadow.DefaultMaxBytes},
 	}
 }
 
@@ -153,6 +163,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.FateTTL < 0 {
 		errs = append(errs, fmt.Errorf("storage.fate_ttl: must not be negative (0 turns event fates off), got %s", c.Storage.FateTTL))
+	}
+	if c.Shadow.MaxBytes < 256 {
+		errs = append(errs, fmt.Errorf("shadow.max_bytes: at least 256, got %d", c.Shadow.MaxBytes))
 	}
 	if c.Storage.MaxAge < 0 {
 		errs = append(errs, fmt.Errorf("storage.max_age: must not be negative, got %s", c.Storage.MaxAge))

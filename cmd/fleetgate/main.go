@@ -23,6 +23,7 @@ commands:
   rules     list, apply, delete, test and roll back routing rules on a running gateway
   dlq       list, replay and purge a function's dead letters on a running gateway
   events    show what became of an event (its fate) on a running gateway
+  clients   list MQTT sessions (connected or kept offline) and show one, on a running gateway
   revoke    revoke a subject's tokens (closing its MQTT connections) or one token (jti)
   revocations  list and delete revocations on a running gateway
   storage   check or repair a stopped gateway's data dir (after a crash or disk damage)
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDLQ(rest, stdout, stderr)
 	case "events":
 		return cmdEvents(rest, stdout, stderr)
+	case "clients":
+		return cmdClients(rest, stdout, stderr)
 	case "revoke":
 		return cmdRevoke(rest, stdout, stderr)
 	case "revocations":

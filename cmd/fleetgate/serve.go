@@ -27,6 +27,7 @@ import (
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
 	"github.com/fleetgate/fleetgate/rules"
+	"github.com/fleetgate/fleetgate/shadow"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -164,10 +165,24 @@ type gateway struct {
 	rules       *rules.Engine
 	dispatcher  *functions.Dispatcher
 	broker      *broker.Broker
+	shadows     *shadow.Service
 	http        *ingest.Server
 	metrics     *metrics.Set
 	log         *slog.Logger
 }
+
+// gatewayEvents lets the shadow service take events in through the ingest gateway.
+type gatewayEvents struct{ g *ingest.Gateway }
+
+func (e gatewayEvents) Accept(ctx context.Context, events []*event.Event) error {
+	return e.g.Accept(ctx, events, ingest.AcceptOptions{})
+}
+
+var (
+	_ shadow.KV      = storage.Backend(nil)
+	_ shadow.Events  = gatewayEvents{}
+	_ broker.Shadows = (*shadow.Service)(nil)
+)
 
 // rulesRouter routes events with the live rule set of the engine.
 type rulesRouter struct{ e *rules.Engine }
@@ -228,10 +243,20 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	}
 	bopts := broker.Options{
 		Config: cfg.MQTT, Gateway: g.ingest, Auth: g.verifier, Store: g.store,
+		// Device shadows publish their deltas through the broker they are built with.
+		NewShadows: func(b *broker.Broker) (broker.Shadows, error) {
+			var err error
+			g.shadows, err = shadow.New(shadow.Options{
+				KV: g.store, MaxBytes: cfg.Shadow.MaxBytes, Events: gatewayEvents{g.ingest}, Publisher: b,
+				Metrics: g.metrics, Logger: log.With("component", "shadow"),
+			})
+			return g.shadows, err
+		},
 		Metrics: g.metrics, Logger: log.With("component", "mqtt"),
 	}
 	if g.node != nil {
 		bopts.Cluster = g.node
+		bopts.Node = g.node.Name() // presence events and the clients API name it
 	}
 	g.broker, err = broker.New(bopts)
 	if err != nil {
@@ -269,6 +294,8 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	g.http.Mount("/admin/v1/dlq/", fh)
 	g.http.Mount("/admin/v1/events/", fh)
 	g.http.Mount("/admin/v1/publish/", g.broker.AdminHandler())
+	g.http.Mount(broker.ClientsPath+"/", g.broker.ClientsHandler())
+	g.http.MountAPI(shadow.HTTPPrefix, g.shadows.Handler())
 	g.http.Mount(ingest.RevocationsPath+"/", ingest.RevocationsHandler(g.revocations, g.broker, log.With("component", "auth")))
 	// Go's profiler, for operators: curl -H "Authorization: Bearer $T" -o cpu.pprof http://HOST/admin/v1/debug/pprof/profile
 	g.http.Mount("/admin/v1/debug/pprof/", func(ctx *fasthttp.RequestCtx) {

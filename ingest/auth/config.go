@@ -27,9 +27,13 @@ type KeyConfig struct {
 // A variable whose value is empty, is not a string or integer, contains '/', '+', '#' or NUL,
 // or starts with '$' is not expanded: the pattern holding it is dropped (it grants nothing).
 // Admin grants the admin API; it does not grant any topic.
+// Shadow lists the devices whose shadow (device state) the role may read and update: one
+// level each, a literal device id, a template such as "${sub}" (the sender's own device), or
+// "+" for every device. An admin role may use every shadow.
 type Policy struct {
 	Publish     []string `yaml:"publish"`
 	Subscribe   []string `yaml:"subscribe"`
+	Shadow      []string `yaml:"shadow"`
 	Admin       bool     `yaml:"admin"`
 	AnyClientID bool     `yaml:"any_client_id"`
 }
@@ -91,8 +95,8 @@ func DefaultConfig() Config {
 		CacheSize:   DefaultCacheSize,
 		JWKSRefresh: DefaultJWKSRefresh,
 		Policies: map[string]Policy{
-			"device":   {Publish: []string{"devices/${sub}/#"}, Subscribe: []string{"devices/${sub}/#"}},
-			"app":      {Publish: []string{"apps/#"}},
+			"device":   {Publish: []string{"devices/${sub}/#"}, Subscribe: []string{"devices/${sub}/#"}, Shadow: []string{"${sub}"}},
+			"app":      {Publish: []string{"apps/#"}, Shadow: []string{"${claims.device}"}},
 			"operator": {Admin: true},
 		},
 	}
@@ -239,6 +243,11 @@ func (c *Config) Validate() error {
 		for i, f := range pol.Publish {
 			if _, err := compilePattern(f); err != nil {
 				ce.add("%s.publish[%d]: %v", p, i, err)
+			}
+		}
+		for i, f := range pol.Shadow {
+			if _, err := compileShadowPattern(f); err != nil {
+				ce.add("%s.shadow[%d]: %v", p, i, err)
 			}
 		}
 		for i, f := range pol.Subscribe {

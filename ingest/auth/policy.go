@@ -128,8 +128,8 @@ func (p *pattern) expand(sub, tenant string, claims map[string]any) (string, boo
 
 // policyTemplate is a configured Policy with its patterns parsed.
 type policyTemplate struct {
-	publish, subscribe []*pattern
-	admin, anyClientID bool
+	publish, subscribe, shadow []*pattern
+	admin, anyClientID         bool
 }
 
 func compilePolicy(pol Policy) (*policyTemplate, error) {
@@ -148,7 +148,23 @@ func compilePolicy(pol Policy) (*policyTemplate, error) {
 		}
 		pt.subscribe = append(pt.subscribe, p)
 	}
+	for _, f := range pol.Shadow {
+		p, err := compileShadowPattern(f)
+		if err != nil {
+			return nil, err
+		}
+		pt.shadow = append(pt.shadow, p)
+	}
 	return pt, nil
+}
+
+// compileShadowPattern parses a policy's shadow entry: one topic level (a device id, a
+// template such as ${sub}, or "+" for every device).
+func compileShadowPattern(s string) (*pattern, error) {
+	if strings.Contains(s, "/") || s == "#" {
+		return nil, fmt.Errorf("%q is not one level: a shadow entry names one device (\"${sub}\", an id, or \"+\" for all)", s)
+	}
+	return compilePattern(s)
 }
 
 // compiledPolicy is a policy expanded for one principal, with filters split into levels.
@@ -156,6 +172,7 @@ type compiledPolicy struct {
 	expanded  Policy
 	publish   [][]string
 	subscribe [][]string
+	shadow    []string // device ids, or "+" for all
 }
 
 func (pt *policyTemplate) instantiate(sub, tenant string, claims map[string]any) *compiledPolicy {
@@ -172,7 +189,35 @@ func (pt *policyTemplate) instantiate(sub, tenant string, claims map[string]any)
 			cp.subscribe = append(cp.subscribe, splitLevels(f))
 		}
 	}
+	for _, p := range pt.shadow {
+		if f, ok := p.expand(sub, tenant, claims); ok {
+			cp.expanded.Shadow = append(cp.expanded.Shadow, f)
+			cp.shadow = append(cp.shadow, f)
+		}
+	}
 	return cp
+}
+
+// ValidDeviceID reports whether id can name a shadow: one topic level, not empty, no
+// wildcard, no NUL, not starting with '$', valid UTF-8, at most 256 bytes.
+func ValidDeviceID(id string) bool { return len(id) <= 256 && safeValue(id) }
+
+// CanUseShadow reports whether the principal may read and update the shadow of device: an
+// admin (operator) may use every shadow; any other principal the devices its policy's shadow
+// entries name ("+" names every device). A nil principal or an invalid device id may do nothing.
+func (p *Principal) CanUseShadow(device string) bool {
+	if p == nil || p.policy == nil || !ValidDeviceID(device) {
+		return false
+	}
+	if p.IsAdmin() {
+		return true
+	}
+	for _, d := range p.policy.shadow {
+		if d == "+" || d == device {
+			return true
+		}
+	}
+	return false
 }
 
 // CanPublish reports whether the principal may publish (or post) to topic. The topic must be
@@ -242,5 +287,6 @@ func (p *Principal) Policy() Policy {
 	e := p.policy.expanded
 	e.Publish = slices.Clone(e.Publish)
 	e.Subscribe = slices.Clone(e.Subscribe)
+	e.Shadow = slices.Clone(e.Shadow)
 	return e
 }
