@@ -76,6 +76,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.m.connectDenied.Inc()
 		return b.refuseConnect(cl, refuseDenied, fmt.Errorf("client %q subject %q: %s", cl.ID, p.Subject, reason))
 	}
+	keepWillProperties(cl, pk)
 	clientID := cl.ID
 	cl.ID = scopedClientID(p.Tenant, clientID) // before mochi looks up an existing session by it
 	s := newSession(b, cl, p, clientID)
@@ -226,8 +227,12 @@ func (b *Broker) dropUnreadable(cl *mqtt.Client, p *auth.Principal) {
 	}
 }
 
-// OnPacketEncode announces topic_alias_max in a successful MQTT 5 CONNACK (mochi announces none).
+// OnPacketEncode announces topic_alias_max in a successful MQTT 5 CONNACK (mochi announces none),
+// and puts back the MQTT 5 properties of a will (see will.go).
 func (h *authHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Publish {
+		return encodeWill(pk)
+	}
 	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
 		pk.Properties.TopicAliasMaximum = uint16(h.b.cfg.TopicAliasMax)
 	}

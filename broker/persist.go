@@ -312,6 +312,9 @@ func (h *persistHook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, r int64
 		h.del(key)
 		return
 	}
+	if will, _, ok := willPacket(pk); ok { // a will: stored with its MQTT 5 properties (see will.go)
+		pk = will
+	}
 	h.put(key, message(mstorage.RetainedKey, key, pk.Origin, pk, 0))
 }
 

@@ -104,6 +104,7 @@ func (s *session) takePublish(pk packets.Packet) error {
 	b, cl := s.b, s.cl
 	qos := pk.FixedHeader.Qos
 	refused := false
+	pk.Properties.User = withoutWillProps(pk.Properties.User) // the gateway's own (see will.go)
 	switch code := pk.PublishValidate(b.server.Options.Capabilities.TopicAliasMaximum); code {
 	case packets.CodeSuccess:
 	case packets.ErrProtocolViolationSurplusWildcard:
@@ -281,12 +282,23 @@ func (s *session) holdRel() error {
 // event builds the event of an accepted publish.
 func (s *session) event(pk *packets.Packet) *event.Event {
 	meta := make(map[string]string, 1+len(pk.Properties.User))
+	var traceparent, tracestate []byte
 	for _, u := range pk.Properties.User {
-		if strings.HasPrefix(u.Key, "$") {
+		switch {
+		case strings.HasPrefix(u.Key, "$"):
 			continue // "$" keys are the gateway's own (requestMeta)
+		case strings.EqualFold(u.Key, "traceparent"): // W3C trace context, as HTTP ingest keeps it
+			traceparent = []byte(u.Val)
+		case strings.EqualFold(u.Key, "tracestate"):
+			if len(tracestate) > 0 {
+				tracestate = append(tracestate, ',')
+			}
+			tracestate = append(tracestate, u.Val...)
+		default:
+			meta[u.Key] = u.Val
 		}
-		meta[u.Key] = u.Val
 	}
+	ingest.TraceMeta(meta, traceparent, tracestate)
 	meta["client_id"] = s.clientID
 	requestMeta(meta, pk)
 	return &event.Event{

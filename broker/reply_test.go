@@ -209,3 +209,37 @@ func TestPayloadFormatBytes(t *testing.T) {
 		}
 	}
 }
+
+// A W3C traceparent (and tracestate) MQTT 5 user property is the event's trace context, as the
+// headers are on HTTP ingest: "$traceparent" and "$tracestate", not user metadata; a malformed
+// traceparent is dropped, and its tracestate with it.
+func TestTraceContextUserProperties(t *testing.T) {
+	e := newEnv(t, "", nil)
+	d1, _, err := connect5(t, e.addr, "d1", e.token("d1", "device", time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	for _, user := range []paho.UserProperties{
+		{{Key: "traceparent", Value: tp}, {Key: "tracestate", Value: "congo=t61rcWkgMzE"}, {Key: "tracestate", Value: "rojo=00f067aa0ba902b7"}, {Key: "k", Value: "v"}},
+		{{Key: "traceparent", Value: "00-nothex-00f067aa0ba902b7-01"}, {Key: "tracestate", Value: "congo=t61rcWkgMzE"}},
+	} {
+		if _, err := d1.Publish(ctx10(t), &paho.Publish{Topic: "devices/d1/t", QoS: 1, Payload: []byte("x"),
+			Properties: &paho.PublishProperties{User: user}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	items := e.stored()
+	if len(items) != 2 {
+		t.Fatalf("%d events stored", len(items))
+	}
+	if m := items[0].Event.Meta; m["$traceparent"] != tp || m["$tracestate"] != "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7" || m["k"] != "v" ||
+		m["traceparent"] != "" || m["tracestate"] != "" {
+		t.Fatalf("meta %v", m)
+	}
+	for _, k := range []string{"$traceparent", "$tracestate", "traceparent", "tracestate"} {
+		if _, ok := items[1].Event.Meta[k]; ok {
+			t.Fatalf("malformed traceparent kept as %s: %v", k, items[1].Event.Meta)
+		}
+	}
+}

@@ -222,6 +222,16 @@ func (h *retainHook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64
 		return
 	}
 	h.b.retained.force(cl.ID, pk.TopicName, retainedSize(pk.TopicName, pk.Payload))
+	// mochi retained the will as it built it: without its MQTT 5 properties, so without its
+	// message expiry. Replace it by the will the client asked for (see will.go), unless the
+	// topic was retained again meanwhile.
+	if will, _, ok := willPacket(pk); ok {
+		if cur, ok := h.b.server.Topics.Retained.Get(pk.TopicName); ok && cur.Created == pk.Created &&
+			willPropsIndex(cur.Properties.User) >= 0 && bytes.Equal(cur.Payload, pk.Payload) {
+			will.ProtocolVersion = 5 // mochi expires a retained message only if it is MQTT 5
+			h.b.server.Topics.Retained.Add(pk.TopicName, will)
+		}
+	}
 }
 
 // OnRetainedExpired forgets a retained message whose message expiry passed.

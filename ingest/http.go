@@ -494,14 +494,22 @@ func requestMeta(ctx *fasthttp.RequestCtx) (meta map[string]string, ce []attr) {
 			}
 		}
 	}
+	TraceMeta(meta, traceparent, tracestate)
+	meta["remote_addr"] = ctx.RemoteIP().String()
+	return meta, ce
+}
+
+// TraceMeta keeps a W3C trace context in meta, as "$traceparent" and "$tracestate", when
+// traceparent is valid; a malformed traceparent is dropped, and tracestate with it (as is a
+// tracestate over 512 bytes). HTTP ingest takes them from the headers, the MQTT broker from
+// MQTT 5 user properties of the same names.
+func TraceMeta(meta map[string]string, traceparent, tracestate []byte) {
 	if validTraceparent(traceparent) {
 		meta["$traceparent"] = string(traceparent)
 		if len(tracestate) > 0 && len(tracestate) <= maxMetaValue {
 			meta["$tracestate"] = string(tracestate)
 		}
 	}
-	meta["remote_addr"] = ctx.RemoteIP().String()
-	return meta, ce
 }
 
 // validTraceparent checks a W3C traceparent: version-traceid-parentid-flags, in lower-case hex

@@ -22,6 +22,7 @@ func TestE2ECloudEventsValidWithSDKGo(t *testing.T) {
 	var (
 		mu     sync.Mutex
 		events = map[string]ce.Event{}
+		hdrs   = map[string]http.Header{} // the headers of the request that brought each event
 		errs   []string
 	)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -42,6 +43,7 @@ func TestE2ECloudEventsValidWithSDKGo(t *testing.T) {
 				errs = append(errs, e.ID()+": "+err.Error())
 			}
 			events[e.Type()+" "+e.Subject()] = e
+			hdrs[e.Type()+" "+e.Subject()] = r.Header.Clone()
 		}
 	})}
 	go srv.Serve(ln)
@@ -74,11 +76,20 @@ rules:
 		t.Fatalf("connect: %v %+v", err, ack)
 	}
 	defer c.Disconnect(&paho.Disconnect{})
+	tp := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	if _, err := c.Publish(ctx, &paho.Publish{Topic: "devices/auth0|dev 1/telemetry", QoS: 1, Payload: []byte(`{"temp":21}`),
 		Properties: &paho.PublishProperties{ContentType: "application/json",
-			User: paho.UserProperties{{Key: "fw", Value: "1.2"}, {Key: "zone", Value: "a b"}}}}); err != nil {
+			User: paho.UserProperties{{Key: "fw", Value: "1.2"}, {Key: "zone", Value: "a b"},
+				{Key: "traceparent", Value: tp}, {Key: "tracestate", Value: "congo=t61rcWkgMzE"}}}}); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
+	// The MQTT event reaches the function before the HTTP post, alone in its batch: the trace
+	// headers are sent for a batch whose events share one trace context.
+	waitFor(t, 30*time.Second, "the mqtt event at the function", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(events) >= 1
+	})
 	req, _ := http.NewRequest(http.MethodPost, p.url("/v1/events/apps/notes"), strings.NewReader(
 		`{"specversion":"1.0","id":"note-1","type":"com.example.note","datacontenttype":"text/plain","data_base64":"ZG9vciBvcGVuZWQ="}`))
 	req.Header.Set("Authorization", "Bearer "+appTok)
@@ -111,6 +122,12 @@ rules:
 		ext["topic"] != "devices/auth0|dev 1/telemetry" || ext["protocol"] != "mqtt" || ext["clientid"] != "auth0|dev 1" ||
 		ext["qos"] != "1" || ext["retain"] != "false" || meta["fw"] != "1.2" || meta["zone"] != "a b" {
 		t.Errorf("mqtt event: %v (meta %v)", m, meta)
+	}
+	// The traceparent user property is the event's trace context: the distributed-tracing
+	// extension and the request's traceparent header, not user metadata.
+	if h := hdrs["fleetgate.mqtt.publish auth0|dev 1"]; ext["traceparent"] != tp || ext["tracestate"] != "congo=t61rcWkgMzE" ||
+		h.Get("traceparent") != tp || h.Get("tracestate") != "congo=t61rcWkgMzE" || meta["traceparent"] != "" {
+		t.Errorf("mqtt trace context: extensions %v, headers %v, meta %v", ext, h, meta)
 	}
 	h, ok := events["com.example.note auth0|app"]
 	if !ok {
