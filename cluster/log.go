@@ -278,7 +278,9 @@ func (l *Log) wrap(what string, err error) error {
 		return fmt.Errorf("%s: %w (%v)", what, storage.ErrNoQuorum, err)
 	}
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.Code == 503 || apiErr.ErrorCode == jetstream.JSErrCodeJetStreamNotEnabledForAccount) {
+	// 10005: no suitable peers for placement (a peer not yet, or no longer, seen online).
+	if errors.As(err, &apiErr) && (apiErr.Code == 503 || apiErr.ErrorCode == jetstream.JSErrCodeJetStreamNotEnabledForAccount ||
+		apiErr.ErrorCode == 10005) {
 		return fmt.Errorf("%s: %w (%v)", what, storage.ErrNoQuorum, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
