@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,72 +20,14 @@ import (
 	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/internal/testutil"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
-// memKV is the KV shared by the nodes of a test cluster (a JetStream KV bucket in production).
-type memKV struct {
-	mu sync.Mutex
-	m  map[string][]byte
-}
+// memKV is the in-memory KV shared by the tests (internal/testutil).
+type memKV = testutil.MemKV
 
-func newMemKV() *memKV { return &memKV{m: map[string][]byte{}} }
-
-func (k *memKV) Get(key string) ([]byte, bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.m[key]
-	return append([]byte(nil), v...), ok, nil
-}
-
-func (k *memKV) Put(key string, value []byte) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.m[key] = append([]byte(nil), value...)
-	return nil
-}
-
-func (k *memKV) PutMany(kvs map[string][]byte) error {
-	for key, v := range kvs {
-		_ = k.Put(key, v)
-	}
-	return nil
-}
-
-func (k *memKV) Delete(key string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.m, key)
-	return nil
-}
-
-func (k *memKV) Scan(prefix string, fn func(string, []byte) error) error {
-	k.mu.Lock()
-	var keys []string
-	for key := range k.m {
-		if strings.HasPrefix(key, prefix) {
-			keys = append(keys, key)
-		}
-	}
-	sort.Strings(keys)
-	vals := make([][]byte, len(keys))
-	for i, key := range keys {
-		vals[i] = append([]byte(nil), k.m[key]...)
-	}
-	k.mu.Unlock()
-	for i, key := range keys {
-		if err := fn(key, vals[i]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (k *memKV) count(prefix string) int {
-	n := 0
-	_ = k.Scan(prefix, func(string, []byte) error { n++; return nil })
-	return n
-}
+func newMemKV() *memKV { return testutil.NewMemKV() }
 
 // sharedKV is a node's Backend: its own log, the cluster's KV.
 type sharedKV struct {
@@ -477,7 +417,7 @@ func TestClusterRetained(t *testing.T) {
 	mon := tc.connect3(n2, "mon", "monitor", true, nil)
 	subscribe3(t, mon, "devices/d2/state", 1, &r2)
 	waitFor(t, "the device's retained message at a subscriber on node 2", func() bool { return r2.has("devices/d2/state=on") })
-	if n := tc.kv.count(keyRetained); n != 2 {
+	if n := tc.kv.Count(keyRetained); n != 2 {
 		t.Errorf("retained records in the KV = %d, want 2", n)
 	}
 
@@ -555,7 +495,7 @@ func TestClusterTakeover(t *testing.T) {
 	if !found || rec.Node != "gw-2" {
 		t.Fatalf("session record after the takeover: found %v, %+v", found, rec)
 	}
-	if tc.kv.count(keySub+"acme/d1\x00") != 1 {
+	if tc.kv.Count(keySub+"acme/d1\x00") != 1 {
 		t.Fatal("the session's subscription is gone from the KV")
 	}
 	if n1.b.cluster.takeovers.Get() != 1 || n2.b.cluster.sessionLoads.Get() != 1 {
@@ -574,7 +514,7 @@ func TestClusterTakeover(t *testing.T) {
 	if err := n1.b.Publish("devices/d1/cmd", []byte("queued-on-2"), 1, false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "node 2 to queue it", func() bool { return tc.kv.count(keyInflight+"acme/d1\x00") == 1 })
+	waitFor(t, "node 2 to queue it", func() bool { return tc.kv.Count(keyInflight+"acme/d1\x00") == 1 })
 	got3 := make(chan string, 4)
 	_, ack, err = connect5(t, n1.addr, "d1", tok, func(cfg *paho.ClientConfig, cp *paho.Connect) {
 		persistent(cfg, cp)
@@ -624,7 +564,7 @@ func TestClusterSessionResume(t *testing.T) {
 	if err := n3.b.Publish("devices/d1/cmd", []byte("queued-by-node-1"), 1, false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "node 1 to queue the message", func() bool { return tc.kv.count(keyInflight+"acme/d1\x00") == 1 })
+	waitFor(t, "node 1 to queue the message", func() bool { return tc.kv.Count(keyInflight+"acme/d1\x00") == 1 })
 
 	n1.kill()
 	waitFor(t, "node 3 to take node 1 for dead", func() bool {
@@ -634,7 +574,7 @@ func TestClusterSessionResume(t *testing.T) {
 	if err := n3.b.Publish("devices/d1/cmd", []byte("while-node-1-dead"), 1, false); err != nil {
 		t.Fatal(err)
 	}
-	if n := tc.kv.count(keyQueued + "acme/d1\x00"); n != 1 {
+	if n := tc.kv.Count(keyQueued + "acme/d1\x00"); n != 1 {
 		t.Fatalf("queued records for the orphaned session = %d, want 1", n)
 	}
 
@@ -648,7 +588,7 @@ func TestClusterSessionResume(t *testing.T) {
 	}
 	waitFor(t, "a downlink after the resume (the subscription came back)", func() bool { return r2.has("devices/d1/cmd=after") })
 	waitFor(t, "the acknowledged messages gone from the KV", func() bool {
-		return tc.kv.count(keyInflight+"acme/d1\x00") == 0 && tc.kv.count(keyQueued) == 0
+		return tc.kv.Count(keyInflight+"acme/d1\x00") == 0 && tc.kv.Count(keyQueued) == 0
 	})
 	if rec, _ := n2.b.cluster.readClient("acme/d1"); rec == nil || rec.Node != "gw-2" {
 		t.Fatalf("session record: %+v, want node gw-2", rec)
@@ -683,7 +623,7 @@ func TestClusterNodeRestart(t *testing.T) {
 	if err := n2.b.Publish("devices/d1/cmd", []byte("while-down"), 1, false); err != nil {
 		t.Fatal(err)
 	}
-	if n := tc.kv.count(keyQueued + "acme/d1\x00"); n != 1 {
+	if n := tc.kv.Count(keyQueued + "acme/d1\x00"); n != 1 {
 		t.Fatalf("queued records = %d, want 1", n)
 	}
 
@@ -692,7 +632,7 @@ func TestClusterNodeRestart(t *testing.T) {
 	if _, held := n1b.b.server.Clients.Get("acme/d1"); !held {
 		t.Fatal("the restarted node does not hold its session")
 	}
-	if q, ifm := tc.kv.count(keyQueued), tc.kv.count(keyInflight+"acme/d1\x00"); q != 0 || ifm != 1 {
+	if q, ifm := tc.kv.Count(keyQueued), tc.kv.Count(keyInflight+"acme/d1\x00"); q != 0 || ifm != 1 {
 		t.Fatalf("after the restart: %d queued, %d inflight records; want 0, 1", q, ifm)
 	}
 	n3 := tc.startNode("gw-3", n2.ns) // a node started now leaves node 1's session alone
@@ -720,12 +660,12 @@ func TestClusterOrphanExpiry(t *testing.T) {
 	if _, err := c.Subscribe(ctx10(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/d1/cmd", QoS: 1}}}); err != nil {
 		t.Fatal(err)
 	}
-	if tc.kv.count(keyClient+"acme/d1") != 1 || tc.kv.count(keySub+"acme/d1\x00") != 1 {
+	if tc.kv.Count(keyClient+"acme/d1") != 1 || tc.kv.Count(keySub+"acme/d1\x00") != 1 {
 		t.Fatal("the session is not in the KV")
 	}
 	n1.kill()
 	waitFor(t, "the orphaned session to expire", func() bool {
-		return tc.kv.count(keyClient+"acme/d1") == 0 && tc.kv.count(keySub+"acme/d1\x00") == 0
+		return tc.kv.Count(keyClient+"acme/d1") == 0 && tc.kv.Count(keySub+"acme/d1\x00") == 0
 	})
 	if n2.b.cluster.expired.Get() != 1 {
 		t.Errorf("orphans expired on node 2 = %d, want 1", n2.b.cluster.expired.Get())

@@ -92,14 +92,14 @@ func TestEngineBadSetChangesNothing(t *testing.T) {
 	}
 
 	// A storage failure also leaves everything as it was.
-	kv.failPut = errDiskFull
+	kv.FailPut = errDiskFull
 	if _, err := e.Apply([]Rule{{ID: "good", Topic: "x", Functions: []string{"g"}}}); !errors.Is(err, errDiskFull) {
 		t.Fatalf("Apply with a failing KV = %v", err)
 	}
 	if _, v := e.Live(); v != 1 {
 		t.Fatalf("version %d after a failed store", v)
 	}
-	kv.failPut = nil
+	kv.FailPut = nil
 	if v, err := e.Apply([]Rule{{ID: "good", Topic: "x", Functions: []string{"g"}}}); err != nil || v != 2 {
 		t.Fatalf("Apply after recovery = %d, %v", v, err)
 	}

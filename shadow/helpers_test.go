@@ -2,60 +2,16 @@ package shadow
 
 import (
 	"context"
-	"sort"
-	"strings"
 	"sync"
 
 	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/internal/testutil"
 )
 
-// memKV is a KV in memory, as a cluster implementation would be another one.
-type memKV struct {
-	mu sync.Mutex
-	m  map[string][]byte
-}
+// memKV is the in-memory KV shared by the tests (internal/testutil).
+type memKV = testutil.MemKV
 
-func newMemKV() *memKV { return &memKV{m: map[string][]byte{}} }
-
-func (k *memKV) Get(key string) ([]byte, bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.m[key]
-	return append([]byte(nil), v...), ok, nil
-}
-
-func (k *memKV) Put(key string, value []byte) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.m[key] = append([]byte(nil), value...)
-	return nil
-}
-
-func (k *memKV) Delete(key string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.m, key)
-	return nil
-}
-
-func (k *memKV) Scan(prefix string, fn func(string, []byte) error) error {
-	k.mu.Lock()
-	var keys []string
-	for key := range k.m {
-		if strings.HasPrefix(key, prefix) {
-			keys = append(keys, key)
-		}
-	}
-	k.mu.Unlock()
-	sort.Strings(keys)
-	for _, key := range keys {
-		v, _, _ := k.Get(key)
-		if err := fn(key, v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func newMemKV() *memKV { return testutil.NewMemKV() }
 
 type recorder struct {
 	mu     sync.Mutex

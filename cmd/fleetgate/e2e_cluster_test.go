@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -93,7 +91,7 @@ cluster:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n.proc, errs[i] = launch(n.data, n.config)
+			n.proc, errs[i] = launch(n.data, n.config, 90*time.Second)
 		}()
 	}
 	wg.Wait()
@@ -106,47 +104,6 @@ cluster:
 		}
 	}
 	return nodes
-}
-
-// launch is startProc for use off the test goroutine: it returns an error instead of failing.
-func launch(dataDir, config string) (*proc, error) {
-	args := []string{"serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config", config}
-	p := &proc{cmd: exec.Command(binPath, args...), exited: make(chan struct{})}
-	outPipe, err := p.cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	p.cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.stderr}
-	if err := p.cmd.Start(); err != nil {
-		return nil, err
-	}
-	ready := make(chan [2]string, 1)
-	go func() {
-		sc := bufio.NewScanner(outPipe)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if m := readyLine.FindStringSubmatch(line); m != nil {
-				ready <- [2]string{m[1], m[2]}
-			}
-			p.mu.Lock()
-			p.stdout.WriteString(line + "\n")
-			p.mu.Unlock()
-		}
-	}()
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.exited)
-	}()
-	select {
-	case a := <-ready:
-		p.mqttAddr, p.httpAddr = a[0], a[1]
-		return p, nil
-	case <-p.exited:
-		return p, fmt.Errorf("exited before ready:\n%s", p.logs())
-	case <-time.After(90 * time.Second):
-		return p, fmt.Errorf("not ready after 90s:\n%s", p.logs())
-	}
 }
 
 func clusterToken(t *testing.T, n *clusterNode, args ...string) string {

@@ -67,6 +67,19 @@ var readyLine = regexp.MustCompile(`fleetgate ready: mqtt=(\S+) http=(\S+)`)
 // waits for its ready line. The process is killed at the end of the test.
 func startProc(t testing.TB, dataDir, config string, extra ...string) *proc {
 	t.Helper()
+	p, err := launch(dataDir, config, 60*time.Second, extra...)
+	if p != nil {
+		t.Cleanup(p.kill)
+	}
+	if err != nil {
+		t.Fatalf("fleetgate: %v", err)
+	}
+	return p
+}
+
+// launch is startProc without a test: it returns an error instead of failing, so that several
+// processes can be started at once (a cluster's nodes wait for each other). The caller kills it.
+func launch(dataDir, config string, wait time.Duration, extra ...string) (*proc, error) {
 	args := []string{"serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
 	if config != "" {
 		args = append(args, "--config", config)
@@ -75,11 +88,11 @@ func startProc(t testing.TB, dataDir, config string, extra ...string) *proc {
 	p := &proc{cmd: exec.Command(binPath, args...), exited: make(chan struct{})}
 	outPipe, err := p.cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	p.cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.stderr}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	ready := make(chan [2]string, 1)
 	go func() {
@@ -99,16 +112,15 @@ func startProc(t testing.TB, dataDir, config string, extra ...string) *proc {
 		_ = p.cmd.Wait()
 		close(p.exited)
 	}()
-	t.Cleanup(func() { p.kill() })
 	select {
 	case a := <-ready:
 		p.mqttAddr, p.httpAddr = a[0], a[1]
+		return p, nil
 	case <-p.exited:
-		t.Fatalf("fleetgate exited before ready:\n%s", p.logs())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("fleetgate not ready after 60s:\n%s", p.logs())
+		return p, fmt.Errorf("exited before ready:\n%s", p.logs())
+	case <-time.After(wait):
+		return p, fmt.Errorf("not ready after %s:\n%s", wait, p.logs())
 	}
-	return p
 }
 
 // kill sends SIGKILL and waits for the process to be gone.
