@@ -130,6 +130,9 @@ func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set)
 	c.queueFull = set.NewCounter(`fleetgate_cluster_offline_dropped_total`)
 	c.expired = set.NewCounter(`fleetgate_cluster_orphans_expired_total`)
 	c.orphans.Store(&orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}})
+	// Persistent sessions whose node is dead, as this node knows them: QoS 1/2 messages for
+	// them are queued in the KV by the node that publishes them.
+	set.NewGauge(`fleetgate_cluster_orphaned_sessions`, func() float64 { return float64(len(c.orphans.Load().sessions)) })
 	return c
 }
 
@@ -164,6 +167,17 @@ func (c *clusterState) run() {
 	defer close(c.done)
 	t := time.NewTicker(c.hb)
 	defer t.Stop()
+	// A bus that sees the nodes' connections (cluster mode's embedded NATS) tells of a node's
+	// death at once: the index of orphaned sessions is then rebuilt at once, not at the next
+	// heartbeat, so that a message published right after is queued for them.
+	pu, _ := c.bus.(interface{ PeersUp() []string })
+	fast := make(<-chan time.Time)
+	if pu != nil {
+		ft := time.NewTicker(peerCheck)
+		defer ft.Stop()
+		fast = ft.C
+	}
+	last := ""
 	for {
 		select {
 		case <-c.quit:
@@ -172,9 +186,17 @@ func (c *clusterState) run() {
 			c.beat()
 			c.refresh()
 			c.sweep()
+		case <-fast:
+			if up := strings.Join(pu.PeersUp(), ","); up != last {
+				last = up
+				c.refresh()
+			}
 		}
 	}
 }
+
+// peerCheck is how often the bus's view of the other nodes is looked at (in memory).
+const peerCheck = 100 * time.Millisecond
 
 // stop leaves the bus and stops the heartbeat. clean marks the heartbeat down, so that other
 // nodes take this one for dead at once (its persistent sessions become orphans); without it

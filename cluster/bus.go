@@ -45,3 +45,18 @@ func (n *Node) PeerDown(node string) bool {
 	}
 	return true
 }
+
+// PeersUp lists the peers this node's embedded NATS server has a route to (as of the last
+// status check); nil with an external NATS.
+func (n *Node) PeersUp() []string {
+	st := n.status.Load()
+	if n.srv == nil || st == nil {
+		return nil
+	}
+	out := make([]string, 0, len(st.connected))
+	for _, c := range st.connected {
+		name, _, _ := strings.Cut(c, "@")
+		out = append(out, name)
+	}
+	return out
+}

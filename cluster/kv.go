@@ -173,11 +173,27 @@ func (l *Log) Delete(key string) error {
 // reads them all in one pass (a KV watch delivers every current value, then a marker), not one
 // request per key.
 func (l *Log) Scan(prefix string, fn func(key string, value []byte) error) error {
-	ctx, cancel := l.kvCtx()
+	// Right after a node died, the bucket's leader may be in election and a watch asked for
+	// then may never answer: try again, in short attempts, within kvTimeout.
+	deadline := time.Now().Add(kvTimeout)
+	for {
+		called, err := l.scan(prefix, fn, min(scanAttempt, time.Until(deadline)))
+		if err == nil || called || !errors.Is(err, storage.ErrNoQuorum) || time.Until(deadline) <= 0 || l.closed.Load() {
+			return err
+		}
+	}
+}
+
+// scanAttempt bounds one try of Scan.
+const scanAttempt = 2 * time.Second
+
+// scan is one try of Scan; called reports whether fn was called (then it is not tried again).
+func (l *Log) scan(prefix string, fn func(key string, value []byte) error, limit time.Duration) (called bool, err error) {
+	ctx, cancel := context.WithTimeout(l.ctx, limit)
 	defer cancel()
 	w, err := l.kv.WatchFiltered(ctx, []string{kvFilter(prefix)}, jetstream.IgnoreDeletes())
 	if err != nil {
-		return l.wrap("listing "+prefix, err)
+		return false, l.wrap("listing "+prefix, err)
 	}
 	defer w.Stop()
 	type kv struct {
@@ -191,10 +207,10 @@ func (l *Log) Scan(prefix string, fn func(key string, value []byte) error) error
 		select {
 		case e, ok = <-w.Updates():
 		case <-ctx.Done():
-			return l.wrap("listing "+prefix, ctx.Err())
+			return false, l.wrap("listing "+prefix, ctx.Err())
 		}
 		if !ok {
-			return l.wrap("listing "+prefix, errors.New("watch ended"))
+			return false, l.wrap("listing "+prefix, errors.New("watch ended"))
 		}
 		if e == nil {
 			break // every current value was delivered
@@ -206,10 +222,10 @@ func (l *Log) Scan(prefix string, fn func(key string, value []byte) error) error
 	sort.Slice(all, func(i, j int) bool { return all[i].key < all[j].key })
 	for _, e := range all {
 		if err := fn(e.key, e.value); err != nil {
-			return err
+			return true, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // Watch calls fn (from another goroutine) after every change of a key with prefix, until stop

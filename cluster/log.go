@@ -482,21 +482,78 @@ func (l *Log) acked(ctx context.Context, e *storage.Entry, seq uint64, dup bool)
 // maxAtomicBatch is JetStream's default limit of messages in one atomic batch.
 const maxAtomicBatch = 1000
 
-// publishBatch stores entries as one JetStream atomic batch: all or nothing. A batch with an
-// idempotency key seen before is refused whole by JetStream; it is then stored event by event,
-// each one idempotent on its own (as is a batch larger than maxAtomicBatch).
+// packBytes bounds one packed message (an external NATS has a 1 MiB max_payload by default).
+const packBytes = 256 << 10
+
+// pack turns entries into messages: an entry with an idempotency key is a message of its own
+// (its key is JetStream's message id, checked cluster-wide); the others are packed, those of one
+// subject (partition) together, in order. A subject's order is kept: its pack is closed before
+// a keyed entry of that subject, and later entries go to a new pack after it. owner[i] is the
+// message index of entries[i].
+func (l *Log) pack(entries []*storage.Entry) (msgs []*nats.Msg, owner []int) {
+	type open struct {
+		idx     int
+		entries []*storage.Entry
+		bytes   int
+	}
+	packs := map[string]*open{}
+	var members [][]*storage.Entry
+	owner = make([]int, len(entries))
+	for i, e := range entries {
+		m := l.message(e)
+		if e.IdempotencyKey != "" {
+			delete(packs, m.Subject)
+			owner[i] = len(msgs)
+			msgs = append(msgs, m)
+			members = append(members, nil)
+			continue
+		}
+		size := e.Event.Size()
+		op := packs[m.Subject]
+		if op == nil || op.bytes+size > packBytes {
+			op = &open{idx: len(msgs)}
+			packs[m.Subject] = op
+			msgs = append(msgs, m)
+			members = append(members, nil)
+		}
+		op.entries = append(op.entries, e)
+		op.bytes += size
+		members[op.idx] = op.entries
+		owner[i] = op.idx
+	}
+	for i, es := range members {
+		if len(es) > 1 {
+			msgs[i].Data = storage.AppendPack(nil, es)
+		}
+	}
+	return msgs, owner
+}
+
+// publishBatch stores entries as one JetStream atomic batch of packed messages: all or
+// nothing. A batch with an idempotency key seen before is refused whole by JetStream; it is
+// then stored event by event, each one idempotent on its own.
 func (l *Log) publishBatch(ctx context.Context, entries []*storage.Entry) error {
-	if len(entries) > maxAtomicBatch {
+	msgs, owner := l.pack(entries)
+	if len(msgs) > maxAtomicBatch {
 		return l.publishEach(ctx, entries)
+	}
+	if len(msgs) == 1 {
+		ack, err := l.js.PublishMsg(ctx, msgs[0])
+		if err != nil {
+			return l.wrap("appending a batch", err)
+		}
+		for _, e := range entries {
+			e.Seq = ack.Sequence
+		}
+		return nil
 	}
 	id := nats.NewInbox()[len(nats.InboxPrefix):]
 	nc := l.js.Conn()
 	var reply *nats.Msg
-	for i, e := range entries {
-		m := l.message(e)
+	for i, m := range msgs {
 		m.Header.Set("Nats-Batch-Id", id)
 		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
-		if i < len(entries)-1 {
+		if i < len(msgs)-1 {
 			if err := nc.PublishMsg(m); err != nil {
 				return l.wrap("appending a batch", err)
 			}
@@ -522,13 +579,13 @@ func (l *Log) publishBatch(ctx context.Context, entries []*storage.Entry) error 
 		}
 		return l.wrap("appending a batch", ack.Error)
 	}
-	if ack.BatchSize != len(entries) {
-		return l.wrap("appending a batch", fmt.Errorf("JetStream stored %d of %d events", ack.BatchSize, len(entries)))
+	if ack.BatchSize != len(msgs) {
+		return l.wrap("appending a batch", fmt.Errorf("JetStream stored %d of %d messages", ack.BatchSize, len(msgs)))
 	}
 	// The commit's ack names the last message's sequence; a batch is stored contiguously.
-	first := ack.Sequence - uint64(len(entries)) + 1
+	first := ack.Sequence - uint64(len(msgs)) + 1
 	for i, e := range entries {
-		e.Seq = first + uint64(i)
+		e.Seq = first + uint64(owner[i])
 	}
 	return nil
 }
@@ -568,9 +625,18 @@ type fnQueue struct {
 	parts []*partState
 }
 
+// heldItem is one item handed to the dispatcher; ref is its message, shared by the items of
+// one pack.
 type heldItem struct {
-	item    storage.Item
+	item storage.Item
+	ref  *heldMsg
+}
+
+// heldMsg is a message this node holds: acknowledged once every item of it for this function
+// is finished.
+type heldMsg struct {
 	msg     jetstream.Msg
+	left    int       // items of it not yet finished
 	touched time.Time // delivered, or last told "in progress"
 	part    int
 }
@@ -714,47 +780,62 @@ func cmpSeq(a, b uint64) int {
 	return 0
 }
 
-// accept hands one message of partition p to the dispatcher, or acknowledges it when it is
-// not for this function.
+// accept hands the events of one message of partition p to the dispatcher, or acknowledges
+// the message when none is for this function.
 func (q *fnQueue) accept(p int, m jetstream.Msg) {
-	e, err := storage.DecodeEntry(m.Data())
+	entries, err := storage.DecodeEntries(m.Data())
 	if err != nil {
 		q.l.log.Error("cluster: unreadable event skipped", "function", q.name, "err", err)
 		_ = m.Term()
 		return
 	}
-	var t *storage.Target
-	for i := range e.Targets {
-		if e.Targets[i].Function == q.name {
-			t = &e.Targets[i] // the last one, as one node's store keeps one entry per function
+	var hot []*storage.Entry
+	ref := &heldMsg{msg: m, touched: time.Now(), part: p}
+	q.mu.Lock()
+	for _, e := range entries {
+		var t *storage.Target
+		for i := range e.Targets {
+			if e.Targets[i].Function == q.name {
+				t = &e.Targets[i] // the last one, as one node's store keeps one entry per function
+			}
 		}
+		if t == nil {
+			continue
+		}
+		q.seq++
+		it := storage.ItemFromEntry(e, *t)
+		it.Seq = q.seq
+		q.held[it.Seq] = &heldItem{item: it, ref: ref}
+		ref.left++
+		hot = append(hot, &storage.Entry{Event: e.Event, Targets: []storage.Target{*t}, Seq: it.Seq})
 	}
-	if t == nil {
+	if ref.left > 0 {
+		q.parts[p].held++
+	}
+	q.mu.Unlock()
+	if ref.left == 0 {
 		_ = m.Ack() // not for this function
 		return
 	}
-	q.mu.Lock()
-	q.seq++
-	it := storage.ItemFromEntry(e, *t)
-	it.Seq = q.seq
-	q.held[it.Seq] = &heldItem{item: it, msg: m, touched: time.Now(), part: p}
-	q.parts[p].held++
-	q.mu.Unlock()
 	if fn := q.l.hook(); fn != nil {
-		fn([]*storage.Entry{{Event: e.Event, Targets: []storage.Target{*t}, Seq: it.Seq}})
+		fn(hot)
 	}
 }
 
-// take removes the held messages of seqs and returns them.
+// take finishes the held items of seqs and returns the messages that have no item left.
 func (q *fnQueue) take(seqs []uint64) []jetstream.Msg {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	out := make([]jetstream.Msg, 0, len(seqs))
 	for _, s := range seqs {
-		if h := q.held[s]; h != nil {
-			out = append(out, h.msg)
-			delete(q.held, s)
-			q.parts[h.part].held--
+		h := q.held[s]
+		if h == nil {
+			continue
+		}
+		delete(q.held, s)
+		if h.ref.left--; h.ref.left == 0 {
+			out = append(out, h.ref.msg)
+			q.parts[h.ref.part].held--
 		}
 	}
 	return out
@@ -785,9 +866,9 @@ func (l *Log) keepAlive() {
 			q.mu.Lock()
 			var msgs []jetstream.Msg
 			for _, h := range q.held {
-				if h.touched.Before(old) {
-					msgs = append(msgs, h.msg)
-					h.touched = time.Now()
+				if h.ref.touched.Before(old) {
+					msgs = append(msgs, h.ref.msg)
+					h.ref.touched = time.Now()
 				}
 			}
 			for _, ps := range q.parts {
@@ -1150,8 +1231,12 @@ func (l *Log) Close() error {
 			c.Stop()
 		}
 		// Give back what was not started: NAK lets another node take them at once.
+		naked := map[*heldMsg]bool{}
 		for _, h := range q.held {
-			_ = h.msg.Nak()
+			if !naked[h.ref] {
+				naked[h.ref] = true
+				_ = h.ref.msg.Nak()
+			}
 		}
 		for _, ps := range q.parts {
 			for _, m := range ps.buffer {
@@ -1162,6 +1247,9 @@ func (l *Log) Close() error {
 		q.held = map[uint64]*heldItem{}
 		q.mu.Unlock()
 	}
+	// The acknowledgements and NAKs sent so far reach the server before the caller closes the
+	// connection: a graceful stop redelivers nothing that was delivered.
+	_ = l.js.Conn().FlushTimeout(2 * time.Second)
 	l.cancel()
 	l.wg.Wait()
 	return nil

@@ -71,7 +71,7 @@ func TestLogConformance(t *testing.T) {
 			srv.WaitForShutdown()
 			return open()
 		}
-	})
+	}, storagetest.Options{PackRedelivery: true})
 }
 
 // A node configured with other replicas than the cluster's streams is refused with a clear

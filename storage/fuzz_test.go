@@ -37,7 +37,7 @@ func FuzzParseManifest(f *testing.F) {
 	})
 }
 
-// FuzzDecodeEntry: the wire form of entries and dead letters (cluster mode's messages) never
+// FuzzDecodeEntry: the wire form of entries, packs and dead letters (cluster mode's messages) never
 // panics, and what decodes encodes back to bytes that decode the same.
 func FuzzDecodeEntry(f *testing.F) {
 	ev := &event.Event{ID: "e1", Topic: "devices/d1/t", Subject: "d1", Data: []byte(`{"t":1}`)}
@@ -46,7 +46,15 @@ func FuzzDecodeEntry(f *testing.F) {
 	f.Add(AppendDeadLetter(nil, DeadLetter{Attempts: 2, Reason: "boom", Item: ItemFromEntry(e, e.Targets[0])}))
 	f.Add([]byte{1, 0})
 	f.Add([]byte{2, 0, 0, 0})
+	f.Add(AppendPack(nil, []*Entry{e, e}))
+	f.Add([]byte{3, 1, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if es, err := DecodeEntries(b); err == nil {
+			again, err := DecodeEntries(AppendPack(nil, es))
+			if err != nil || len(again) != len(es) {
+				t.Fatalf("pack does not round-trip: %v", err)
+			}
+		}
 		if e, err := DecodeEntry(b); err == nil {
 			again, err := DecodeEntry(AppendEntry(nil, e))
 			if err != nil || len(again.Targets) != len(e.Targets) || again.Event.ID != e.Event.ID {

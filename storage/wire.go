@@ -139,3 +139,62 @@ func wireBytes(b []byte) (v, rest []byte, ok bool) {
 func sameBytes(a, b []byte) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
+
+// wirePack is several entries in one message: <format byte 3><count uvarint>{<len uvarint>
+// <entry>}. Cluster mode packs the events of one commit group that go to one partition into
+// one JetStream message: one stored message and one replication step for many events.
+const wirePack = 3
+
+// AppendPack appends the wire form of entries as one pack.
+func AppendPack(dst []byte, entries []*Entry) []byte {
+	dst = append(dst, wirePack)
+	dst = binary.AppendUvarint(dst, uint64(len(entries)))
+	var one []byte
+	for _, e := range entries {
+		one = AppendEntry(one[:0], e)
+		dst = binary.AppendUvarint(dst, uint64(len(one)))
+		dst = append(dst, one...)
+	}
+	return dst
+}
+
+// DecodeEntries reads a pack (AppendPack) or a single entry (AppendEntry). The entries' slices
+// may alias b.
+func DecodeEntries(b []byte) ([]*Entry, error) {
+	if len(b) == 0 {
+		return nil, ErrWire
+	}
+	if b[0] == wireEntry {
+		e, err := DecodeEntry(b)
+		if err != nil {
+			return nil, err
+		}
+		return []*Entry{e}, nil
+	}
+	if b[0] != wirePack {
+		return nil, ErrWire
+	}
+	b = b[1:]
+	n, w := binary.Uvarint(b)
+	if w <= 0 || n > uint64(len(b)) {
+		return nil, ErrWire
+	}
+	b = b[w:]
+	out := make([]*Entry, 0, n)
+	for i := uint64(0); i < n; i++ {
+		one, rest, ok := wireBytes(b)
+		if !ok {
+			return nil, ErrWire
+		}
+		e, err := DecodeEntry(one)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+		b = rest
+	}
+	if len(b) != 0 {
+		return nil, ErrWire
+	}
+	return out, nil
+}

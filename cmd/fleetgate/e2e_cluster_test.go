@@ -276,7 +276,12 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 	}
 
 	// The device of the killed node: a QoS 1 command while it is away, then it resumes its
-	// session on node 2 and receives it.
+	// session on node 2 and receives it. Node 3 queues it once it knows node 1 is dead (its
+	// routes closed): a message published before that, in the detection window, is documented
+	// as possibly lost (broker/README.md), so the test waits for node 3 to know.
+	waitFor(t, 15*time.Second, "node 3 to take the sessions of node 1 for orphaned", func() bool {
+		return metricValue(t, n3, "fleetgate_cluster_orphaned_sessions") >= 1
+	})
 	if code, ans := adminDo(t, n3, op, http.MethodPost, "/admin/v1/publish", `{"topic":"devices/dev-cmd/cmd","payload":{"reboot":true},"qos":1}`); code/100 != 2 {
 		t.Fatalf("admin publish for the offline device: %d %v", code, ans)
 	}
@@ -374,4 +379,24 @@ func (s *sink) senderOrder() error {
 		last[sender], lastN[sender] = k, n
 	}
 	return nil
+}
+
+// metricValue reads one unlabelled metric of a node's /metrics (-1 when absent).
+func metricValue(t *testing.T, n *clusterNode, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(n.url("/metrics"))
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }
