@@ -203,9 +203,21 @@ func NewEngine(opts EngineOptions) (*Engine, error) {
 		err = e.store(ls)
 		if errors.Is(err, ErrConflict) {
 			// Another node of the cluster seeded version 1 first: use what it stored.
-			latest, found, err := e.loadLatest()
-			if err != nil || !found {
+			// It may take a moment to be visible to a listing here (a replica catching up).
+			var latest storedVersion
+			found := false
+			err = nil
+			for try := 0; try < 50 && err == nil && !found; try++ {
+				if try > 0 {
+					time.Sleep(100 * time.Millisecond)
+				}
+				latest, found, err = e.loadLatest()
+			}
+			if err != nil {
 				return nil, fmt.Errorf("rules: reading the version another node seeded: %w", err)
+			}
+			if !found {
+				return nil, errors.New("rules: another node seeded version 1, but it cannot be read here after 5 s; start again")
 			}
 			if set, err = e.compile(latest.Rules); err != nil {
 				return nil, fmt.Errorf("rules: the rule set another node seeded (version %d) does not validate with this config: %w", latest.Version, err)
