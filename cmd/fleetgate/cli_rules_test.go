@@ -6,68 +6,21 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/internal/testutil"
 	"github.com/fleetgate/fleetgate/rules"
 	"github.com/valyala/fasthttp"
 )
-
-// rulesTestKV is an in-memory rules.KV.
-type rulesTestKV struct {
-	mu sync.Mutex
-	m  map[string][]byte
-}
-
-func (k *rulesTestKV) Get(key string) ([]byte, bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.m[key]
-	return v, ok, nil
-}
-
-func (k *rulesTestKV) Put(key string, v []byte) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.m[key] = append([]byte(nil), v...)
-	return nil
-}
-
-func (k *rulesTestKV) Delete(key string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.m, key)
-	return nil
-}
-
-func (k *rulesTestKV) Scan(prefix string, fn func(string, []byte) error) error {
-	k.mu.Lock()
-	var keys []string
-	for key := range k.m {
-		if strings.HasPrefix(key, prefix) {
-			keys = append(keys, key)
-		}
-	}
-	sort.Strings(keys)
-	k.mu.Unlock()
-	for _, key := range keys {
-		v, _, _ := k.Get(key)
-		if err := fn(key, v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // startRulesAdmin serves a rules engine's admin API on a real loopback port, behind a
 // bearer-token check like the gateway's, and returns the CLI flags to reach it.
 func startRulesAdmin(t *testing.T) (*rules.Engine, []string) {
 	t.Helper()
 	e, err := rules.NewEngine(rules.EngineOptions{
-		KV:      &rulesTestKV{m: map[string][]byte{}},
+		KV:      testutil.NewMemKV(),
 		Seed:    []rules.Rule{{ID: "default", Topic: "#", Functions: []string{"log"}}},
 		Compile: rules.CompileOptions{KnownFunction: func(n string) bool { return n == "log" || n == "archive" || n == "threshold" || n == "echo-down" }},
 	})
