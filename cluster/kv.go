@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -134,6 +135,44 @@ func (l *Log) Create(key string, value []byte) error {
 			return fmt.Errorf("creating %s: %w", key, storage.ErrExists)
 		}
 		return l.wrap("creating "+key, err)
+	}
+	return nil
+}
+
+// CompareAndPut stores value under key only if the key still holds old (found false: holds
+// nothing), atomically across the cluster (the bucket's revision); storage.ErrChanged otherwise.
+// Device shadows use it: two nodes never both accept an update of the same version.
+func (l *Log) CompareAndPut(key string, old []byte, found bool, value []byte) error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	ctx, cancel := l.kvCtx()
+	defer cancel()
+	k := kvEncode(key)
+	if !found {
+		if _, err := l.kv.Create(ctx, k, value); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return fmt.Errorf("creating %s: %w", key, storage.ErrChanged)
+			}
+			return l.wrap("creating "+key, err)
+		}
+		return nil
+	}
+	e, err := l.kv.Get(ctx, k)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("updating %s: %w (deleted)", key, storage.ErrChanged)
+	}
+	if err != nil {
+		return l.wrap("reading "+key, err)
+	}
+	if !bytes.Equal(e.Value(), old) {
+		return fmt.Errorf("updating %s: %w", key, storage.ErrChanged)
+	}
+	if _, err := l.kv.Update(ctx, k, value, e.Revision()); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return fmt.Errorf("updating %s: %w", key, storage.ErrChanged)
+		}
+		return l.wrap("updating "+key, err)
 	}
 	return nil
 }

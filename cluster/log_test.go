@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +91,36 @@ func TestLogRefusesOtherReplicas(t *testing.T) {
 	_, err = OpenLog(ctx, LogOptions{JS: js, Node: "t1", Replicas: 3, Partitions: 2, Functions: []string{"f"}})
 	if err == nil || !strings.Contains(err.Error(), "has 1 replicas but this node is configured with cluster.replicas 3") {
 		t.Fatalf("OpenLog with other replicas = %v", err)
+	}
+}
+
+// CompareAndPut is a compare-and-set across the cluster: the write happens only if the key
+// still holds what the caller read.
+func TestCompareAndPut(t *testing.T) {
+	srv, nc, js := startJS(t, t.TempDir())
+	defer srv.Shutdown()
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l, err := OpenLog(ctx, LogOptions{JS: js, Node: "t1", Replicas: 1, Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	k := "shadows/t1/dev 1"
+	if err := l.CompareAndPut(k, nil, false, []byte("v1")); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if err := l.CompareAndPut(k, nil, false, []byte("other")); !errors.Is(err, storage.ErrChanged) {
+		t.Fatalf("create over an existing key = %v, want ErrChanged", err)
+	}
+	if err := l.CompareAndPut(k, []byte("stale"), true, []byte("v2")); !errors.Is(err, storage.ErrChanged) {
+		t.Fatalf("update from a stale read = %v, want ErrChanged", err)
+	}
+	if err := l.CompareAndPut(k, []byte("v1"), true, []byte("v2")); err != nil {
+		t.Fatalf("update from the current value: %v", err)
+	}
+	if v, _, _ := l.Get(k); string(v) != "v2" {
+		t.Fatalf("value = %q, want v2", v)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/storage"
 )
 
 // KV is the small durable key-value store shadows live in (*storage.Store satisfies it; a
@@ -193,40 +194,63 @@ func (s *Service) Update(ctx context.Context, from Sender, tenant, device string
 	mu := s.lock(k)
 	mu.Lock()
 	defer mu.Unlock()
-	cur := Empty()
-	b, ok, err := s.kv.Get(k)
-	if err != nil {
-		s.failed.Inc()
-		return nil, fmt.Errorf("reading shadow of %q: %w", device, err)
-	}
-	if ok {
-		if cur, err = Decode(b); err != nil {
+	// The lock orders this process's updates of one device. Where the KV is shared by several
+	// gateways (cluster mode) it also offers CompareAndPut: an update is stored only if the
+	// document is still the one it was computed from, else it is computed again from the new one.
+	cas, _ := s.kv.(interface {
+		CompareAndPut(key string, old []byte, found bool, value []byte) error
+	})
+	var cur, next *Document
+	var enc []byte
+	for try := 0; ; try++ {
+		cur = Empty()
+		b, ok, err := s.kv.Get(k)
+		if err != nil {
 			s.failed.Inc()
-			return nil, err
+			return nil, fmt.Errorf("reading shadow of %q: %w", device, err)
 		}
-	}
-	if u.Version != 0 && u.Version != cur.Version {
-		s.rejVersion.Inc()
-		return nil, &ConflictError{Device: device, Want: u.Version, Current: cur.Version}
-	}
-	next := Apply(cur, u, s.now().Unix())
-	enc, err := json.Marshal(next)
-	if err != nil {
-		s.rejInvalid.Inc()
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if len(enc) > s.maxBytes {
-		s.rejLarge.Inc()
-		return nil, fmt.Errorf("%w: the shadow of %q would be %d bytes, shadow.max_bytes is %d", ErrTooLarge, device, len(enc), s.maxBytes)
-	}
-	if err := s.kv.Put(k, enc); err != nil {
-		s.failed.Inc()
-		return nil, fmt.Errorf("storing shadow of %q: %w", device, err)
+		if ok {
+			if cur, err = Decode(b); err != nil {
+				s.failed.Inc()
+				return nil, err
+			}
+		}
+		if u.Version != 0 && u.Version != cur.Version {
+			s.rejVersion.Inc()
+			return nil, &ConflictError{Device: device, Want: u.Version, Current: cur.Version}
+		}
+		next = Apply(cur, u, s.now().Unix())
+		enc, err = json.Marshal(next)
+		if err != nil {
+			s.rejInvalid.Inc()
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if len(enc) > s.maxBytes {
+			s.rejLarge.Inc()
+			return nil, fmt.Errorf("%w: the shadow of %q would be %d bytes, shadow.max_bytes is %d", ErrTooLarge, device, len(enc), s.maxBytes)
+		}
+		if cas == nil {
+			err = s.kv.Put(k, enc)
+		} else {
+			err = cas.CompareAndPut(k, b, ok, enc)
+			if errors.Is(err, storage.ErrChanged) && try < casTries {
+				continue // another gateway updated it meanwhile: apply to the new document
+			}
+		}
+		if err != nil {
+			s.failed.Inc()
+			return nil, fmt.Errorf("storing shadow of %q: %w", device, err)
+		}
+		break
 	}
 	s.accepted.Inc()
 	s.announce(ctx, from, device, enc, cur, next)
 	return next, nil
 }
+
+// casTries bounds how often an update is computed again because another gateway stored a
+// newer document meanwhile.
+const casTries = 8
 
 // announce turns an accepted update into an event and MQTT messages.
 func (s *Service) announce(ctx context.Context, from Sender, device string, enc []byte, prev, next *Document) {

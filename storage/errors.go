@@ -26,6 +26,9 @@ var (
 	ErrNoQuorum = errors.New("storage: no quorum of the cluster's replicas reachable")
 	// ErrExists is returned by a KV Create for a key that already holds a value.
 	ErrExists = errors.New("storage: key exists")
+	// ErrChanged is returned by a KV CompareAndPut when the key no longer holds what the caller
+	// read: someone else (another node) wrote it meanwhile; read again and retry.
+	ErrChanged = errors.New("storage: key changed meanwhile")
 	// ErrUnsupported is returned by a backend for an operation it does not offer.
 	ErrUnsupported = errors.New("storage: not supported by this backend")
 )
