@@ -164,15 +164,22 @@ func TestDiskFullRefusesAndRecovers(t *testing.T) {
 	if err := s.Refusing(); !errors.Is(err, ErrFull) {
 		t.Fatalf("Refusing() = %v on a full disk", err)
 	}
-	// Deliveries go on while new events are refused: acks are writes too.
+	// Deliveries go on while new events are refused (acks are writes too), as long as the disk
+	// has half the reserve: Badger may still be flushing its memtable into new tables after the
+	// refusal, and when that takes the free space under half the reserve, acks wait too
+	// (TestDeliveriesWaitBelowHalfTheReserve) — then the refusal must say so.
 	items, err := s.ReadQueue("f", 0, 10)
 	if err != nil || len(items) != 10 {
 		t.Fatalf("reading the queue on a full disk: %d items, %v", len(items), err)
 	}
-	if err := s.Ack("f", items[0].Seq); err != nil {
-		t.Fatalf("ack on a full disk: %v", err)
+	delivered := ""
+	if err := s.Ack("f", items[0].Seq); err == nil {
+		delivered = items[0].Event.ID
+	} else if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "under half of storage.min_free_bytes") {
+		t.Fatalf("ack on a full disk: %v (want success, or ErrFull under half the reserve)", err)
+	} else {
+		t.Logf("ack refused: Badger's flush took the free space under half the reserve: %v", err)
 	}
-	delivered := items[0].Event.ID
 
 	// Every acknowledged event survives a reopen on the full disk.
 	s.Close()
