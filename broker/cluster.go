@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -170,9 +171,8 @@ func (c *clusterState) run() {
 	// A bus that sees the nodes' connections (cluster mode's embedded NATS) tells of a node's
 	// death at once: the index of orphaned sessions is then rebuilt at once, not at the next
 	// heartbeat, so that a message published right after is queued for them.
-	pu, _ := c.bus.(interface{ PeersUp() []string })
 	fast := make(<-chan time.Time)
-	if pu != nil {
+	if _, ok := c.bus.(interface{ PeersUp() []string }); ok {
 		ft := time.NewTicker(peerCheck)
 		defer ft.Stop()
 		fast = ft.C
@@ -187,12 +187,21 @@ func (c *clusterState) run() {
 			c.refresh()
 			c.sweep()
 		case <-fast:
-			if up := strings.Join(pu.PeersUp(), ","); up != last {
+			if up := strings.Join(c.peersUp(), ","); up != last {
 				last = up
 				c.refresh()
 			}
 		}
 	}
+}
+
+// peersUp is the nodes the bus sees connected, or nil when it cannot tell (a bus without
+// PeersUp, such as an external NATS).
+func (c *clusterState) peersUp() []string {
+	if pu, ok := c.bus.(interface{ PeersUp() []string }); ok {
+		return pu.PeersUp()
+	}
+	return nil
 }
 
 // peerCheck is how often the bus's view of the other nodes is looked at (in memory).
@@ -242,7 +251,7 @@ func (c *clusterState) alive(node string) bool {
 	}
 	// A bus that sees the nodes' connections (cluster mode's embedded NATS) knows of a death
 	// at once: its routes close when the process dies.
-	if pd, ok := c.bus.(interface{ PeerDown(node string) bool }); ok && pd.PeerDown(node) {
+	if up := c.peersUp(); up != nil && !slices.Contains(up, node) {
 		return false
 	}
 	data, ok, err := c.b.persist.store.Get(keyNode + node)

@@ -26,28 +26,10 @@ func (n *Node) Subscribe(subject string, fn func(data []byte)) (stop func(), err
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
-// PeerDown reports whether node is a peer this node's embedded NATS server has no route to
-// (as of the last status check, at most half a second old). A SIGKILLed node's routes close at
-// once, so the broker takes its sessions over without waiting for heartbeats to go stale.
-// With an external NATS (cluster.nats.url) it knows nothing and answers false.
-func (n *Node) PeerDown(node string) bool {
-	if n.srv == nil || node == n.Name() {
-		return false
-	}
-	st := n.status.Load()
-	if st == nil {
-		return false
-	}
-	for _, c := range st.connected {
-		if name, _, _ := strings.Cut(c, "@"); name == node {
-			return false
-		}
-	}
-	return true
-}
-
 // PeersUp lists the peers this node's embedded NATS server has a route to (as of the last
-// status check); nil with an external NATS.
+// status check, at most half a second old); nil when it cannot tell (an external NATS,
+// cluster.nats.url). A SIGKILLed node's routes close at once, so the broker takes its sessions
+// over without waiting for heartbeats to go stale.
 func (n *Node) PeersUp() []string {
 	st := n.status.Load()
 	if n.srv == nil || st == nil {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -108,7 +109,7 @@ type Log struct {
 	closed atomic.Bool
 
 	mu       sync.Mutex
-	onCommit func([]*storage.Entry)
+	onCommit atomic.Pointer[func([]*storage.Entry)]
 	fns      map[string]*fnQueue
 
 	depthMu sync.Mutex
@@ -164,6 +165,17 @@ func OpenLog(ctx context.Context, opts LogOptions) (*Log, error) {
 		for _, fn := range opts.Functions {
 			if err := l.ensureConsumers(ctx, fn); err != nil {
 				return err
+			}
+		}
+		// Not ready before the streams can take writes: a stream just created (or whose
+		// leader's node is gone) elects its leader first.
+		for _, st := range []jetstream.Stream{l.events, l.dead} {
+			info, err := st.Info(ctx)
+			if err != nil {
+				return l.wrap("reading stream "+st.CachedInfo().Config.Name, err)
+			}
+			if info.Cluster != nil && info.Cluster.Leader == "" {
+				return fmt.Errorf("stream %s: %w (its leader is not elected yet)", info.Config.Name, storage.ErrNoQuorum)
 			}
 		}
 		return nil
@@ -601,15 +613,19 @@ func (l *Log) publishEach(ctx context.Context, entries []*storage.Entry) error {
 
 // SetOnCommit implements storage.Backend.
 func (l *Log) SetOnCommit(fn func(committed []*storage.Entry)) {
-	l.mu.Lock()
-	l.onCommit = fn
-	l.mu.Unlock()
+	if fn == nil {
+		l.onCommit.Store(nil)
+		return
+	}
+	l.onCommit.Store(&fn)
 }
 
+// hook is the dispatcher's hook, or nil; read on every delivery, so without a lock.
 func (l *Log) hook() func([]*storage.Entry) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.onCommit
+	if fn := l.onCommit.Load(); fn != nil {
+		return *fn
+	}
+	return nil
 }
 
 // fnQueue is this node's side of one function's queue: the messages delivered to it (by the
@@ -753,7 +769,7 @@ func (q *fnQueue) gate(p int) {
 		ps.buffer, ps.gating = nil, false
 		q.mu.Unlock()
 		slices.SortFunc(buf, func(a, b jetstream.Msg) int {
-			return cmpSeq(streamSeq(a), streamSeq(b))
+			return cmp.Compare(streamSeq(a), streamSeq(b))
 		})
 		for _, m := range buf {
 			q.accept(p, m)
@@ -768,16 +784,6 @@ func streamSeq(m jetstream.Msg) uint64 {
 		return 0
 	}
 	return md.Sequence.Stream
-}
-
-func cmpSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // accept hands the events of one message of partition p to the dispatcher, or acknowledges
@@ -809,11 +815,12 @@ func (q *fnQueue) accept(p int, m jetstream.Msg) {
 		ref.left++
 		hot = append(hot, &storage.Entry{Event: e.Event, Targets: []storage.Target{*t}, Seq: it.Seq})
 	}
-	if ref.left > 0 {
+	if len(hot) > 0 {
 		q.parts[p].held++
 	}
 	q.mu.Unlock()
-	if ref.left == 0 {
+	// From here on ref is take's (under q.mu): a Delivered may already be finishing these items.
+	if len(hot) == 0 {
 		_ = m.Ack() // not for this function
 		return
 	}
@@ -1029,6 +1036,39 @@ func (l *Log) deadMsgs(ctx context.Context, function string, after uint64, max i
 	return out, nil
 }
 
+// lettersOf returns function's dead letters: all of them (seqs nil), or those of seqs, each
+// read by its sequence, in ascending order. Sequences that are not function's dead letters (or
+// no longer exist) are left out.
+func (l *Log) lettersOf(ctx context.Context, function string, seqs []uint64) ([]storage.DeadLetter, error) {
+	if seqs == nil {
+		return l.deadMsgs(ctx, function, 0, 0)
+	}
+	subj := deadSubject + fnToken(function)
+	seqs = slices.Clone(seqs)
+	slices.Sort(seqs)
+	var out []storage.DeadLetter
+	for _, seq := range slices.Compact(seqs) {
+		m, err := l.dead.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, l.wrap("reading dead letters of "+function, err)
+		}
+		if m.Subject != subj {
+			continue // another function's
+		}
+		dl, err := storage.DecodeDeadLetter(m.Data)
+		if err != nil {
+			l.log.Error("cluster: unreadable dead letter skipped", "function", function, "seq", seq, "err", err)
+			continue
+		}
+		dl.Seq = seq
+		out = append(out, dl)
+	}
+	return out, nil
+}
+
 // DeadLetters implements storage.Backend.
 func (l *Log) DeadLetters(function string, afterSeq uint64, max int) ([]storage.DeadLetter, error) {
 	if l.closed.Load() {
@@ -1048,19 +1088,12 @@ func (l *Log) Replay(function string, seqs []uint64) ([]storage.Item, error) {
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, 2*kvTimeout)
 	defer cancel()
-	all, err := l.deadMsgs(ctx, function, 0, 0)
+	letters, err := l.lettersOf(ctx, function, seqs)
 	if err != nil {
 		return nil, err
 	}
-	want := map[uint64]bool{}
-	for _, s := range seqs {
-		want[s] = true
-	}
 	var out []storage.Item
-	for _, dl := range all {
-		if seqs != nil && !want[dl.Seq] {
-			continue
-		}
+	for _, dl := range letters {
 		it := dl.Item
 		t := storage.Target{Function: function, Rule: it.Rule, RuleVersion: it.RuleVersion}
 		if !sameData(it) {
@@ -1103,17 +1136,13 @@ func (l *Log) PurgeDeadLetters(function string, before time.Time, seqs []uint64)
 		l.forgetDepth(function)
 		return int(n), nil
 	}
-	all, err := l.deadMsgs(ctx, function, 0, 0)
+	letters, err := l.lettersOf(ctx, function, seqs)
 	if err != nil {
 		return 0, err
 	}
-	want := map[uint64]bool{}
-	for _, s := range seqs {
-		want[s] = true
-	}
 	n := 0
-	for _, dl := range all {
-		if (seqs != nil && !want[dl.Seq]) || (!before.IsZero() && !dl.At.Before(before)) {
+	for _, dl := range letters {
+		if !before.IsZero() && !dl.At.Before(before) {
 			continue
 		}
 		if err := l.dead.DeleteMsg(ctx, dl.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -178,10 +178,20 @@ func TestThreeNodesQuorumLostAndRegained(t *testing.T) {
 		t.Fatalf("create R3 stream: %v", err)
 	}
 	for i, n := range nodes {
-		ack, err := n.JetStream().Publish(ctx, "t.x", []byte(fmt.Sprint(i)))
-		if err != nil {
-			t.Fatalf("publish through %s: %v", n.Name(), err)
-		}
+		// Right after its creation the stream may still be electing its leader: "no response
+		// from stream" (nothing stored) is retried for a few seconds, any other error fails.
+		var ack *jetstream.PubAck
+		waitFor(t, 10*time.Second, "a publish through "+n.Name(), func() error {
+			var err error
+			ack, err = n.JetStream().Publish(ctx, "t.x", []byte(fmt.Sprint(i)))
+			if errors.Is(err, jetstream.ErrNoStreamResponse) {
+				return err
+			}
+			if err != nil {
+				t.Fatalf("publish through %s: %v", n.Name(), err)
+			}
+			return nil
+		})
 		if ack.Sequence != uint64(i+1) {
 			t.Fatalf("publish through %s: seq %d", n.Name(), ack.Sequence)
 		}

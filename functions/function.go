@@ -1,6 +1,7 @@
 package functions
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -479,7 +480,7 @@ func (f *function) probeUnit() *unit {
 			// The rest waits on, at its place in Seq order.
 			u.items = u.items[1:]
 			i, _ := slices.BinarySearchFunc(f.retries, u.items[0].Seq, func(x *unit, seq uint64) int {
-				return cmpSeq(x.items[0].Seq, seq)
+				return cmp.Compare(x.items[0].Seq, seq)
 			})
 			f.retries = slices.Insert(f.retries, i, u)
 		}
@@ -581,21 +582,11 @@ func (f *function) finish(u *unit) {
 			f.retrying[it.Event.Subject]++
 		}
 		i, _ := slices.BinarySearchFunc(f.retries, r.items[0].Seq, func(x *unit, seq uint64) int {
-			return cmpSeq(x.items[0].Seq, seq)
+			return cmp.Compare(x.items[0].Seq, seq)
 		})
 		f.retries = slices.Insert(f.retries, i, r)
 	}
 	f.rescan = true
-}
-
-func cmpSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // updateOldest publishes the age of the oldest unfinished item in memory for lag reporting.

@@ -281,15 +281,15 @@ func (e *Engine) pollLoop(every time.Duration, changed <-chan struct{}) {
 		case <-t.C:
 		case <-changed:
 		}
-		if err := e.Refresh(); err != nil {
+		if err := e.refresh(); err != nil {
 			e.log.Warn("rules: reading the stored rule set", "err", err)
 		}
 	}
 }
 
-// Refresh makes the newest stored version live if it is newer than the live one (a rule set
+// refresh makes the newest stored version live if it is newer than the live one (a rule set
 // applied on another node of a cluster).
-func (e *Engine) Refresh() error {
+func (e *Engine) refresh() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.refreshLocked()

@@ -38,15 +38,10 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 
 // DecodeEntry reads what AppendEntry wrote. The entry's slices may alias b.
 func DecodeEntry(b []byte) (*Entry, error) {
-	if len(b) == 0 || b[0] != wireEntry {
+	n, b, ok := wireHeader(b, wireEntry)
+	if !ok {
 		return nil, ErrWire
 	}
-	b = b[1:]
-	n, w := binary.Uvarint(b)
-	if w <= 0 || n > uint64(len(b)) {
-		return nil, ErrWire
-	}
-	b = b[w:]
 	e := &Entry{Targets: make([]Target, 0, n)}
 	for i := uint64(0); i < n; i++ {
 		fn, rest, ok := wireBytes(b)
@@ -127,6 +122,18 @@ func DecodeDeadLetter(b []byte) (DeadLetter, error) {
 	return l, nil
 }
 
+// wireHeader reads a format byte and a count (of at most one per byte left).
+func wireHeader(b []byte, format byte) (n uint64, rest []byte, ok bool) {
+	if len(b) == 0 || b[0] != format {
+		return 0, nil, false
+	}
+	n, w := binary.Uvarint(b[1:])
+	if w <= 0 || n > uint64(len(b)-1) {
+		return 0, nil, false
+	}
+	return n, b[1+w:], true
+}
+
 func wireBytes(b []byte) (v, rest []byte, ok bool) {
 	n, w := binary.Uvarint(b)
 	if w <= 0 || n > uint64(len(b)-w) {
@@ -171,15 +178,10 @@ func DecodeEntries(b []byte) ([]*Entry, error) {
 		}
 		return []*Entry{e}, nil
 	}
-	if b[0] != wirePack {
+	n, b, ok := wireHeader(b, wirePack)
+	if !ok {
 		return nil, ErrWire
 	}
-	b = b[1:]
-	n, w := binary.Uvarint(b)
-	if w <= 0 || n > uint64(len(b)) {
-		return nil, ErrWire
-	}
-	b = b[w:]
 	out := make([]*Entry, 0, n)
 	for i := uint64(0); i < n; i++ {
 		one, rest, ok := wireBytes(b)
