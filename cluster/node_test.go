@@ -19,24 +19,6 @@ import (
 	"github.com/fleetgate/fleetgate/storage"
 )
 
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
 
 // testNode is one node's config and logs, restartable with the same store dir and ports.
 type testNode struct {
@@ -57,7 +39,7 @@ func (tn *testNode) opts() Options {
 // threeNodes configures a three-node cluster on loopback (R3).
 func threeNodes(t *testing.T) []*testNode {
 	t.Helper()
-	ports := freePorts(t, 3)
+	ports := testutil.FreePorts(t, 3)
 	var nodes []*testNode
 	for i := range 3 {
 		var routes []string
@@ -260,7 +242,7 @@ func TestThreeNodesQuorumLostAndRegained(t *testing.T) {
 
 func TestUnreachableRoutesNamedWhileWaiting(t *testing.T) {
 	t.Parallel()
-	ports := freePorts(t, 3) // nothing listens on ports[1] and ports[2]
+	ports := testutil.FreePorts(t, 3) // nothing listens on ports[1] and ports[2]
 	r1, r2 := fmt.Sprintf("nats://127.0.0.1:%d", ports[1]), fmt.Sprintf("nats://127.0.0.1:%d", ports[2])
 	logs := &testutil.SyncBuffer{}
 	cfg := Config{
@@ -310,7 +292,7 @@ func TestUnreachableRoutesNamedWhileWaiting(t *testing.T) {
 
 func TestMismatchedClusterNameDoesNotJoin(t *testing.T) {
 	t.Parallel()
-	ports := freePorts(t, 2)
+	ports := testutil.FreePorts(t, 2)
 	a, b := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
 	mk := func(node, name, listen, route string) Config {
 		return Config{Node: node, Name: name, Replicas: 2, NATS: NATSConfig{Embedded: &EmbeddedConfig{
@@ -359,7 +341,7 @@ func TestExternalNATSByURL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// An "existing NATS" with JetStream: a one-node embedded server with a client port.
-	port := freePorts(t, 1)[0]
+	port := testutil.FreePorts(t, 1)[0]
 	natsCfg := Config{Node: "nats-1", Replicas: 1, NATS: NATSConfig{Embedded: &EmbeddedConfig{
 		Listen: fmt.Sprintf("127.0.0.1:%d", port),
 	}}}

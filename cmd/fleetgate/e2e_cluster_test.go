@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fleetgate/fleetgate/internal/testutil"
 )
 
 // clusterNode is one gateway process of a test cluster.
@@ -22,24 +23,6 @@ type clusterNode struct {
 	name, data, config string
 }
 
-// freePorts returns n loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var lns []net.Listener
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return ports
-}
 
 const clusterSecret = "cluster-test-secret-0123456789abcdef"
 
@@ -48,7 +31,7 @@ const clusterSecret = "cluster-test-secret-0123456789abcdef"
 func startCluster(t *testing.T, s *sink) []*clusterNode {
 	t.Helper()
 	dir := t.TempDir()
-	ports := freePorts(t, 3)
+	ports := testutil.FreePorts(t, 3)
 	var nodes []*clusterNode
 	for i := range 3 {
 		var routes []string
