@@ -19,7 +19,6 @@ import (
 	"github.com/fleetgate/fleetgate/storage"
 )
 
-
 // testNode is one node's config and logs, restartable with the same store dir and ports.
 type testNode struct {
 	cfg  Config

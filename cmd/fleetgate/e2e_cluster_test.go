@@ -23,7 +23,6 @@ type clusterNode struct {
 	name, data, config string
 }
 
-
 const clusterSecret = "cluster-test-secret-0123456789abcdef"
 
 // startCluster starts three gateway processes in cluster mode (embedded NATS, R3) on loopback,
