@@ -215,7 +215,15 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 	deadline := time.Now().Add(90 * time.Second)
 	for missing() > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d acknowledged events never reached the function\nnode 2:\n%s", missing(), len(want), n2.logs())
+			got := s.dataKeys()
+			var lost []string
+			for _, k := range want {
+				if !got[k] && len(lost) < 10 {
+					lost = append(lost, k)
+				}
+			}
+			t.Fatalf("%d of %d acknowledged events never reached the function (%v; m-<device>-<i> went to node 1 over MQTT, h-<i>-<a|b> to node 2 over HTTP)\nnode 2:\n%s\nnode 3:\n%s",
+				missing(), len(want), lost, n2.logs(), n3.logs())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
