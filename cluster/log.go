@@ -634,11 +634,17 @@ type fnQueue struct {
 	l    *Log
 	name string
 
-	mu    sync.Mutex
-	seq   uint64
-	held  map[uint64]*heldItem
-	cons  []jetstream.ConsumeContext
-	parts []*partState
+	// handMu makes handing items to the dispatcher one at a time: an item's Seq is taken and
+	// the hook called under it, so the hook sees this queue's Seqs in increasing order (the
+	// dispatcher skips an item whose Seq is not above the last it saw, as already read). The
+	// partitions' handlers run concurrently: without it, a later Seq could reach the hook
+	// first and the earlier one be skipped, held here (and kept alive) forever.
+	handMu sync.Mutex
+	mu     sync.Mutex
+	seq    uint64
+	held   map[uint64]*heldItem
+	cons   []jetstream.ConsumeContext
+	parts  []*partState
 }
 
 // heldItem is one item handed to the dispatcher; ref is its message, shared by the items of
@@ -741,7 +747,8 @@ func (q *fnQueue) deliverTo(p int) jetstream.MessageHandler {
 }
 
 // gate waits until every unacknowledged message of partition p is on this node, then hands
-// the buffered ones over in stream order.
+// the buffered ones over in stream order. The partition stays gated until its buffer is
+// empty: a message arriving meanwhile joins the buffer rather than overtaking older ones.
 func (q *fnQueue) gate(p int) {
 	defer q.l.wg.Done()
 	ps := q.parts[p]
@@ -765,8 +772,24 @@ func (q *fnQueue) gate(p int) {
 			q.l.log.Warn("cluster: a partition's earlier messages did not all come back in time; going on (order of their senders may differ)",
 				"function", q.name, "partition", p, "err", err)
 		}
+		q.mu.Unlock()
+		q.release(p)
+		return
+	}
+}
+
+// release hands partition p's buffered messages over in stream order, then ungates it.
+func (q *fnQueue) release(p int) {
+	ps := q.parts[p]
+	for {
+		q.mu.Lock()
 		buf := ps.buffer
-		ps.buffer, ps.gating = nil, false
+		ps.buffer = nil
+		if len(buf) == 0 {
+			ps.gating = false
+			q.mu.Unlock()
+			return
+		}
 		q.mu.Unlock()
 		slices.SortFunc(buf, func(a, b jetstream.Msg) int {
 			return cmp.Compare(streamSeq(a), streamSeq(b))
@@ -774,7 +797,6 @@ func (q *fnQueue) gate(p int) {
 		for _, m := range buf {
 			q.accept(p, m)
 		}
-		return
 	}
 }
 
@@ -797,6 +819,8 @@ func (q *fnQueue) accept(p int, m jetstream.Msg) {
 	}
 	var hot []*storage.Entry
 	ref := &heldMsg{msg: m, touched: time.Now(), part: p}
+	q.handMu.Lock()
+	defer q.handMu.Unlock()
 	q.mu.Lock()
 	for _, e := range entries {
 		var t *storage.Target

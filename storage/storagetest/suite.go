@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,6 +42,7 @@ func Run(t *testing.T, open Open, opts ...Options) {
 	t.Run("AppendReadDeliver", func(t *testing.T) { testAppendReadDeliver(t, open) })
 	t.Run("Idempotency", func(t *testing.T) { testIdempotency(t, open) })
 	t.Run("OnCommit", func(t *testing.T) { testOnCommit(t, open) })
+	t.Run("OnCommitSeqOrderManySenders", func(t *testing.T) { testOnCommitOrder(t, open) })
 	t.Run("DeadLettersReplayPurge", func(t *testing.T) { testDeadLetters(t, open) })
 	t.Run("KV", func(t *testing.T) { testKV(t, open) })
 	t.Run("Restart", func(t *testing.T) { testRestart(t, open, o) })
@@ -223,6 +225,76 @@ func testOnCommit(t *testing.T, open Open) {
 		t.Fatalf("onCommit saw %v (seqs %v), want %v in ascending Seq", got, seqs, want)
 	}
 	b.SetOnCommit(nil)
+}
+
+// testOnCommitOrder: with many senders appending at once, the hook sees each function's Seqs
+// in increasing order, and every item once. The dispatcher relies on it: an item whose Seq is
+// not above the last it saw is taken as already read, and would never be delivered. The hook
+// here takes a little time before recording, as a real one may: hooks called concurrently
+// would record out of order.
+func testOnCommitOrder(t *testing.T, open Open) {
+	b, _ := open(t)
+	defer b.Close()
+	const senders, each = 16, 40
+	var mu sync.Mutex
+	var seqs []uint64
+	var calls atomic.Int64
+	b.SetOnCommit(func(es []*storage.Entry) {
+		if calls.Add(1)%3 == 0 {
+			time.Sleep(200 * time.Microsecond)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range es {
+			for _, tg := range e.Targets {
+				if tg.Function == "f" {
+					seqs = append(seqs, e.Seq)
+				}
+			}
+		}
+	})
+	defer b.SetOnCommit(nil)
+	readAll(t, b, "f", 0)
+	var wg sync.WaitGroup
+	errs := make(chan error, senders)
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if err := b.Append(context.Background(), []*storage.Entry{entry(fmt.Sprintf("s%d", s), i, "f")}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		mu.Lock()
+		n := len(seqs)
+		mu.Unlock()
+		if n >= senders*each {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("onCommit saw %d of %d items", n, senders*each)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] <= seqs[i-1] {
+			t.Fatalf("onCommit saw Seq %d after %d (item %d of %d): a dispatcher would skip it as already read, and never deliver it",
+				seqs[i], seqs[i-1], i, len(seqs))
+		}
+	}
 }
 
 func testDeadLetters(t *testing.T, open Open) {
