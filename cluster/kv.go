@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fleetgate/fleetgate/storage"
@@ -95,11 +96,29 @@ func (l *Log) kvCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(l.ctx, kvTimeout)
 }
 
+// kvTry runs one bucket operation, again while no server answers it: after a node's loss the
+// bucket elects a new leader, which takes a second or two, and meanwhile a request has no
+// responder (so it was not carried out, and trying again is safe even for a create or a
+// compare-and-set). It gives up when ctx ends.
+func kvTry[T any](ctx context.Context, op func(ctx context.Context) (T, error)) (T, error) {
+	for {
+		v, err := op(ctx)
+		if !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // Get implements storage.KV.
 func (l *Log) Get(key string) ([]byte, bool, error) {
 	ctx, cancel := l.kvCtx()
 	defer cancel()
-	e, err := l.kv.Get(ctx, kvEncode(key))
+	e, err := kvTry(ctx, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return l.kv.Get(ctx, kvEncode(key)) })
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, false, nil
 	}
@@ -116,7 +135,7 @@ func (l *Log) Put(key string, value []byte) error {
 	}
 	ctx, cancel := l.kvCtx()
 	defer cancel()
-	if _, err := l.kv.Put(ctx, kvEncode(key), value); err != nil {
+	if _, err := kvTry(ctx, func(ctx context.Context) (uint64, error) { return l.kv.Put(ctx, kvEncode(key), value) }); err != nil {
 		return l.wrap("writing "+key, err)
 	}
 	return nil
@@ -130,7 +149,7 @@ func (l *Log) Create(key string, value []byte) error {
 	}
 	ctx, cancel := l.kvCtx()
 	defer cancel()
-	if _, err := l.kv.Create(ctx, kvEncode(key), value); err != nil {
+	if _, err := kvTry(ctx, func(ctx context.Context) (uint64, error) { return l.kv.Create(ctx, kvEncode(key), value) }); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			return fmt.Errorf("creating %s: %w", key, storage.ErrExists)
 		}
@@ -150,7 +169,7 @@ func (l *Log) CompareAndPut(key string, old []byte, found bool, value []byte) er
 	defer cancel()
 	k := kvEncode(key)
 	if !found {
-		if _, err := l.kv.Create(ctx, k, value); err != nil {
+		if _, err := kvTry(ctx, func(ctx context.Context) (uint64, error) { return l.kv.Create(ctx, k, value) }); err != nil {
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				return fmt.Errorf("creating %s: %w", key, storage.ErrChanged)
 			}
@@ -158,7 +177,7 @@ func (l *Log) CompareAndPut(key string, old []byte, found bool, value []byte) er
 		}
 		return nil
 	}
-	e, err := l.kv.Get(ctx, k)
+	e, err := kvTry(ctx, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return l.kv.Get(ctx, k) })
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("updating %s: %w (deleted)", key, storage.ErrChanged)
 	}
@@ -168,7 +187,7 @@ func (l *Log) CompareAndPut(key string, old []byte, found bool, value []byte) er
 	if !bytes.Equal(e.Value(), old) {
 		return fmt.Errorf("updating %s: %w", key, storage.ErrChanged)
 	}
-	if _, err := l.kv.Update(ctx, k, value, e.Revision()); err != nil {
+	if _, err := kvTry(ctx, func(ctx context.Context) (uint64, error) { return l.kv.Update(ctx, k, value, e.Revision()) }); err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return fmt.Errorf("updating %s: %w", key, storage.ErrChanged)
 		}
@@ -202,7 +221,7 @@ func (l *Log) Delete(key string) error {
 	ctx, cancel := l.kvCtx()
 	defer cancel()
 	// Purge, not Delete: no tombstone history is kept for a key that is gone.
-	if err := l.kv.Purge(ctx, kvEncode(key)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if _, err := kvTry(ctx, func(ctx context.Context) (struct{}, error) { return struct{}{}, l.kv.Purge(ctx, kvEncode(key)) }); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return l.wrap("deleting "+key, err)
 	}
 	return nil

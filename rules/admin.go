@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/fleetgate/fleetgate/internal/httpx"
+	"github.com/fleetgate/fleetgate/storage"
 	"github.com/valyala/fasthttp"
 	"gopkg.in/yaml.v3"
 )
@@ -212,6 +213,11 @@ func writeApplyError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	if errors.Is(err, ErrConflict) {
 		httpx.WriteError(ctx, fasthttp.StatusConflict, "conflict", "rule set not applied: "+err.Error())
+		return
+	}
+	if errors.Is(err, storage.ErrNoQuorum) {
+		// cluster mode: no quorum reachable right now (a node lost, a leader being elected)
+		httpx.WriteError(ctx, fasthttp.StatusServiceUnavailable, "no_quorum", "rule set not applied, try again: "+err.Error())
 		return
 	}
 	httpx.WriteError(ctx, fasthttp.StatusServiceUnavailable, "storage", "rule set not applied: "+err.Error())

@@ -3,6 +3,7 @@ package rules
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/storage"
 	"github.com/valyala/fasthttp"
 )
 
@@ -134,5 +136,24 @@ func TestDecodeApplyYAMLRefusesUnknownFields(t *testing.T) {
 	req, err := DecodeApply(bytes.TrimSpace([]byte("rules: []")), true)
 	if err != nil || req.Rules == nil || len(req.Rules) != 0 {
 		t.Fatalf("empty list: %+v %v", req, err)
+	}
+}
+
+// TestAdminApplyWithoutQuorum: a rule set that cannot be stored because the cluster has no
+// quorum right now is answered 503 no_quorum (the client's to retry), and nothing changes.
+func TestAdminApplyWithoutQuorum(t *testing.T) {
+	kv := newMemKV()
+	e, err := NewEngine(EngineOptions{KV: kv, Seed: []Rule{{ID: "all", Topic: "#", Functions: []string{"log"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serveAdmin(t, e) + AdminPrefix
+	kv.FailPut = fmt.Errorf("writing rules/v/2: %w (nats: no response from stream)", storage.ErrNoQuorum)
+	var ans struct{ Code, Error string }
+	if code := call(t, "PUT", base, "application/json", `{"rules":[{"id":"x","topic":"x/#","functions":["log"]}]}`, &ans); code != 503 || ans.Code != "no_quorum" {
+		t.Fatalf("apply without quorum: %d %+v, want 503 no_quorum", code, ans)
+	}
+	if _, v := e.Live(); v != 1 {
+		t.Fatalf("version after a refused apply = %d, want 1", v)
 	}
 }
