@@ -2,10 +2,12 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
 
 	"github.com/fleetgate/fleetgate/internal/testutil"
 	"github.com/fleetgate/fleetgate/storage"
@@ -431,6 +434,9 @@ func TestStartRefusesBadConfig(t *testing.T) {
 	t.Logf("taken route port: %v", err)
 }
 
+// TestRemovePeer shrinks a cluster through the admin API (what `fleetgate cluster status` and
+// `fleetgate cluster remove-peer` call): a running peer, this node and an unknown name are
+// refused; a stopped peer is removed and the meta group, and so its quorum, shrink.
 func TestRemovePeer(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -445,42 +451,57 @@ func TestRemovePeer(t *testing.T) {
 			n.Close()
 		}
 	}()
-	metaSize := func(n *Node) int {
-		jsi, err := n.Server().Jsz(nil)
-		if err != nil || jsi.Meta == nil {
-			return -1
+	base := serveAdmin(t, nodes[0])
+	status := func() StatusView {
+		var st StatusView
+		if code := adminCall(t, "GET", base+AdminPath, &st); code != 200 {
+			t.Fatalf("GET %s: %d", AdminPath, code)
 		}
-		return jsi.Meta.Size
+		return st
 	}
-	waitFor(t, 10*time.Second, "meta group of 3", func() error {
-		if s := metaSize(nodes[0]); s != 3 {
-			return fmt.Errorf("meta size %d", s)
+	online := func(st StatusView) (names []string) {
+		for _, p := range st.Peers {
+			if p.Online {
+				names = append(names, p.Name)
+			}
+		}
+		return names
+	}
+	waitFor(t, 10*time.Second, "meta group of 3, all online", func() error {
+		if st := status(); st.MetaSize != 3 || !st.Quorum || len(online(st)) != 3 {
+			return fmt.Errorf("status %+v", st)
 		}
 		return nil
 	})
-	if err := nodes[0].RemovePeer(ctx, "gw-1"); err == nil {
-		t.Fatal("RemovePeer of the node itself")
-	}
-	if err := nodes[0].RemovePeer(ctx, "nobody"); err == nil {
-		t.Fatal("RemovePeer of an unknown node succeeded")
-	} else {
-		t.Logf("unknown peer: %v", err)
+	for _, c := range []struct {
+		peer string
+		want int
+	}{{"gw-1", 400}, {"gw-2", 409}, {"nobody", 404}} {
+		var e struct{ Error, Code string }
+		if code := adminCall(t, "DELETE", base+AdminPath+"/peers/"+c.peer, &e); code != c.want {
+			t.Fatalf("DELETE peers/%s: %d %+v, want %d", c.peer, code, e, c.want)
+		} else {
+			t.Logf("DELETE peers/%s: %d %s: %s", c.peer, code, e.Code, e.Error)
+		}
 	}
 
 	// gw-3 leaves for good: stopped, then removed; the meta group shrinks to 2 and the two
 	// others keep their quorum (2 of 2).
 	nodes[2].Close()
-	// gw-3 may have been the meta leader: RemovePeer asks again until a new one answers.
-	if err := nodes[0].RemovePeer(ctx, "gw-3"); err != nil {
-		t.Fatal(err)
+	waitFor(t, 10*time.Second, "gw-3 seen offline", func() error {
+		if on := online(status()); len(on) != 2 {
+			return fmt.Errorf("online %v", on)
+		}
+		return nil
+	})
+	// gw-3 may have been the meta leader: the removal asks again until a new one answers.
+	if code := adminCall(t, "DELETE", base+AdminPath+"/peers/gw-3", nil); code != 200 {
+		t.Fatalf("DELETE peers/gw-3 once stopped: %d", code)
 	}
 	waitFor(t, 10*time.Second, "meta group of 2 on both nodes", func() error {
 		for _, n := range nodes[:2] {
-			if s := metaSize(n); s != 2 {
-				return fmt.Errorf("%s: meta size %d", n.Name(), s)
-			}
-			if err := n.Quorum(); err != nil {
-				return err
+			if st := n.Status(); st.MetaSize != 2 || !st.Quorum {
+				return fmt.Errorf("%s: %+v", n.Name(), st)
 			}
 		}
 		return nil
@@ -491,4 +512,33 @@ func TestRemovePeer(t *testing.T) {
 	if _, err := nodes[1].JetStream().Publish(ctx, "r2.x", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// serveAdmin serves n's admin API on a real loopback listener and returns its base URL.
+func serveAdmin(t *testing.T, n *Node) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: n.AdminHandler()}
+	go srv.Serve(ln) //nolint:errcheck // returns when the listener closes
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return "http://" + ln.Addr().String()
+}
+
+func adminCall(t *testing.T, method, url string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+	}
+	return resp.StatusCode
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,6 +229,16 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("%d acknowledged events (%d before the kill), all delivered", len(want), before)
+
+	// An operator sees from node 2 that node 1 is gone and the quorum held.
+	waitFor(t, 15*time.Second, "`fleetgate cluster status` on node 2 to show gw-1 offline", func() bool {
+		code, out, errOut := runCLI(t, n2.proc, op, "cluster", "status")
+		if code != 0 {
+			t.Logf("cluster status: %d %s", code, errOut)
+		}
+		return code == 0 && strings.Contains(out, "quorum yes") && regexp.MustCompile(`(?m)^gw-1\s+offline`).MatchString(out) &&
+			regexp.MustCompile(`(?m)^gw-2\s+this node`).MatchString(out) && regexp.MustCompile(`(?m)^gw-3\s+online`).MatchString(out)
+	})
 	if err := s.senderOrder(); err != nil {
 		t.Fatalf("per-sender order across nodes: %v", err)
 	}

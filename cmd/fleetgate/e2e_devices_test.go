@@ -168,6 +168,10 @@ func TestPresenceEventsReachFunction(t *testing.T) {
 	if code, _, _ := runCLI(t, p, op, "clients", "get", "nobody"); code != 3 {
 		t.Fatalf("clients get of an unknown id: exit %d, want 3", code)
 	}
+	// A gateway without a cluster: section says so.
+	if code, _, errOut := runCLI(t, p, op, "cluster", "status"); code != 1 || !strings.Contains(errOut, "not_clustered") {
+		t.Fatalf("cluster status on a lone gateway: exit %d %q, want 1 and not_clustered", code, errOut)
+	}
 	c1.Disconnect(100)
 	dis := s.waitEvent(t, "$events/presence/disconnected/dev-1", reasonIs("client_disconnect", 1))
 	if _, ok := dis["duration_ms"].(float64); !ok {

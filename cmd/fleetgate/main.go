@@ -26,6 +26,7 @@ commands:
   clients   list MQTT sessions (connected or kept offline) and show one, on a running gateway
   revoke    revoke a subject's tokens (closing its MQTT connections) or one token (jti)
   revocations  list and delete revocations on a running gateway
+  cluster   show a cluster node's view (quorum, peers) and remove a node taken out for good
   storage   check or repair a stopped gateway's data dir (after a crash or disk damage)
   version   print the version
 
@@ -55,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdEvents(rest, stdout, stderr)
 	case "clients":
 		return cmdClients(rest, stdout, stderr)
+	case "cluster":
+		return cmdCluster(rest, stdout, stderr)
 	case "revoke":
 		return cmdRevoke(rest, stdout, stderr)
 	case "revocations":

@@ -295,6 +295,11 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	g.http.Mount("/admin/v1/events/", fh)
 	g.http.Mount("/admin/v1/publish/", g.broker.AdminHandler())
 	g.http.Mount(broker.ClientsPath+"/", g.broker.ClientsHandler())
+	if g.node != nil {
+		g.http.Mount(cluster.AdminPath+"/", g.node.AdminHandler())
+	} else {
+		g.http.Mount(cluster.AdminPath+"/", cluster.NotClusteredHandler)
+	}
 	g.http.MountAPI(shadow.HTTPPrefix, g.shadows.Handler())
 	g.http.Mount(ingest.RevocationsPath+"/", ingest.RevocationsHandler(g.revocations, g.broker, log.With("component", "auth")))
 	// Go's profiler, for operators: curl -H "Authorization: Bearer $T" -o cpu.pprof http://HOST/admin/v1/debug/pprof/profile
