@@ -5,10 +5,13 @@
 package cluster
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -78,7 +81,24 @@ type EmbeddedConfig struct {
 	Routes []string `yaml:"routes"`
 	// StoreDir is where JetStream keeps its files, default <data_dir>/nats.
 	StoreDir string `yaml:"store_dir"`
+	// SecretFile holds the routes' shared secret (at least 32 characters, the same on every
+	// node): a route that does not present it is refused. Without it, anything that reaches
+	// cluster_listen with the cluster's name joins the cluster.
+	SecretFile string `yaml:"secret_file"`
+	// TLS of the routes: mutual TLS, every node presents its certificate and checks the
+	// others' against the CA (nil: plain TCP).
+	TLS *RouteTLS `yaml:"tls"`
 }
+
+// RouteTLS is `cluster.nats.embedded.tls`.
+type RouteTLS struct {
+	CertFile string `yaml:"cert_file"` // this node's certificate (PEM), naming the address the others reach it at
+	KeyFile  string `yaml:"key_file"`
+	CAFile   string `yaml:"ca_file"` // the CA that signed every node's certificate
+}
+
+// MinSecretLen is the shortest route secret accepted.
+const MinSecretLen = 32
 
 // Enabled reports whether the `cluster:` section turns cluster mode on.
 func (c Config) Enabled() bool {
@@ -179,9 +199,12 @@ func (c *Config) Validate() error {
 		if len(e.Routes) > 0 && e.ClusterListen == "" {
 			add("cluster.nats.embedded.cluster_listen is required with routes: the address the other nodes' routes reach this node at")
 		}
+		if t := e.TLS; t != nil && (t.CertFile == "" || t.KeyFile == "" || t.CAFile == "") {
+			add("cluster.nats.embedded.tls: cert_file, key_file and ca_file are all required (mutual TLS between the nodes)")
+		}
 		others := map[string]bool{}
 		for i, r := range e.Routes {
-			if err := checkURL(r, "nats", "nats-route"); err != nil { // no route TLS in this version
+			if err := checkURL(r, "nats", "nats-route"); err != nil {
 				add("cluster.nats.embedded.routes[%d]: %v", i, err)
 				continue
 			}
@@ -259,4 +282,49 @@ func splitHostPort(hp string) (string, int) {
 		h = "0.0.0.0"
 	}
 	return h, n
+}
+
+// routeSecurity reads the route secret and loads the route TLS files ("" and nil when not
+// configured), at start: errors name the key.
+func (e *EmbeddedConfig) routeSecurity() (secret string, tc *tls.Config, err error) {
+	if e.SecretFile != "" {
+		b, err := os.ReadFile(e.SecretFile)
+		if err != nil {
+			return "", nil, fmt.Errorf("cluster.nats.embedded.secret_file: %w", err)
+		}
+		if secret = strings.TrimSpace(string(b)); len(secret) < MinSecretLen {
+			return "", nil, fmt.Errorf("cluster.nats.embedded.secret_file %s: the secret has %d characters, at least %d are needed (e.g. openssl rand -hex 32)",
+				e.SecretFile, len(secret), MinSecretLen)
+		}
+	}
+	if e.TLS != nil {
+		if tc, err = routeTLSConfig(e.TLS); err != nil {
+			return "", nil, fmt.Errorf("cluster.nats.embedded.tls: %w", err)
+		}
+	}
+	return secret, tc, nil
+}
+
+// routeTLSConfig loads t: the node's certificate, offered to and required from every other
+// node, checked against the CA.
+func routeTLSConfig(t *RouteTLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cert_file %s / key_file %s: %w", t.CertFile, t.KeyFile, err)
+	}
+	pem, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca_file %s: no PEM certificate in it", t.CAFile)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+	}, nil
 }

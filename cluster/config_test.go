@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -127,5 +129,47 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("error %q does not contain %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestConfigRouteSecretAndTLS: an incomplete TLS section is refused at load; a short or missing
+// route secret and unreadable TLS files are refused at start, naming the key.
+func TestConfigRouteSecretAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short")
+	if err := os.WriteFile(short, []byte("tooshort\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := func() Config {
+		return Config{Node: "gw-1", Replicas: 1, NATS: NATSConfig{Embedded: &EmbeddedConfig{
+			ClusterListen: "127.0.0.1:6222", Routes: []string{"nats://127.0.0.1:6223"}}}}
+	}
+	for _, c := range []struct {
+		name string
+		set  func(e *EmbeddedConfig)
+		want string
+	}{
+		{"short secret", func(e *EmbeddedConfig) { e.SecretFile = short }, "at least 32"},
+		{"missing secret", func(e *EmbeddedConfig) { e.SecretFile = filepath.Join(dir, "none") }, "secret_file"},
+		{"tls without key", func(e *EmbeddedConfig) { e.TLS = &RouteTLS{CertFile: "a", CAFile: "c"} }, "all required"},
+		{"tls unreadable", func(e *EmbeddedConfig) { e.TLS = &RouteTLS{CertFile: "a", KeyFile: "b", CAFile: "c"} }, "cluster.nats.embedded.tls"},
+	} {
+		cfg := base()
+		c.set(cfg.NATS.Embedded)
+		err := cfg.Validate()
+		if err == nil {
+			_, _, err = cfg.NATS.Embedded.routeSecurity()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		}
+	}
+	ok := base()
+	ok.NATS.Embedded.TLS = routeCerts(t)
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("a complete TLS section: %v", err)
+	}
+	if _, tc, err := ok.NATS.Embedded.routeSecurity(); err != nil || tc == nil {
+		t.Fatalf("a complete TLS section: %v", err)
 	}
 }

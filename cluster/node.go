@@ -44,6 +44,8 @@ const (
 const (
 	appUser = "fleetgate"
 	sysUser = "fleetgate-system"
+	// routeUser is the user routes present, with cluster.nats.embedded.secret_file's secret.
+	routeUser = "fleetgate-route"
 )
 
 func randomToken() string {
@@ -204,6 +206,21 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 		o.Cluster.Host, o.Cluster.Port = splitHostPort(e.ClusterListen)
 		o.Cluster.PingInterval = routePing
 		o.Cluster.MaxPingsOut = routeMaxPingsOut
+		secret, tc, err := e.routeSecurity()
+		if err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		if secret != "" {
+			// Routes present user routeUser with the secret; one without is refused.
+			o.Cluster.Username, o.Cluster.Password = routeUser, secret
+		}
+		if tc != nil {
+			o.Cluster.TLSConfig, o.Cluster.TLSTimeout = tc, 5
+		}
+		if secret == "" && tc == nil {
+			n.log.Warn("cluster: routes without secret_file or tls: anything that reaches cluster_listen with the cluster's name joins the cluster and reads every stream; set cluster.nats.embedded.secret_file (docs/operations.md, \"Ports to protect\")",
+				"cluster_listen", e.ClusterListen)
+		}
 		for _, r := range e.Routes {
 			u, err := url.Parse(r)
 			if err != nil {
@@ -211,6 +228,9 @@ func (n *Node) startEmbedded(e *EmbeddedConfig, dataDir string) error {
 			}
 			if u.Scheme == "nats-route" {
 				u.Scheme = "nats"
+			}
+			if secret != "" {
+				u.User = url.UserPassword(routeUser, secret)
 			}
 			o.Routes = append(o.Routes, u)
 		}

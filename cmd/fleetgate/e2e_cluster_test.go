@@ -32,6 +32,7 @@ func startCluster(t *testing.T, s *sink) []*clusterNode {
 	t.Helper()
 	dir := t.TempDir()
 	ports := testutil.FreePorts(t, 3)
+	secret := writeTestFile(t, dir, "cluster.secret", "route-secret-of-the-test-cluster-0123456789\n")
 	var nodes []*clusterNode
 	for i := range 3 {
 		var routes []string
@@ -64,7 +65,8 @@ cluster:
     embedded:
       cluster_listen: 127.0.0.1:%d
       routes: [%s]
-`, clusterSecret, s.url(), name, ports[i], strings.Join(routes, ", ")))
+      secret_file: %s
+`, clusterSecret, s.url(), name, ports[i], strings.Join(routes, ", "), secret))
 		nodes = append(nodes, &clusterNode{name: name, data: filepath.Join(dir, name), config: cfg})
 	}
 	// All three start at once: each waits for the others to form a quorum.
