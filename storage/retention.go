@@ -52,11 +52,13 @@ func (s *Store) watermark() (uint64, error) {
 	// Read the committed seq before the snapshot: everything at or below it is in the snapshot.
 	low := s.committedSeq.Load() + 1
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
-		defer it.Close()
 		for _, ns := range []byte{nsQueue, nsDead} {
-			it.Seek([]byte{ns})
-			for it.ValidForPrefix([]byte{ns}) {
+			// One iterator per namespace, bounded by it: an iterator without a prefix skips
+			// deleted keys until it finds a live one, and an empty namespace would have it
+			// read every tombstone of the next (the deleted events sort right after the
+			// dead letters): 117 ms a sweep after 200k deleted events, and growing.
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{ns}})
+			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); {
 				fn, seq, ok := parseFnKey(it.Item().Key())
 				if !ok {
 					it.Next()
@@ -67,6 +69,7 @@ func (s *Store) watermark() (uint64, error) {
 				next := append([]byte{ns}, fn...)
 				it.Seek(append(next, 1))
 			}
+			it.Close()
 		}
 		return nil
 	})
@@ -152,9 +155,9 @@ func (s *Store) expire(cutoff time.Time) {
 	perFn := map[string]int{}
 	inline := 0
 	err = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
-		defer it.Close()
 		for _, ns := range []byte{nsQueue, nsDead} {
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{ns}}) // bounded: see watermark
+			defer it.Close()
 			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); it.Next() {
 				fn, seq, ok := parseFnKey(it.Item().Key())
 				if !ok {

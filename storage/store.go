@@ -311,15 +311,18 @@ func (s *Store) load() error {
 		case !errors.Is(err, badger.ErrKeyNotFound):
 			return fmt.Errorf("reading sequence number: %w", err)
 		}
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
-		defer it.Close()
 		var logical int64
-		for it.Seek([]byte{nsEvent}); it.ValidForPrefix([]byte{nsEvent}); it.Next() {
-			logical += entryBytes(it.Item())
-		}
 		defer func() { s.logical.Store(logical) }()
-		for _, ns := range []byte{nsQueue, nsDead} {
+		for _, ns := range []byte{nsEvent, nsQueue, nsDead} {
+			// One iterator per namespace, bounded by it (an unbounded one would read the
+			// tombstones of the namespace after an empty one: see watermark).
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{ns}})
+			defer it.Close()
 			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); it.Next() {
+				if ns == nsEvent {
+					logical += entryBytes(it.Item())
+					continue
+				}
 				logical += entryBytes(it.Item())
 				fn, _, ok := parseFnKey(it.Item().Key())
 				if !ok {
