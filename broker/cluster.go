@@ -58,6 +58,19 @@ const (
 	releasedFor = time.Minute
 )
 
+// recentMsg is a QoS 1/2 message published on this node, kept for the detection window.
+type recentMsg struct {
+	at  time.Time
+	msg mstorage.Message
+}
+
+// recentMax bounds the messages kept for the detection window (the oldest go first).
+const recentMax = 1 << 16
+
+// aliveMargin is how long before a node was last known alive a message may have reached it and
+// still been lost with it (received, not yet written to the KV).
+const aliveMargin = time.Second
+
 type downlinkMsg struct {
 	Node string           `json:"n"`
 	Msg  mstorage.Message `json:"m"`
@@ -109,6 +122,18 @@ type clusterState struct {
 	orphans atomic.Pointer[orphanIndex]
 	seq     atomic.Uint64
 
+	// The detection window: a node that dies is taken for dead a moment later (its routes
+	// close at once, its heartbeat goes stale after clusterDeadBeats beats); a QoS 1/2 message
+	// published here meanwhile went to it over the bus and was lost with it. So the QoS 1/2
+	// messages published here in the last recentKeep are kept, and when a session becomes an
+	// orphan, those published since its node was last known alive (less a margin) are queued
+	// for it too (at least once: it may get one it had already been given).
+	replayMu sync.Mutex  // orders broadcast's queueing against refresh's index swap and replay
+	recent   []recentMsg // oldest first, from recentAt on
+	recentAt int
+	lastUp   map[string]time.Time // when each node was last seen connected (bus with PeersUp)
+	replayed *metrics.Counter
+
 	sent, received, takeovers, sessionLoads, queued, busErrors *metrics.Counter
 	queueFull, expired                                         *metrics.Counter
 }
@@ -121,6 +146,7 @@ func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set)
 		b: b, bus: bus, node: bus.Node(), hb: hb,
 		quit: make(chan struct{}), done: make(chan struct{}),
 		waiters: map[string][]chan struct{}{},
+		lastUp:  map[string]time.Time{},
 	}
 	c.sent = set.NewCounter(`fleetgate_cluster_downlink_sent_total`)
 	c.received = set.NewCounter(`fleetgate_cluster_downlink_received_total`)
@@ -130,6 +156,7 @@ func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set)
 	c.busErrors = set.NewCounter(`fleetgate_cluster_bus_errors_total`)
 	c.queueFull = set.NewCounter(`fleetgate_cluster_offline_dropped_total`)
 	c.expired = set.NewCounter(`fleetgate_cluster_orphans_expired_total`)
+	c.replayed = set.NewCounter(`fleetgate_cluster_detection_window_queued_total`)
 	c.orphans.Store(&orphanIndex{topics: mqtt.NewTopicsIndex(), sessions: map[string]orphan{}})
 	// Persistent sessions whose node is dead, as this node knows them: QoS 1/2 messages for
 	// them are queued in the KV by the node that publishes them.
@@ -187,7 +214,9 @@ func (c *clusterState) run() {
 			c.refresh()
 			c.sweep()
 		case <-fast:
-			if up := strings.Join(c.peersUp(), ","); up != last {
+			peers := c.peersUp()
+			c.seen(peers)
+			if up := strings.Join(peers, ","); up != last {
 				last = up
 				c.refresh()
 			}
@@ -202,6 +231,16 @@ func (c *clusterState) peersUp() []string {
 		return pu.PeersUp()
 	}
 	return nil
+}
+
+// seen records that the peers in up are connected now.
+func (c *clusterState) seen(up []string) {
+	now := time.Now()
+	c.replayMu.Lock()
+	for _, n := range up {
+		c.lastUp[n] = now
+	}
+	c.replayMu.Unlock()
 }
 
 // peerCheck is how often the bus's view of the other nodes is looked at (in memory).
@@ -274,6 +313,8 @@ func (c *clusterState) beating(h heartbeat) bool {
 // counted from their node's last heartbeat.
 func (c *clusterState) refresh() {
 	h := c.b.persist
+	up := c.peersUp()
+	c.seen(up)
 	beats := map[string]heartbeat{}
 	expirer := true
 	_ = scanJSON(h, keyNode, func(key string, hb *heartbeat) {
@@ -290,7 +331,9 @@ func (c *clusterState) refresh() {
 			return
 		}
 		hb, known := beats[rec.Node]
-		if known && c.beating(hb) {
+		// Alive: a recent heartbeat, and connected when the bus can tell (a killed node's
+		// routes close at once, long before its heartbeat goes stale).
+		if known && c.beating(hb) && (up == nil || slices.Contains(up, rec.Node)) {
 			return
 		}
 		if expirer && known && c.orphanExpired(rec, hb) {
@@ -315,7 +358,10 @@ func (c *clusterState) refresh() {
 			_ = h.store.Scan(prefix+id+"\x00", func(string, []byte) error { o.queued.Add(1); return nil })
 		}
 	}
-	c.orphans.Store(idx)
+	c.replayMu.Lock()
+	old := c.orphans.Swap(idx)
+	c.replay(old, idx, beats)
+	c.replayMu.Unlock()
 	for _, rec := range expired {
 		if cur, ok := c.readClient(rec.ID); ok && cur.Node == rec.Node { // not adopted meanwhile
 			h.deleteSession(rec.ID)
@@ -323,6 +369,50 @@ func (c *clusterState) refresh() {
 			c.b.log.Info("mqtt session of a dead node expired", "client", rec.ID, "node", rec.Node)
 		}
 	}
+}
+
+// replay queues, for each session that is an orphan in idx and was not in old, the messages
+// kept from the detection window of its node: those published here since the node was last
+// known alive, less aliveMargin. Called with replayMu held, right after idx became the index.
+func (c *clusterState) replay(old, idx *orphanIndex, beats map[string]heartbeat) {
+	if c.recentAt == len(c.recent) {
+		return
+	}
+	for id, o := range idx.sessions {
+		if _, was := old.sessions[id]; was {
+			continue
+		}
+		alive := c.lastUp[o.owner]
+		if hb, ok := beats[o.owner]; ok && time.UnixMilli(hb.At).After(alive) {
+			alive = time.UnixMilli(hb.At)
+		}
+		since := alive.Add(-aliveMargin)
+		for _, r := range c.recent[c.recentAt:] {
+			if r.at.Before(since) {
+				continue
+			}
+			if c.queueFor(idx, o, r.msg) {
+				c.replayed.Inc()
+			}
+		}
+	}
+}
+
+// keep remembers a QoS 1/2 message published here for the detection window. Called with
+// replayMu held.
+func (c *clusterState) keep(msg mstorage.Message) {
+	now := time.Now()
+	keep := time.Duration(clusterDeadBeats+1)*c.hb + aliveMargin
+	for c.recentAt < len(c.recent) && (now.Sub(c.recent[c.recentAt].at) > keep || len(c.recent)-c.recentAt >= recentMax) {
+		c.recent[c.recentAt] = recentMsg{}
+		c.recentAt++
+	}
+	if c.recentAt > len(c.recent)/2 { // compact now and then: amortized O(1) a message
+		n := copy(c.recent, c.recent[c.recentAt:])
+		clear(c.recent[n:])
+		c.recent, c.recentAt = c.recent[:n], 0
+	}
+	c.recent = append(c.recent, recentMsg{at: now, msg: msg})
 }
 
 // orphanExpired reports whether an orphaned session is past its expiry (MQTT 5 session expiry
@@ -354,44 +444,56 @@ func (c *clusterState) broadcast(pk packets.Packet) error {
 		c.sent.Inc()
 	}
 	if pk.FixedHeader.Qos > 0 {
+		c.replayMu.Lock()
+		c.keep(msg)
 		c.queueForOrphans(msg)
+		c.replayMu.Unlock()
 	}
 	return err
 }
 
 // queueForOrphans appends msg to the queued records of every orphaned session subscribed to
 // its topic. Only the node where the message was published does this, so it is queued once.
+// Called with replayMu held.
 func (c *clusterState) queueForOrphans(msg mstorage.Message) {
 	idx := c.orphans.Load()
 	if len(idx.sessions) == 0 {
 		return
 	}
-	subs := idx.topics.Subscribers(msg.TopicName)
-	for id, sub := range subs.Subscriptions {
-		o, ok := idx.sessions[id]
-		if !ok || (sub.NoLocal && msg.Origin == id) || !o.p.CanSubscribe(msg.TopicName) {
-			continue
+	for id := range idx.topics.Subscribers(msg.TopicName).Subscriptions {
+		if o, ok := idx.sessions[id]; ok {
+			c.queueFor(idx, o, msg)
 		}
-		if rec, found := c.readClient(id); !found || c.alive(rec.Node) {
-			continue // gone, or adopted by a live node since the index was built: it delivers
-		}
-		if o.queued.Load() >= int64(c.b.server.Options.Capabilities.MaximumInflight) {
-			c.queueFull.Inc() // as mochi drops what exceeds an offline session's inflight quota
-			continue
-		}
-		m := msg
-		m.Client = id
-		m.FixedHeader.Qos = min(msg.FixedHeader.Qos, sub.Qos)
-		m.FixedHeader.Retain = false
-		if m.FixedHeader.Qos == 0 {
-			continue
-		}
-		key := fmt.Sprintf("%s%s\x00%s\x00%020d\x00%d", keyQueued, id, c.node, time.Now().UnixNano(), c.seq.Add(1))
-		m.ID = key
-		c.b.persist.put(key, m)
-		o.queued.Add(1)
-		c.queued.Inc()
 	}
+}
+
+// queueFor appends msg to the queued records of the orphaned session o if it is subscribed to
+// msg's topic (at the granted QoS), and reports whether it did.
+func (c *clusterState) queueFor(idx *orphanIndex, o orphan, msg mstorage.Message) bool {
+	sub, ok := idx.topics.Subscribers(msg.TopicName).Subscriptions[o.id]
+	if !ok || (sub.NoLocal && msg.Origin == o.id) || !o.p.CanSubscribe(msg.TopicName) {
+		return false
+	}
+	if rec, found := c.readClient(o.id); !found || c.alive(rec.Node) {
+		return false // gone, or adopted by a live node since the index was built: it delivers
+	}
+	if o.queued.Load() >= int64(c.b.server.Options.Capabilities.MaximumInflight) {
+		c.queueFull.Inc() // as mochi drops what exceeds an offline session's inflight quota
+		return false
+	}
+	m := msg
+	m.Client = o.id
+	m.FixedHeader.Qos = min(msg.FixedHeader.Qos, sub.Qos)
+	m.FixedHeader.Retain = false
+	if m.FixedHeader.Qos == 0 {
+		return false
+	}
+	key := fmt.Sprintf("%s%s\x00%s\x00%020d\x00%d", keyQueued, o.id, c.node, time.Now().UnixNano(), c.seq.Add(1))
+	m.ID = key
+	c.b.persist.put(key, m)
+	o.queued.Add(1)
+	c.queued.Inc()
+	return true
 }
 
 // onDownlink injects a message published on another node into this node's mochi, marked as

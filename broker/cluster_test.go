@@ -566,22 +566,43 @@ func TestClusterSessionResume(t *testing.T) {
 	}
 	waitFor(t, "node 1 to queue the message", func() bool { return tc.kv.Count(keyInflight+"acme/d1\x00") == 1 })
 
+	// Node 1 dies: first it stops beating and leaves the bus, then a message is published on
+	// node 3 before node 3 takes node 1 for dead (3 heartbeats later): the detection window,
+	// where the bus hands the message to node 1 only, and it is lost with it. It is queued
+	// when node 3 sees the death.
+	n1.b.halted.Store(true)
+	n1.b.cluster.stop(false)
+	if err := n3.b.Publish("devices/d1/cmd", []byte("in-detection-window"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	// Not an orphan yet once the publish returned: the index swap, and its replay, come after.
+	_, early := n3.b.cluster.orphans.Load().sessions["acme/d1"]
 	n1.kill()
 	waitFor(t, "node 3 to take node 1 for dead", func() bool {
 		_, ok := n3.b.cluster.orphans.Load().sessions["acme/d1"]
 		return ok
 	})
+	if early {
+		// A machine too slow to publish within 3 heartbeats: the message went the
+		// orphan way (still checked below), not through the window.
+		t.Log("node 3 took node 1 for dead before the publish: the detection window was not exercised")
+	} else if n3.b.cluster.replayed.Get() < 1 {
+		t.Fatalf("messages of the detection window queued = %d, want at least 1", n3.b.cluster.replayed.Get())
+	}
 	if err := n3.b.Publish("devices/d1/cmd", []byte("while-node-1-dead"), 1, false); err != nil {
 		t.Fatal(err)
 	}
-	if n := tc.kv.Count(keyQueued + "acme/d1\x00"); n != 1 {
-		t.Fatalf("queued records for the orphaned session = %d, want 1", n)
+	// At least the two (a message published in the margin before node 1's last heartbeat
+	// is queued again too: at least once).
+	if n := tc.kv.Count(keyQueued + "acme/d1\x00"); n < 2 {
+		t.Fatalf("queued records for the orphaned session = %d, want at least 2", n)
 	}
 
 	var r2 received
 	d2 := tc.connect3(n2, "d1", "device", false, &r2)
 	waitFor(t, "the queued messages on node 2", func() bool {
-		return r2.has("devices/d1/cmd=queued-by-node-1") && r2.has("devices/d1/cmd=while-node-1-dead")
+		return r2.has("devices/d1/cmd=queued-by-node-1") && r2.has("devices/d1/cmd=in-detection-window") &&
+			r2.has("devices/d1/cmd=while-node-1-dead")
 	})
 	if err := n3.b.Publish("devices/d1/cmd", []byte("after"), 1, false); err != nil {
 		t.Fatal(err)
@@ -593,8 +614,8 @@ func TestClusterSessionResume(t *testing.T) {
 	if rec, _ := n2.b.cluster.readClient("acme/d1"); rec == nil || rec.Node != "gw-2" {
 		t.Fatalf("session record: %+v, want node gw-2", rec)
 	}
-	if n3.b.cluster.queued.Get() != 1 || n2.b.cluster.sessionLoads.Get() != 1 {
-		t.Errorf("queued on node 3 = %d, session loads on node 2 = %d; want 1, 1", n3.b.cluster.queued.Get(), n2.b.cluster.sessionLoads.Get())
+	if n3.b.cluster.queued.Get() < 2 || n2.b.cluster.sessionLoads.Get() != 1 {
+		t.Errorf("queued on node 3 = %d, session loads on node 2 = %d; want at least 2, and 1", n3.b.cluster.queued.Get(), n2.b.cluster.sessionLoads.Get())
 	}
 	d2.Disconnect(100)
 }
