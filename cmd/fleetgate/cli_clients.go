@@ -40,23 +40,19 @@ func cmdClients(args []string, stdout, stderr io.Writer) int {
 	tenant := fs.String("tenant", "", "tenant of the client ids (list: only this tenant; default all)")
 	prefix := fs.String("prefix", "", "list: client ids starting with this")
 	limit := fs.Int("limit", 100, "list: at most this many (1 to 1000)")
-	rest := args[1:]
-	var id string
-	if sub == "get" && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		id, rest = rest[0], rest[1:]
-	}
-	if err := fs.Parse(rest); err != nil {
+	id, err := parseWithArg(fs, args[1:])
+	if err != nil {
 		return 2
 	}
-	if sub == "get" && id == "" && fs.NArg() > 0 {
-		id = fs.Arg(0)
+	if sub == "list" && id != "" {
+		fmt.Fprintf(stderr, "fleetgate clients list: unexpected argument %q (narrow with --prefix)\n\n%s", id, clientsUsage)
+		return 2
 	}
 	if sub == "get" && id == "" {
 		fmt.Fprint(stderr, "fleetgate clients get: a client id is required\n\n"+clientsUsage)
 		return 2
 	}
-	if *output != "text" && *output != "json" {
-		fmt.Fprintf(stderr, "fleetgate clients: -o must be text or json, not %q\n", *output)
+	if !checkOutput("fleetgate clients", *output, stderr) {
 		return 2
 	}
 	c, err := client()

@@ -40,23 +40,19 @@ func cmdCluster(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	client := addClientFlags(fs)
 	output := fs.String("o", "text", "status: output format, text or json")
-	rest := args[1:]
-	var peer string
-	if sub == "remove-peer" && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		peer, rest = rest[0], rest[1:]
-	}
-	if err := fs.Parse(rest); err != nil {
+	peer, err := parseWithArg(fs, args[1:])
+	if err != nil {
 		return 2
 	}
-	if sub == "remove-peer" && peer == "" && fs.NArg() > 0 {
-		peer = fs.Arg(0)
+	if sub == "status" && peer != "" {
+		fmt.Fprintf(stderr, "fleetgate cluster status: unexpected argument %q\n\n%s", peer, clusterUsage)
+		return 2
 	}
 	if sub == "remove-peer" && peer == "" {
 		fmt.Fprint(stderr, "fleetgate cluster remove-peer: the node to remove is required\n\n"+clusterUsage)
 		return 2
 	}
-	if *output != "text" && *output != "json" {
-		fmt.Fprintf(stderr, "fleetgate cluster: -o must be text or json, not %q\n", *output)
+	if !checkOutput("fleetgate cluster", *output, stderr) {
 		return 2
 	}
 	c, err := client()

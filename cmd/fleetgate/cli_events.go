@@ -58,23 +58,15 @@ func cmdEvents(args []string, stdout, stderr io.Writer) int {
 	client := addClientFlags(fs)
 	output := fs.String("o", "text", "output format: text or json")
 	// The id may come before or after the flags.
-	rest := args[1:]
-	var id string
-	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		id, rest = rest[0], rest[1:]
-	}
-	if err := fs.Parse(rest); err != nil {
+	id, err := parseWithArg(fs, args[1:])
+	if err != nil {
 		return 2
-	}
-	if id == "" && fs.NArg() > 0 {
-		id = fs.Arg(0)
 	}
 	if id == "" {
 		fmt.Fprint(stderr, "fleetgate events get: an event id is required\n\n"+eventsUsage)
 		return 2
 	}
-	if *output != "text" && *output != "json" {
-		fmt.Fprintf(stderr, "fleetgate events get: -o must be text or json, not %q\n", *output)
+	if !checkOutput("fleetgate events get", *output, stderr) {
 		return 2
 	}
 	c, err := client()

@@ -117,3 +117,28 @@ func (c *adminClient) Do(method, path string, reqBody any, respOut any) error {
 	}
 	return nil
 }
+
+// parseWithArg parses a subcommand's flags from args, whose one positional argument (an id, a
+// node name) may come before or after the flags; it returns that argument ("" when none).
+func parseWithArg(fs *flag.FlagSet, args []string) (string, error) {
+	var arg string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		arg, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if arg == "" && fs.NArg() > 0 {
+		arg = fs.Arg(0)
+	}
+	return arg, nil
+}
+
+// checkOutput reports whether -o names a known format, saying what is wrong on stderr if not.
+func checkOutput(cmd, output string, stderr io.Writer) bool {
+	if output != "text" && output != "json" {
+		fmt.Fprintf(stderr, "%s: -o must be text or json, not %q\n", cmd, output)
+		return false
+	}
+	return true
+}
