@@ -1,21 +1,14 @@
 package broker
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/internal/testutil"
 )
 
 type testPKI struct {
@@ -26,76 +19,16 @@ type testPKI struct {
 	untrustedClientD1 tls.Certificate
 }
 
-func newCert(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, isCA bool) (*x509.Certificate, *ecdsa.PrivateKey, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		IsCA:         isCA, BasicConstraintsValid: true,
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key, der
-}
-
-func tlsCert(t *testing.T, der []byte, key *ecdsa.PrivateKey) tls.Certificate {
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := tls.X509KeyPair(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 func newPKI(t *testing.T) *testPKI {
 	dir := t.TempDir()
-	ca, caKey, caDER := newCert(t, "test CA", nil, nil, true)
-	_, srvKey, srvDER := newCert(t, "fleetgate", ca, caKey, false)
-	write := func(name string, blocks ...*pem.Block) string {
-		var out []byte
-		for _, b := range blocks {
-			out = append(out, pem.EncodeToMemory(b)...)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, out, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kb, _ := x509.MarshalECPrivateKey(srvKey)
+	ca := testutil.NewCert(t, "test CA", nil, true)
 	p := &testPKI{caPool: x509.NewCertPool()}
-	p.caPool.AddCert(ca)
-	p.caFile = write("ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-	p.certFile = write("server.pem", &pem.Block{Type: "CERTIFICATE", Bytes: srvDER})
-	p.keyFile = write("server.key", &pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-	_, k1, d1 := newCert(t, "d1", ca, caKey, false)
-	p.clientD1 = tlsCert(t, d1, k1)
-	_, kx, dx := newCert(t, "someone-else", ca, caKey, false)
-	p.clientX = tlsCert(t, dx, kx)
-	_, ku, du := newCert(t, "d1", nil, nil, false) // self-signed: not from the client CA
-	p.untrustedClientD1 = tlsCert(t, du, ku)
+	p.caPool.AddCert(ca.X509)
+	p.caFile, _ = ca.WriteFiles(t, dir, "ca")
+	p.certFile, p.keyFile = testutil.NewCert(t, "fleetgate", ca, false).WriteFiles(t, dir, "server")
+	p.clientD1 = testutil.NewCert(t, "d1", ca, false).TLS(t)
+	p.clientX = testutil.NewCert(t, "someone-else", ca, false).TLS(t)
+	p.untrustedClientD1 = testutil.NewCert(t, "d1", nil, false).TLS(t) // self-signed: not from the client CA
 	return p
 }
 
