@@ -5,7 +5,7 @@ import (
 	"strings"
 )
 
-// Summary renders a run's result (*MQTTResult or *HTTPResult) as a few lines for people.
+// Summary renders a run's result (*MQTTResult, *HTTPResult or *ConnsResult) as a few lines for people.
 func Summary(res any) string {
 	var b strings.Builder
 	lat := func(name string, l Latency) {
@@ -36,6 +36,16 @@ func Summary(res any) string {
 			r.Sent, r.Acked, r.Errors, r.Requests, r.RequestErrors, r.Seconds, r.EventsPerSec)
 		lat("request latency", r.AckLatency)
 		e2e(r.E2E)
+		if r.FirstError != "" {
+			fmt.Fprintf(&b, "first error: %s\n", r.FirstError)
+		}
+	case *ConnsResult:
+		fmt.Fprintf(&b, "conns %s  clients %d  connected %d  errors %d  (connect %.2fs, hold %.2fs)\n",
+			r.Broker, r.Clients, r.Connected, r.Errors, r.ConnectSeconds, r.HoldSeconds)
+		if r.Before != nil && r.After != nil {
+			fmt.Fprintf(&b, "per connection: RSS %.0f B  Go heap %.0f B  stacks %.0f B  goroutines %.2f\n",
+				r.RSSPerConn, r.HeapPerConn, r.StackPerConn, r.GoroutinesPerConn)
+		}
 		if r.FirstError != "" {
 			fmt.Fprintf(&b, "first error: %s\n", r.FirstError)
 		}

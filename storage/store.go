@@ -58,7 +58,7 @@ type Options struct {
 	Dir      string // data directory (required unless InMemory)
 	InMemory bool   // for tests only: nothing survives Close
 
-	MaxPendingBytes int64         // appends waiting for a commit, beyond which Append fails with ErrBusy (default 64 MiB)
+	MaxPendingBytes int64         // appends waiting for a commit, beyond which Append fails with ErrBusy (default 16 MiB: see PlanMemory)
 	MaxGroupBytes   int           // bytes per commit group before it stops collecting (default 2 MiB)
 	MaxBytes        int64         // refuse appends with ErrFull while the log holds this many bytes of events (default 0: no limit)
 	MinFreeBytes    int64         // refuse appends with ErrFull while the disk has less free space (default 4 × MemTableBytes; <0: no check)
@@ -67,8 +67,8 @@ type Options struct {
 	FateTTL         time.Duration // how long an event's fate can be looked up after it arrived and after each delivery or dead letter (default 24h; <0: no fate records)
 	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
 	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
-	MemTableBytes   int64         // Badger memtable size (default 64 MiB); one commit may use 15% of it
-	BlockCacheBytes int64         // Badger block cache (default 64 MiB: the log is read back only to catch up)
+	MemTableBytes   int64         // Badger memtable size (default 16 MiB: see PlanMemory); one commit may use 15% of it
+	BlockCacheBytes int64         // Badger block cache (default 4 MiB: see PlanMemory; the log is read back only to catch up)
 
 	// Gate, when set, can hold commits (tests only: see Gate).
 	Gate *Gate
@@ -78,8 +78,9 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() {
+	def, _ := PlanMemory(DefaultMemoryLimit)
 	if o.MaxPendingBytes <= 0 {
-		o.MaxPendingBytes = 64 << 20
+		o.MaxPendingBytes = def.MaxPendingBytes
 	}
 	if o.MaxGroupBytes <= 0 {
 		o.MaxGroupBytes = 2 << 20
@@ -97,10 +98,10 @@ func (o *Options) setDefaults() {
 		o.GCInterval = time.Minute
 	}
 	if o.MemTableBytes <= 0 {
-		o.MemTableBytes = 64 << 20
+		o.MemTableBytes = def.MemTableBytes
 	}
 	if o.BlockCacheBytes <= 0 {
-		o.BlockCacheBytes = 64 << 20
+		o.BlockCacheBytes = def.BlockCacheBytes
 	}
 	if o.MinFreeBytes == 0 {
 		o.MinFreeBytes = DefaultMinFreeBytes(o.MemTableBytes)
@@ -231,11 +232,15 @@ func Open(opts Options) (*Store, error) {
 		WithBlockCacheSize(opts.BlockCacheBytes).
 		WithNumMemtables(numMemtables).
 		WithMetricsEnabled(false).
-		WithValueLogFileSize(valueLogFileBytes)
+		WithValueLogFileSize(valueLogFileBytes).
+		WithNumCompactors(2) // Badger's minimum; each builds tables in memory (default 4)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
 	if err := checkBeforeOpen(&opts); err != nil { // refuse a damaged dir: Badger would drop data or panic
+		return nil, err
+	}
+	if err := flushLargerLogs(bo); err != nil {
 		return nil, err
 	}
 	db, err := badger.Open(bo)
@@ -460,9 +465,10 @@ const maxInflightCommits = 4
 // default of 1 GiB would take 2 GiB of disk at open.
 const valueLogFileBytes = 16 << 20
 
-// numMemtables is how many memtables Badger keeps (the one written and those being flushed);
-// Badger's default of 5 costs up to 320 MiB of memory at 64 MiB each.
-var numMemtables = 3
+// numMemtables is how many full memtables Badger queues for its flush: with the one being
+// written and the one being flushed, at most numMemtables+2 are in memory, each an arena of
+// about 1.3 × MemTableBytes on the Go heap (3 used to mean up to 5 arenas of 83 MiB).
+var numMemtables = 1
 
 // lingerEnabled switches the committer's linger (see commitLoop); benchmarks compare both.
 var lingerEnabled = true

@@ -3,6 +3,7 @@
 //
 //	fleetgate-loadtest mqtt --broker tcp://127.0.0.1:1883 --clients 10 --messages 10000 --qos 1 --size 128 --inflight 64 [--json]
 //	fleetgate-loadtest http --url http://127.0.0.1:8080/v1/events/apps/x --token T --concurrency 16 --events 100000 --batch 1 [--json]
+//	fleetgate-loadtest conns --broker tcp://127.0.0.1:1883 --clients 10000 --hold 5s [--server-pid PID] [--metrics-url URL] [--json]
 //	fleetgate-loadtest bare-http --addr 127.0.0.1:9000
 //
 // With --sink-addr the generator also serves an HTTP function endpoint there and reports
@@ -39,6 +40,7 @@ const usage = `usage: fleetgate-loadtest <command> [flags]
 commands:
   mqtt       publish over MQTT (paho) and measure acks
   http       POST events over HTTP (fasthttp, keep-alive) and measure 202s
+  conns      hold many idle MQTT connections and measure what each costs the server
   bare-http  serve a bare fasthttp handler that answers 202 without storing (a baseline peer)
 
 run "fleetgate-loadtest <command> -h" for its flags.
@@ -56,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runMQTT(ctx, args[1:], stdout, stderr)
 	case "http":
 		return runHTTP(ctx, args[1:], stdout, stderr)
+	case "conns":
+		return runConns(ctx, args[1:], stdout, stderr)
 	case "bare-http":
 		return runBare(ctx, args[1:], stderr)
 	case "-h", "--help", "help":
@@ -156,6 +160,40 @@ func runHTTP(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return finish(res, err, *asJSON, stdout, stderr)
 }
 
+func runConns(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg := loadtest.DefaultConnsConfig()
+	fs := flag.NewFlagSet("conns", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print exactly one JSON object with the results on stdout")
+	fs.StringVar(&cfg.Broker, "broker", cfg.Broker, "broker address tcp://host:port")
+	fs.IntVar(&cfg.Clients, "clients", cfg.Clients, "number of connections")
+	fs.StringVar(&cfg.ClientPrefix, "client-prefix", cfg.ClientPrefix, "client ids are this prefix plus a number")
+	fs.StringVar(&cfg.JWTSecret, "jwt-secret", "", "HS256 secret: connect with a device token per client as password")
+	fs.StringVar(&cfg.JWTKid, "jwt-kid", "", "key id (kid) to put in minted tokens")
+	fs.IntVar(&cfg.Dialers, "dialers", cfg.Dialers, "connections being opened at once")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "per connection attempt")
+	fs.DurationVar(&cfg.Hold, "hold", cfg.Hold, "keep every connection idle this long once all are open, then measure")
+	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's process id on this machine: measure its resident memory (VmRSS)")
+	fs.StringVar(&cfg.MetricsURL, "metrics-url", "", "the server's Prometheus endpoint: read its Go memory figures")
+	fs.StringVar(&cfg.GCURL, "gc-url", "", "fetched before each measurement, to make the server collect garbage (fleetgate: .../admin/v1/debug/pprof/heap?gc=1)")
+	fs.StringVar(&cfg.Token, "token", "", "bearer token for --metrics-url and --gc-url")
+	fs.DurationVar(&cfg.ProgressEvery, "progress", cfg.ProgressEvery, "progress line interval on stderr (0: none)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "conns: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	cfg.Progress = stderr
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "conns: %v\n", err)
+		return 2
+	}
+	res, err := loadtest.RunConns(ctx, cfg)
+	return finish(res, err, *asJSON, stdout, stderr)
+}
+
 // finish prints the result (JSON on stdout, or a summary) and picks the exit code.
 func finish(res any, err error, asJSON bool, stdout, stderr io.Writer) int {
 	if isNil(res) {
@@ -184,6 +222,8 @@ func isNil(res any) bool {
 	case *loadtest.MQTTResult:
 		return r == nil
 	case *loadtest.HTTPResult:
+		return r == nil
+	case *loadtest.ConnsResult:
 		return r == nil
 	}
 	return res == nil

@@ -74,7 +74,7 @@ func cmdStorage(args []string, stdout, stderr io.Writer) int {
 	if sub == "check" {
 		return storageCheck(dir, stdout, stderr)
 	}
-	return storageRepair(dir, cfg.Storage.MemtableBytes, yes, stdout, stderr)
+	return storageRepair(dir, cfg.memoryPlan().MemTableBytes, yes, stdout, stderr)
 }
 
 func storageCheck(dir string, stdout, stderr io.Writer) int {

@@ -35,6 +35,11 @@ type Config struct {
 	// Cluster, when present, runs this node in cluster mode on NATS JetStream (see
 	// docs/operations.md); absent, one node on Badger.
 	Cluster cluster.Config `yaml:"cluster"`
+	// MemoryLimit is the memory the gateway plans for, in bytes (default 128 MiB): the Go
+	// runtime's soft memory limit, from which the log's memtables, block cache and pending
+	// appends are sized (see storage.PlanMemory). GOMEMLIMIT, when set, takes the runtime's
+	// part over.
+	MemoryLimit int64 `yaml:"memory_limit"`
 }
 
 // ShadowConfig is the `shadow:` section: device state documents.
@@ -61,9 +66,9 @@ type StorageConfig struct {
 	// FateTTL is how long an event's fate (`fleetgate events get ID`) can be looked up after it
 	// arrived and after each delivery or dead letter (default 24h); 0 records no fates.
 	FateTTL time.Duration `yaml:"fate_ttl"`
-	// MemtableBytes is the size of Badger's memtables (default 64 MiB; 3 of them at most are
-	// in memory). Smaller uses less memory, flushes more often, and lowers how much one
-	// request may carry (15% of it).
+	// MemtableBytes is the size of Badger's memtables (default 0: an eighth of memory_limit,
+	// 16 MiB by default; usually 2 of them are in memory, 3 at most). Smaller uses less
+	// memory, flushes more often, and lowers how much one request may carry (7.5% of it).
 	MemtableBytes int64 `yaml:"memtable_bytes"`
 }
 
@@ -79,13 +84,14 @@ const defaultDataDir = "./fleetgate-data"
 // DefaultConfig is the embedded configuration `fleetgate serve` runs on without a file.
 func DefaultConfig() Config {
 	return Config{
-		DataDir: defaultDataDir,
-		MQTT:    broker.DefaultConfig(),
-		HTTP:    ingest.DefaultHTTPConfig(),
-		Auth:    auth.DefaultConfig(),
-		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour, FateTTL: storage.DefaultFateTTL, MemtableBytes: 64 << 20},
-		Log:     LogConfig{Level: "info", Format: "text"},
-		Shadow:  ShadowConfig{MaxBytes: shadow.DefaultMaxBytes},
+		DataDir:     defaultDataDir,
+		MQTT:        broker.DefaultConfig(),
+		HTTP:        ingest.DefaultHTTPConfig(),
+		Auth:        auth.DefaultConfig(),
+		Storage:     StorageConfig{IdempotencyTTL: 24 * time.Hour, FateTTL: storage.DefaultFateTTL},
+		MemoryLimit: storage.DefaultMemoryLimit,
+		Log:         LogConfig{Level: "info", Format: "text"},
+		Shadow:      ShadowConfig{MaxBytes: shadow.DefaultMaxBytes},
 	}
 }
 
@@ -158,8 +164,11 @@ func (c *Config) Validate() error {
 	if c.Storage.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("storage.max_bytes: must not be negative, got %d", c.Storage.MaxBytes))
 	}
-	if c.Storage.MemtableBytes < storage.MinMemTableBytes {
-		errs = append(errs, fmt.Errorf("storage.memtable_bytes: at least %d (8 MiB), got %d", storage.MinMemTableBytes, c.Storage.MemtableBytes))
+	if c.Storage.MemtableBytes != 0 && c.Storage.MemtableBytes < storage.MinMemTableBytes {
+		errs = append(errs, fmt.Errorf("storage.memtable_bytes: at least %d (8 MiB), or 0 for an eighth of memory_limit, got %d", storage.MinMemTableBytes, c.Storage.MemtableBytes))
+	}
+	if c.MemoryLimit < storage.MinMemoryLimit {
+		errs = append(errs, fmt.Errorf("memory_limit: at least %d (32 MiB), got %d", storage.MinMemoryLimit, c.MemoryLimit))
 	}
 	if c.Storage.FateTTL < 0 {
 		errs = append(errs, fmt.Errorf("storage.fate_ttl: must not be negative (0 turns event fates off), got %s", c.Storage.FateTTL))
@@ -219,3 +228,16 @@ func (e *configError) Error() string {
 }
 
 func (e *configError) Unwrap() []error { return e.errs }
+
+// memoryPlan shares memory_limit out (storage.PlanMemory); storage.memtable_bytes, when set,
+// overrides the memtable size it picks.
+func (c *Config) memoryPlan() storage.MemoryPlan {
+	p, err := storage.PlanMemory(c.MemoryLimit)
+	if err != nil { // Validate refused it already
+		p, _ = storage.PlanMemory(storage.DefaultMemoryLimit)
+	}
+	if c.Storage.MemtableBytes != 0 {
+		p.MemTableBytes = c.Storage.MemtableBytes
+	}
+	return p
+}

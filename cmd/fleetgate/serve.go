@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -95,6 +96,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, stderr)
+	setMemoryLimit(cfg, log)
 	g, err := startGateway(cfg, f.resetRules, log, stdout)
 	if err != nil {
 		log.Error("fleetgate failed to start", "err", err)
@@ -331,9 +333,11 @@ func (g *gateway) openStorage(cfg Config) error {
 		fateTTL = -1 // storage.fate_ttl: 0 turns fates off (storage's own 0 means its default)
 	}
 	if !cfg.Cluster.Enabled() {
+		mem := cfg.memoryPlan()
 		st, err := storage.Open(storage.Options{
 			Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MinFreeBytes: cfg.Storage.MinFreeBytes, MaxAge: cfg.Storage.MaxAge,
-			IdempotencyTTL: cfg.Storage.IdempotencyTTL, MemTableBytes: cfg.Storage.MemtableBytes, FateTTL: fateTTL,
+			IdempotencyTTL: cfg.Storage.IdempotencyTTL, FateTTL: fateTTL,
+			MemTableBytes: mem.MemTableBytes, BlockCacheBytes: mem.BlockCacheBytes, MaxPendingBytes: mem.MaxPendingBytes,
 			Metrics: g.metrics, Logger: g.log.With("component", "storage"),
 		})
 		if err != nil {
@@ -413,4 +417,17 @@ func (g *gateway) shutdown(timeout time.Duration) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// setMemoryLimit sets the Go runtime's soft memory limit to memory_limit, unless GOMEMLIMIT
+// says otherwise, and logs how the limit is shared out. Only `fleetgate serve` calls it: it is
+// the process's, and tests run many gateways in one process.
+func setMemoryLimit(cfg Config, log *slog.Logger) {
+	p := cfg.memoryPlan()
+	if env := os.Getenv("GOMEMLIMIT"); env != "" {
+		log.Info("memory: GOMEMLIMIT is set, memory_limit sizes only the log", "GOMEMLIMIT", env, "plan", p.String())
+		return
+	}
+	debug.SetMemoryLimit(p.Limit)
+	log.Info("memory", "plan", p.String())
 }

@@ -326,6 +326,11 @@ func (p *AllocatorPool) Get(sz int, tag string) *Allocator {
 		return NewAllocator(sz, tag)
 	}
 }
+
+// poolKeepBytes is how much of its buffers an allocator keeps when it goes back to the pool
+// (fleetgate patch).
+const poolKeepBytes = 8 << 20
+
 func (p *AllocatorPool) Return(a *Allocator) {
 	if a == nil {
 		return
@@ -334,7 +339,9 @@ func (p *AllocatorPool) Return(a *Allocator) {
 		a.Release()
 		return
 	}
-	a.TrimTo(400 << 20)
+	// fleetgate patch: see PATCHES.md at the root of this module. Upstream trims to 400 MiB:
+	// an allocator kept in the pool held the largest buffers it ever grew to.
+	a.TrimTo(poolKeepBytes)
 
 	select {
 	case p.allocCh <- a:

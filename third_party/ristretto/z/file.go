@@ -155,7 +155,7 @@ func (m *MmapFile) Sync() error {
 	if m == nil {
 		return nil
 	}
-	return Msync(m.Data)
+	return msync(m.Data) // fleetgate patch: not Msync, which also drops the pages
 }
 
 func (m *MmapFile) Delete() error {

@@ -28,6 +28,16 @@ func Madvise(b []byte, readahead bool) error {
 }
 
 // Msync would call sync on the mmapped data.
+//
+// fleetgate patch: see PATCHES.md at the root of this module. Badger calls Msync once, on a
+// table it has just written through the mapping; once the table is on disk its pages are
+// dropped from the mapping (they stay in the page cache and come back on a read), so that a
+// table costs resident memory only for what is read of it. MmapFile.Sync, which Badger calls
+// on its write-ahead logs at every commit, calls msync alone.
 func Msync(b []byte) error {
-	return msync(b)
+	if err := msync(b); err != nil {
+		return err
+	}
+	dropPages(b)
+	return nil
 }
