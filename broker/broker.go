@@ -494,6 +494,9 @@ func (b *Broker) Close() error {
 		if !b.started.Load() {
 			return
 		}
+		b.emitter.mu.Lock()
+		b.emitter.wakeUp() // emitted events wait no longer
+		b.emitter.mu.Unlock()
 		b.closeErr = b.server.Close()
 		if b.cluster != nil {
 			b.cluster.stop(true)
