@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"github.com/fleetgate/fleetgate/event"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/storage"
 )
 
 // Presence.
@@ -37,6 +39,11 @@ import (
 // 64 sessions of the client id and once after each start; after a restart versions go on
 // after the reservation, so they may jump by up to 63. With mqtt.presence.grace a connection
 // shorter than the grace period produces no event, so versions may have gaps there too.
+//
+// Where the KV is shared by several gateways (cluster mode: it offers CompareAndPut), each
+// session's version is written there with a compare-and-set instead (nextSharedVersion): no
+// two gateways hand out the same version, and a client id's versions keep growing whichever
+// gateway it connects to.
 
 // Topics of presence events.
 const (
@@ -89,6 +96,9 @@ type presenceConn struct {
 type presenceHook struct {
 	mqtt.HookBase
 	b *Broker
+	// shared is the store's compare-and-set where the KV is shared by several gateways
+	// (cluster mode), nil on a single node.
+	shared compareAndPutter
 
 	locks    [256]sync.Mutex   // by client id: one client id's versions are allocated in order
 	mu       sync.Mutex        // guards versions
@@ -104,6 +114,88 @@ func (h *presenceHook) ID() string { return "fleetgate-presence" }
 
 func (h *presenceHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
+}
+
+// compareAndPutter is what a KV shared by several gateways offers (cluster mode's bucket):
+// value is stored only if key still holds old (found false: nothing), else storage.ErrChanged.
+type compareAndPutter interface {
+	CompareAndPut(key string, old []byte, found bool, value []byte) error
+}
+
+// newPresenceHook returns the presence hook of b.
+func newPresenceHook(b *Broker) *presenceHook {
+	h := &presenceHook{b: b, versions: map[string]uint64{}, reserved: map[string]uint64{},
+		stored: map[string]uint64{}, pending: map[string]uint64{}}
+	h.shared, _ = b.store.(compareAndPutter)
+	return h
+}
+
+// allocate allocates the session version of a new session of the (tenant-scoped) client id,
+// and returns the reservation that must be durable before an event carries it (storeVersion;
+// 0 when it already is). On a single node it does not wait for the store; with a shared KV it
+// writes the version there first, and fails if it cannot.
+func (h *presenceHook) allocate(id string) (v, reserve uint64, err error) {
+	if h.shared != nil {
+		v, err = h.nextSharedVersion(id)
+		return v, 0, err
+	}
+	v, reserve = h.nextVersion(id)
+	return v, reserve, nil
+}
+
+// sharedVersionTries bounds the compare-and-set attempts of one session version: each one
+// that fails lost to another gateway's write of the same client id's version.
+const sharedVersionTries = 16
+
+// nextSharedVersion allocates the next session version of client id in a KV shared by several
+// gateways: the version itself is written to presence/ver/<client id> with a compare-and-set on
+// what was read there, and is used only once that write succeeded. So two gateways never hand
+// out the same version, and a version is always above every one handed out before it,
+// whichever gateway the client id connected to. This costs a KV write per session (a block
+// reserved ahead, as on a single node, would not save it: a read cannot tell a gateway that
+// no other one has reserved since, because the bucket's reads may be answered by a replica
+// that lags behind; only the write's compare-and-set is checked by the bucket's leader).
+func (h *presenceHook) nextSharedVersion(id string) (uint64, error) {
+	l := &h.locks[fnv32(id)%uint32(len(h.locks))]
+	l.Lock()
+	defer l.Unlock()
+	key := keyPresenceVersion + id
+	h.mu.Lock()
+	last, cached := h.versions[id] // what this gateway wrote last: most likely still there
+	h.mu.Unlock()
+	var old []byte
+	found := cached
+	if cached {
+		old = strconv.AppendUint(nil, last, 10)
+	} else {
+		var err error
+		if old, found, err = h.b.store.Get(key); err != nil {
+			return 0, fmt.Errorf("reading the session version of %q: %w", id, err)
+		}
+	}
+	for try := 1; ; try++ {
+		var cur uint64
+		if found {
+			var err error
+			if cur, err = strconv.ParseUint(string(old), 10, 64); err != nil {
+				return 0, fmt.Errorf("reading the session version of %q: %q is not a number", id, old)
+			}
+		}
+		v := cur + 1
+		err := h.shared.CompareAndPut(key, old, found, strconv.AppendUint(nil, v, 10))
+		if err == nil {
+			h.mu.Lock()
+			h.versions[id] = v
+			h.mu.Unlock()
+			return v, nil
+		}
+		if !errors.Is(err, storage.ErrChanged) || try == sharedVersionTries {
+			return 0, fmt.Errorf("storing the session version of %q: %w", id, err)
+		}
+		if old, found, err = h.b.store.Get(key); err != nil { // another gateway wrote it meanwhile
+			return 0, fmt.Errorf("reading the session version of %q: %w", id, err)
+		}
+	}
 }
 
 // versionBlock is how many session versions of one client id are reserved in the KV at a
@@ -220,7 +312,13 @@ func (h *presenceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if s == nil || cl.Net.Inline {
 		return
 	}
-	version, reserve := h.nextVersion(cl.ID)
+	version, reserve, err := h.allocate(cl.ID)
+	if err != nil {
+		// No version that is sure to be new: this connection gets no presence events.
+		b.m.gatewayEventFailed.Inc()
+		b.log.Error("mqtt presence: no session version, no presence events for this connection", "client", cl.ID, "error", err)
+		return
+	}
 	pc := &presenceConn{p: s.p, ready: make(chan struct{}), data: PresenceData{
 		ClientID: s.clientID, Subject: s.p.Subject, Tenant: s.p.Tenant,
 		ProtocolVersion: cl.Properties.ProtocolVersion, Remote: cl.Net.Remote, CleanStart: cl.Properties.Clean,
