@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -305,7 +304,8 @@ func fnv32(s string) uint32 {
 
 // OnSessionEstablished allocates the connection's session version and, off the connection's
 // goroutine, makes it durable and then emits the connected event (after the grace period, if
-// any), so that a connect storm does not wait for the store.
+// any), so that a connect storm does not wait for the store. (With a shared KV the version is
+// written before, on the connection's goroutine: see nextSharedVersion.)
 func (h *presenceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	b := h.b
 	s := b.session(cl)
@@ -452,55 +452,51 @@ func (b *Broker) emit(ev *event.Event, kind string) {
 	e := &b.emitter
 	e.mu.Lock()
 	e.queue = append(e.queue, emitted{ev: ev, kind: kind, size: ev.Size()})
-	e.bytes += e.queue[len(e.queue)-1].size
 	if !e.running {
 		e.running = true
 		go b.emitLoop()
-	} else if e.full() {
-		e.wakeUp()
 	}
 	e.mu.Unlock()
 }
 
-// Rounds of emitted events. A round appends what is queued, at most maxEmitBatch events and
-// maxEmitBytes bytes (under the limits of one request of either log), and waits for its commit.
-// The next round starts emitSpacing times the last round's duration after that round started,
-// at most maxEmitGap later, or as soon as a full batch is queued or the broker closes; a round
-// after a quiet spell starts at once.
+// Rounds of emitted events. A round takes every queued event and hands it to the Gateway at
+// once, in order, in requests of at most maxEmitBatch events and maxEmitBytes bytes (under
+// the limits of one request of either log), which share the store's commit; it ends when all
+// are committed. The next round starts emitSpacing times the last round's duration after that
+// round started (maxEmitGap at most), or at once when the broker closes; a round after a quiet
+// spell starts at once.
 //
 // Why: the store's committer waits for fsync in a system call, and the Go runtime hands that
 // goroutine's P (one of GOMAXPROCS) to other goroutines only once sysmon has seen it there on
-// two of its ticks, which are up to 10 ms apart on a busy process, so a commit of ~1-2 ms keeps
-// its P to the end. Appended back to back, the presence events of a connect storm kept the
-// store in fsync about half of the storm, with one P of two idle for the connections
+// two of its ticks, which are up to 10 ms apart once sysmon has found nothing to take back
+// for a while, so an msync of ~1-2 ms keeps its P to the end. Appended back to back (a
+// round right after the other), the presence events of a connect storm kept the store in
+// msync for half of the storm or more, one P of two held away from the connections
 // (0.64-0.70 of the connect rate with presence off, on a virtual disk; 0.98 on tmpfs). Spaced
 // out, the broker's own events keep the store in fsync at most 1/emitSpacing of the time. Every
-// event is still stored and fsynced, in order; it may be stored up to maxEmitGap later.
+// event is still stored and fsynced, in order; under a storm it may be stored up to
+// emitSpacing commit times later (maxEmitGap at most).
 const (
 	maxEmitBatch = 1024
 	maxEmitBytes = 256 << 10
 	emitSpacing  = 25
-	maxEmitGap   = 100 * time.Millisecond
+	maxEmitGap   = time.Second
 )
 
 // emitter is the queue of events the broker emits, and whether a goroutine drains it.
 type emitter struct {
 	mu      sync.Mutex
 	queue   []emitted
-	bytes   int           // of the queued events (event.Size)
 	running bool          // emitLoop runs
-	next    time.Time     // the next round starts no sooner, unless full or closing
-	wake    chan struct{} // a waiting emitLoop: a full batch is queued, or the broker closes
+	next    time.Time     // the next round starts no sooner, unless the broker closes
+	wake    chan struct{} // a waiting emitLoop: the broker closes
 }
 
 type emitted struct {
 	ev   *event.Event
 	kind string
-	size int
+	size int // ev.Size()
 }
-
-// full reports whether a whole round is queued. e.mu is held.
-func (e *emitter) full() bool { return len(e.queue) >= maxEmitBatch || e.bytes >= maxEmitBytes }
 
 // wakeUp ends a wait of emitLoop. e.mu is held.
 func (e *emitter) wakeUp() {
@@ -522,7 +518,7 @@ func (b *Broker) emitLoop() {
 			e.mu.Unlock()
 			return
 		}
-		if wait := time.Until(e.next); wait > 0 && !e.full() && !b.closed.Load() {
+		if wait := time.Until(e.next); wait > 0 && !b.closed.Load() {
 			if e.wake == nil {
 				e.wake = make(chan struct{}, 1)
 			}
@@ -536,28 +532,43 @@ func (b *Broker) emitLoop() {
 			t.Stop()
 			continue
 		}
-		n, size := 0, 0
-		for n < len(e.queue) && n < maxEmitBatch && (n == 0 || size+e.queue[n].size <= maxEmitBytes) {
-			size += e.queue[n].size
-			n++
-		}
-		batch := slices.Clone(e.queue[:n])
-		e.queue = slices.Delete(e.queue, 0, n)
-		e.bytes -= size
+		round := e.queue
+		e.queue = nil
 		e.mu.Unlock()
-		evs := make([]*event.Event, len(batch))
-		for i, x := range batch {
-			evs[i] = x.ev
-		}
 		start := time.Now()
-		done := make(chan error, 1)
-		b.gw.AcceptAsync(evs, ingest.AcceptOptions{}, func(err error) { done <- err })
-		err := <-done
+		b.emitRound(round)
 		e.mu.Lock()
 		e.next = start.Add(min(emitSpacing*time.Since(start), maxEmitGap))
 		e.mu.Unlock()
-		for _, x := range batch {
-			switch {
+	}
+}
+
+// emitRound appends the events of one round and waits until every request is answered.
+func (b *Broker) emitRound(round []emitted) {
+	var reqs [][]emitted
+	for i := 0; i < len(round); {
+		n, size := 0, 0
+		for i+n < len(round) && n < maxEmitBatch && (n == 0 || size+round[i+n].size <= maxEmitBytes) {
+			size += round[i+n].size
+			n++
+		}
+		reqs = append(reqs, round[i:i+n])
+		i += n
+	}
+	errs := make([]error, len(reqs))
+	var wg sync.WaitGroup
+	for r, req := range reqs {
+		evs := make([]*event.Event, len(req))
+		for i, x := range req {
+			evs[i] = x.ev
+		}
+		wg.Add(1)
+		b.gw.AcceptAsync(evs, ingest.AcceptOptions{}, func(err error) { errs[r] = err; wg.Done() })
+	}
+	wg.Wait()
+	for r, req := range reqs {
+		for _, x := range req {
+			switch err := errs[r]; {
 			case err != nil:
 				b.m.gatewayEventFailed.Inc()
 				b.log.Error("mqtt: gateway event not stored", "kind", x.kind, "topic", x.ev.Topic, "error", err)
