@@ -247,8 +247,7 @@ func New(opts Options) (*Broker, error) {
 		return nil, err
 	}
 	if b.cfg.Presence.Enabled {
-		if err := b.addHook(&presenceHook{b: b, versions: map[string]uint64{}, reserved: map[string]uint64{},
-			stored: map[string]uint64{}, pending: map[string]uint64{}}); err != nil {
+		if err := b.addHook(newPresenceHook(b)); err != nil {
 			return nil, err
 		}
 	}
@@ -494,6 +493,9 @@ func (b *Broker) Close() error {
 		if !b.started.Load() {
 			return
 		}
+		b.emitter.mu.Lock()
+		b.emitter.wakeUp() // emitted events wait no longer
+		b.emitter.mu.Unlock()
 		b.closeErr = b.server.Close()
 		if b.cluster != nil {
 			b.cluster.stop(true)

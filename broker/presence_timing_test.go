@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fleetgate/fleetgate/event"
@@ -25,7 +26,8 @@ import (
 // presence included, have returned). Between storms every client disconnects and, with
 // presence on, every disconnected event is stored before the next storm starts. Presence
 // events are either routed to a function (presence_routed) or, as with the embedded default
-// rule "#", to none (presence_unrouted: stored, then deleted by retention).
+// rule "#", to none (presence_unrouted: stored, then deleted by retention). It also reports the
+// commits (each one fsync) the store with presence on made while the storms ran.
 //
 //	go test -run '^$' -bench ConnectStorm -benchtime 20x ./broker/
 func BenchmarkConnectStorm(b *testing.B) {
@@ -43,10 +45,13 @@ func connectStorm(b *testing.B, routed bool) {
 		connects [][]byte
 		total    time.Duration
 		storms   int
+		commits  *metrics.Counter // the store's commits (each one fsync)
+		during   uint64           // commits while the storms ran
 	}
 	var sides []*side
 	for _, on := range []bool{false, true} {
 		sd := &side{on: on}
+		set := metrics.NewSet()
 		sd.e = newEnv(b, "", func(c *Config, o *Options) {
 			c.Presence.Enabled = on
 			c.MaxConnsPerIP = 0
@@ -64,7 +69,8 @@ func connectStorm(b *testing.B, routed bool) {
 				}
 				o.Gateway = gw
 			}
-		})
+		}, func(o *storage.Options) { o.Metrics = set })
+		sd.commits = set.GetOrCreateCounter("fleetgate_storage_commits_total")
 		sd.connects = make([][]byte, clients)
 		for i := range sd.connects {
 			id := fmt.Sprintf("storm-%d", i)
@@ -80,6 +86,7 @@ func connectStorm(b *testing.B, routed bool) {
 		conns := make([]net.Conn, clients)
 		var next, failed atomic.Int64
 		var wg sync.WaitGroup
+		commits := sd.commits.Get()
 		start := time.Now()
 		for range dialers {
 			wg.Add(1)
@@ -118,6 +125,7 @@ func connectStorm(b *testing.B, routed bool) {
 		}
 		wg.Wait()
 		sd.total += time.Since(start)
+		sd.during += sd.commits.Get() - commits
 		sd.storms++
 		if n := failed.Load(); n > 0 {
 			b.Fatalf("presence=%v: %d of %d clients failed", sd.on, n, clients)
@@ -143,6 +151,9 @@ func connectStorm(b *testing.B, routed bool) {
 	b.StopTimer()
 	for _, sd := range sides {
 		b.ReportMetric(float64(clients*sd.storms)/sd.total.Seconds(), fmt.Sprintf("connects/s_presence_%v", sd.on))
+		if sd.on {
+			b.ReportMetric(float64(sd.during)/float64(sd.storms), "commits/storm_presence_true")
+		}
 	}
 	if got := len(sides[1].e.storedOn("$events/presence/connected/")); routed && got != clients*b.N {
 		b.Fatalf("%d connected events, want %d", got, clients*b.N)
