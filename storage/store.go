@@ -168,6 +168,9 @@ type Store struct {
 	depthMu sync.Mutex
 	depth   map[string]*depthCounter
 
+	wal      *wal   // nil in memory
+	walGroup uint64 // the last group number written to the write-ahead log; committer only
+
 	m storeMetrics
 }
 
@@ -238,9 +241,23 @@ func Open(opts Options) (*Store, error) {
 	if err := checkBeforeOpen(&opts); err != nil { // refuse a damaged dir: Badger would drop data or panic
 		return nil, err
 	}
+	if !opts.InMemory {
+		// Commits are made durable by the store's write-ahead log (wal.go), written with
+		// write(2) and one fdatasync per group: Badger's own sync (an msync of its mapped
+		// memtable log per commit) would only repeat it, at a higher cost.
+		bo.SyncWrites = false
+	}
 	db, err := badger.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("opening storage in %q: %w", opts.Dir, err)
+	}
+	var w *wal
+	var nextGroup uint64
+	if !opts.InMemory {
+		if w, nextGroup, err = openWAL(opts.Dir, db, opts.Logger); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("opening storage in %q: %w", opts.Dir, err)
+		}
 	}
 	s := &Store{
 		opts:    opts,
@@ -250,6 +267,10 @@ func Open(opts Options) (*Store, error) {
 		reqs:    make(chan *writeReq, 1<<14),
 		closing: make(chan struct{}),
 		depth:   map[string]*depthCounter{},
+		wal:     w,
+	}
+	if w != nil {
+		s.walGroup = nextGroup - 1
 	}
 	start := time.Now()
 	if err := s.load(); err != nil {
@@ -293,6 +314,10 @@ func Open(opts Options) (*Store, error) {
 	go s.commitLoop()
 	go s.sweepLoop()
 	go s.gcLoop()
+	if s.wal != nil {
+		s.done.Add(1)
+		go s.checkpointLoop()
+	}
 	return s, nil
 }
 
@@ -473,6 +498,7 @@ type group struct {
 	reqs    []*writeReq
 	start   time.Time
 	seq     uint64 // highest seq assigned in the group
+	wal     uint64 // the group's number in the write-ahead log (0: none)
 	nEvents int
 	err     chan error
 }
@@ -515,7 +541,7 @@ func (s *Store) commitLoop() {
 		}
 		// Opening the transaction waits for the previous commit's fsync; requests arriving
 		// meanwhile join this group.
-		txn := s.db.NewTransaction(true)
+		txn := s.newTxn()
 		reqs := []*writeReq{first}
 		bytes, count := first.size, first.count
 		// The writers released by the previous commit are about to come back: when the last
@@ -565,14 +591,22 @@ func (s *Store) commitLoop() {
 	}
 }
 
+// newTxn opens the update transaction of a commit group.
+func (s *Store) newTxn() *walTxn {
+	if s.wal == nil {
+		return newWALTxn(s.db.NewTransaction(true), nil, false)
+	}
+	return newWALTxn(s.db.NewTransaction(true), s.wal.buf, true)
+}
+
 // begin writes a group's requests into one transaction and hands it to Badger (one fsync for
 // the whole group). Requests that cannot be applied are failed and left out. It returns nil if
 // no request is left. txn, if not nil, is a fresh update transaction to use.
-func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
+func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 	for {
 		g := &group{reqs: reqs, start: time.Now(), err: make(chan error, 1)}
 		if txn == nil {
-			txn = s.db.NewTransaction(true)
+			txn = s.newTxn()
 		}
 		seq := s.lastSeq
 		var buf []byte
@@ -613,6 +647,17 @@ func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
 			g.err <- err
 			return g
 		}
+		if s.wal != nil {
+			// The durable write: the group's record, fdatasynced, before Badger applies it
+			// and before anyone is acknowledged.
+			if err := s.wal.append(s.walGroup+1, txn); err != nil {
+				txn.Discard()
+				g.err <- err
+				return g
+			}
+			s.walGroup++
+			g.wal = s.walGroup
+		}
 		s.lastSeq, g.seq = seq, seq
 		txn.CommitWith(func(err error) { g.err <- err })
 		return g
@@ -628,6 +673,11 @@ func (s *Store) complete(g *group, err error) {
 	s.totalCommitNanos.Add(d)
 	for _, r := range g.reqs {
 		s.pending.Add(-r.size)
+	}
+	if g.wal > 0 {
+		// Applied to Badger (or failed there: then it was never acknowledged, and the
+		// checkpoint may forget it).
+		s.wal.applied.Store(g.wal)
 	}
 	if err != nil {
 		s.m.commitErrors.Inc()
@@ -677,7 +727,7 @@ func (s *Store) complete(g *group, err error) {
 	}
 }
 
-func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
+func (s *Store) applyReq(txn *walTxn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
 	r.logical = 0
 	now := time.Now()
 	for _, e := range r.entries {
@@ -780,6 +830,12 @@ func (s *Store) Close() error {
 	close(s.closing)
 	s.closeMu.Unlock()
 	s.done.Wait()
+	if s.wal != nil {
+		if err := s.wal.close(); err != nil {
+			// The segments stay: the next Open replays them.
+			s.log.Error("storage: closing the write-ahead log", "err", err)
+		}
+	}
 	return s.db.Close()
 }
 
@@ -814,7 +870,7 @@ func (b badgerLogger) Infof(f string, a ...any)    {}
 func (b badgerLogger) Debugf(f string, a ...any)   {}
 
 // applyOp applies one raw op inside the group's transaction.
-func applyOp(txn *badger.Txn, o *op) error {
+func applyOp(txn *walTxn, o *op) error {
 	o.applied = false
 	counted := o.fn != ""
 	if counted || o.moveTo != nil {
