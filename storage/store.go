@@ -1,5 +1,6 @@
 // Package storage is fleetgate's durable log on Badger: group-committed appends of events
-// with a queue entry per chosen function, dead letters, retention, and a small KV.
+// with a queue entry per chosen function (made durable by the store's own write-ahead log,
+// one fdatasync per group), dead letters, retention, and a small KV.
 package storage
 
 import (
@@ -489,8 +490,9 @@ var numMemtables = 3
 // lingerEnabled switches the committer's linger (see commitLoop); benchmarks compare both.
 var lingerEnabled = true
 
-// syncWrites makes every commit fsync before it is acknowledged. Only tests change it: the
-// power-loss tests turn it off once to prove they notice.
+// syncWrites makes every commit fsync (fdatasync its write-ahead log record) before it is
+// acknowledged. Only tests change it: the power-loss tests turn it off once to prove they
+// notice.
 var syncWrites = true
 
 // group is one transaction's worth of requests on its way through Badger.
