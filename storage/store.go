@@ -275,6 +275,9 @@ func Open(opts Options) (*Store, error) {
 	}
 	start := time.Now()
 	if err := s.load(); err != nil {
+		if w != nil {
+			w.f.Close()
+		}
 		db.Close()
 		return nil, err
 	}
