@@ -544,8 +544,8 @@ func (s *Store) commitLoop() {
 				}
 			}
 		}
-		// Opening the transaction waits for the previous commit's fsync; requests arriving
-		// meanwhile join this group.
+		// Opening the transaction waits until Badger has applied the previous group (whose
+		// record was fdatasynced before); requests arriving meanwhile join this group.
 		txn := s.newTxn()
 		reqs := []*writeReq{first}
 		bytes, count := first.size, first.count
@@ -604,8 +604,8 @@ func (s *Store) newTxn() *walTxn {
 	return newWALTxn(s.db.NewTransaction(true), s.wal.buf, true)
 }
 
-// begin writes a group's requests into one transaction and hands it to Badger (one fsync for
-// the whole group). Requests that cannot be applied are failed and left out. It returns nil if
+// begin writes a group's requests into one transaction, appends its record to the write-ahead
+// log (one fdatasync for the whole group) and hands it to Badger. Requests that cannot be applied are failed and left out. It returns nil if
 // no request is left. txn, if not nil, is a fresh update transaction to use.
 func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 	for {
