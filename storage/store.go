@@ -239,14 +239,14 @@ func Open(opts Options) (*Store, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
+
+	// Commits are made durable by the store's write-ahead log (wal.go), written with write(2)
+	// and one fdatasync per group: Badger's own sync (an msync of its mapped memtable log per
+	// commit) would only repeat it, at a higher cost.
+	bo.SyncWrites = false
+
 	if err := checkBeforeOpen(&opts); err != nil { // refuse a damaged dir: Badger would drop data or panic
 		return nil, err
-	}
-	if !opts.InMemory {
-		// Commits are made durable by the store's write-ahead log (wal.go), written with
-		// write(2) and one fdatasync per group: Badger's own sync (an msync of its mapped
-		// memtable log per commit) would only repeat it, at a higher cost.
-		bo.SyncWrites = false
 	}
 	db, err := badger.Open(bo)
 	if err != nil {
