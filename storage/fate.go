@@ -99,7 +99,7 @@ func (s *Store) fateOn() bool { return s.opts.FateTTL > 0 }
 func fateID(id string) bool { return id != "" && len(id) <= 255 && !strings.ContainsRune(id, 0) }
 
 // putFateIndex writes the id → seq record of a newly appended event into txn.
-func (s *Store) putFateIndex(txn *badger.Txn, e *Entry) error {
+func (s *Store) putFateIndex(txn *walTxn, e *Entry) error {
 	if !fateID(e.Event.ID) {
 		return nil
 	}

@@ -23,12 +23,16 @@ import (
 // is in its queue. SIGKILL alone keeps the page cache; the power cut is what catches a missing
 // fsync.
 //
-// Checked to fail without fsync: with `var syncWrites = false` in store.go, `go test
-// -run 'PowerLoss/fsync' ./storage/` fails with "reopening after the power cut: opening
-// storage in ".../backing": while opening memtables err: while opening fid: 1 err: Create a
-// new file" (Badger's memtable log was never synced, so it came back empty). The "no-fsync"
-// subtest keeps that check: it runs the child with syncWrites off and requires the
-// acknowledged events to be gone.
+// Checked to fail without fsync: before the store's write-ahead log (wal.go), with `var
+// syncWrites = false` in store.go, `go test -run 'PowerLoss/fsync' ./storage/` failed with
+// "reopening after the power cut: opening storage in ".../backing": while opening memtables
+// err: while opening fid: 1 err: Create a new file" (Badger's memtable log was never synced,
+// so it came back empty). With the write-ahead log, skipping its fdatasync in wal.append (an
+// ack before the durable write) fails "fsync" with "acknowledged event 7-0 lost in the power
+// cut (2000 acknowledged, 0 found)", and a checkpoint that deletes segments without first
+// syncing Badger's logs fails "fsync-checkpoints" with "acknowledged event 7-1453 lost in the
+// power cut (12000 acknowledged, 11570 found)". The "no-fsync" subtest keeps the first check:
+// it runs the child with syncWrites off and requires the acknowledged events to be gone.
 func TestPowerLossDuringAppends(t *testing.T) {
 	if os.Getenv(powerLossChildEnv) != "" {
 		t.Skip("child mode")
@@ -36,22 +40,28 @@ func TestPowerLossDuringAppends(t *testing.T) {
 	if err := crashfs.Available(); err != nil {
 		t.Skip(err)
 	}
-	t.Run("fsync", func(t *testing.T) {
-		acked, found, err := powerLossRun(t, true)
-		if err != nil {
-			t.Fatalf("reopening after the power cut: %v", err)
+	for _, checkpoints := range []bool{false, true} {
+		name := "fsync"
+		if checkpoints {
+			name = "fsync-checkpoints"
 		}
-		for _, id := range acked {
-			if !found[id] {
-				t.Fatalf("acknowledged event %s lost in the power cut (%d acknowledged, %d found)", id, len(acked), len(found))
+		t.Run(name, func(t *testing.T) {
+			acked, found, err := powerLossRun(t, true, checkpoints)
+			if err != nil {
+				t.Fatalf("reopening after the power cut: %v", err)
 			}
-		}
-		t.Logf("%d acknowledged, %d found after the power cut", len(acked), len(found))
-	})
+			for _, id := range acked {
+				if !found[id] {
+					t.Fatalf("acknowledged event %s lost in the power cut (%d acknowledged, %d found)", id, len(acked), len(found))
+				}
+			}
+			t.Logf("%d acknowledged, %d found after the power cut", len(acked), len(found))
+		})
+	}
 	// Negative control: with fsync off the same run must lose acknowledged events, or the
 	// harness cannot see a missing fsync.
 	t.Run("no-fsync", func(t *testing.T) {
-		acked, found, err := powerLossRun(t, false)
+		acked, found, err := powerLossRun(t, false, false)
 		if err != nil {
 			// Badger's memtable file was never synced either: it came back empty.
 			t.Logf("fsync off: the store does not even open after the power cut (%v): all %d acknowledged events lost, as expected", err, len(acked))
@@ -73,13 +83,17 @@ func TestPowerLossDuringAppends(t *testing.T) {
 const (
 	powerLossChildEnv = "FLEETGATE_POWERLOSS_CHILD" // the child's data dir
 	powerLossSyncEnv  = "FLEETGATE_POWERLOSS_SYNC"  // "off": the child runs with syncWrites off
-	powerLossAcks     = 2000
+	// "on": the child writes small write-ahead log segments, checkpoints them often and fills
+	// small memtables, so that the power cut finds segments deleted, memtables being flushed and
+	// Badger's own logs written but not synced.
+	powerLossCheckpointEnv = "FLEETGATE_POWERLOSS_CHECKPOINTS"
+	powerLossAcks          = 2000
 )
 
 // powerLossRun runs the child on a fresh crashfs mount until powerLossAcks appends are
 // acknowledged, kills it, cuts the power and returns the acknowledged ids and the ids found in
 // the reopened store, or why it did not open.
-func powerLossRun(t *testing.T, fsync bool) (acked []string, found map[string]bool, openErr error) {
+func powerLossRun(t *testing.T, fsync, checkpoints bool) (acked []string, found map[string]bool, openErr error) {
 	dir := t.TempDir()
 	backing, mnt := filepath.Join(dir, "backing"), filepath.Join(dir, "mnt")
 	for _, d := range []string{backing, mnt} {
@@ -98,6 +112,11 @@ func powerLossRun(t *testing.T, fsync bool) (acked []string, found map[string]bo
 	if !fsync {
 		cmd.Env = append(cmd.Env, powerLossSyncEnv+"=off")
 	}
+	want := powerLossAcks
+	if checkpoints {
+		cmd.Env = append(cmd.Env, powerLossCheckpointEnv+"=on")
+		want = 6 * powerLossAcks
+	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -114,14 +133,14 @@ func powerLossRun(t *testing.T, fsync bool) (acked []string, found map[string]bo
 	for sc.Scan() {
 		if id, ok := strings.CutPrefix(sc.Text(), "ACK "); ok {
 			acked = append(acked, id)
-			if len(acked) == powerLossAcks {
+			if len(acked) == want {
 				_ = cmd.Process.Signal(syscall.SIGKILL)
 				break
 			}
 		}
 	}
 	_ = cmd.Wait()
-	if len(acked) < powerLossAcks {
+	if len(acked) < want {
 		t.Fatalf("child acknowledged only %d appends\n%s", len(acked), stderr.String())
 	}
 
@@ -168,7 +187,12 @@ func TestChildPowerLossAppender(t *testing.T) {
 	if os.Getenv(powerLossSyncEnv) == "off" {
 		syncWrites = false
 	}
-	s, err := Open(Options{Dir: dir, SweepInterval: time.Hour, GCInterval: time.Hour})
+	opts, payload := Options{Dir: dir, SweepInterval: time.Hour, GCInterval: time.Hour}, 200
+	if os.Getenv(powerLossCheckpointEnv) == "on" {
+		walSegmentBytes, walCheckpointInterval = 256<<10, 20*time.Millisecond
+		opts.MemTableBytes, payload = MinMemTableBytes, 2000
+	}
+	s, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +204,7 @@ func TestChildPowerLossAppender(t *testing.T) {
 			defer wg.Done()
 			for i := 0; ; i++ {
 				id := strconv.Itoa(w) + "-" + strconv.Itoa(i)
-				if err := s.Append(context.Background(), []*Entry{newEntry(id, strings.Repeat("p", 200), "f")}); err != nil {
+				if err := s.Append(context.Background(), []*Entry{newEntry(id, strings.Repeat("p", payload), "f")}); err != nil {
 					fmt.Fprintln(os.Stderr, "append:", err)
 					return
 				}

@@ -237,14 +237,45 @@ func (s *Store) gcLoop() {
 		case <-s.closing:
 			return
 		case <-t.C:
-			for i := 0; i < 10 && !s.closed.Load(); i++ {
-				if err := s.db.RunValueLogGC(0.5); err != nil {
-					if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-						s.log.Warn("storage: value log GC", "err", err)
-					}
-					break
-				}
+			s.runValueLogGC()
+		}
+	}
+}
+
+// runValueLogGC runs Badger's value-log GC. It moves the live values of a log into the current
+// one, through Badger's write path, and then deletes the old log: with Badger's own sync off
+// (the store's write-ahead log does it) the moved values could be lost to a power cut once the
+// old log is gone. An open iterator defers Badger's deletion until the moved values are synced.
+func (s *Store) runValueLogGC() {
+	var it *badger.Iterator
+	if s.wal != nil {
+		txn := s.db.NewTransaction(false)
+		defer txn.Discard()
+		it = txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
+	}
+	for i := 0; i < 10 && !s.closed.Load(); i++ {
+		if err := s.db.RunValueLogGC(0.5); err != nil {
+			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+				s.log.Warn("storage: value log GC", "err", err)
 			}
+			break
+		}
+	}
+	if it == nil {
+		return
+	}
+	defer it.Close()
+	for {
+		err := syncBadgerLogs(s.opts.Dir)
+		if err == nil {
+			return
+		}
+		// Badger keeps the old logs while the iterator is open; Close syncs them all again.
+		s.log.Error("storage: syncing after value log GC (retrying)", "err", err)
+		select {
+		case <-s.closing:
+			return
+		case <-time.After(time.Second):
 		}
 	}
 }

@@ -1,5 +1,6 @@
 // Package storage is fleetgate's durable log on Badger: group-committed appends of events
-// with a queue entry per chosen function, dead letters, retention, and a small KV.
+// with a queue entry per chosen function (made durable by the store's own write-ahead log,
+// one fdatasync per group), dead letters, retention, and a small KV.
 package storage
 
 import (
@@ -169,6 +170,9 @@ type Store struct {
 	depthMu sync.Mutex
 	depth   map[string]*depthCounter
 
+	wal      *wal   // nil in memory
+	walGroup uint64 // the last group number written to the write-ahead log; committer only
+
 	m storeMetrics
 }
 
@@ -237,6 +241,12 @@ func Open(opts Options) (*Store, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
+
+	// Commits are made durable by the store's write-ahead log (wal.go), written with write(2)
+	// and one fdatasync per group: Badger's own sync (an msync of its mapped memtable log per
+	// commit) would only repeat it, at a higher cost.
+	bo.SyncWrites = false
+
 	if err := checkBeforeOpen(&opts); err != nil { // refuse a damaged dir: Badger would drop data or panic
 		return nil, err
 	}
@@ -247,6 +257,14 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening storage in %q: %w", opts.Dir, err)
 	}
+	var w *wal
+	var nextGroup uint64
+	if !opts.InMemory {
+		if w, nextGroup, err = openWAL(opts.Dir, db, opts.Logger); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("opening storage in %q: %w", opts.Dir, err)
+		}
+	}
 	s := &Store{
 		opts:    opts,
 		limits:  newTxnLimits(opts.MemTableBytes),
@@ -255,9 +273,16 @@ func Open(opts Options) (*Store, error) {
 		reqs:    make(chan *writeReq, 1<<14),
 		closing: make(chan struct{}),
 		depth:   map[string]*depthCounter{},
+		wal:     w,
+	}
+	if w != nil {
+		s.walGroup = nextGroup - 1
 	}
 	start := time.Now()
 	if err := s.load(); err != nil {
+		if w != nil {
+			w.f.Close()
+		}
 		db.Close()
 		return nil, err
 	}
@@ -298,6 +323,10 @@ func Open(opts Options) (*Store, error) {
 	go s.commitLoop()
 	go s.sweepLoop()
 	go s.gcLoop()
+	if s.wal != nil {
+		s.done.Add(1)
+		go s.checkpointLoop()
+	}
 	return s, nil
 }
 
@@ -473,8 +502,9 @@ var numMemtables = 1
 // lingerEnabled switches the committer's linger (see commitLoop); benchmarks compare both.
 var lingerEnabled = true
 
-// syncWrites makes every commit fsync before it is acknowledged. Only tests change it: the
-// power-loss tests turn it off once to prove they notice.
+// syncWrites makes every commit fsync (fdatasync its write-ahead log record) before it is
+// acknowledged. Only tests change it: the power-loss tests turn it off once to prove they
+// notice.
 var syncWrites = true
 
 // group is one transaction's worth of requests on its way through Badger.
@@ -482,6 +512,7 @@ type group struct {
 	reqs    []*writeReq
 	start   time.Time
 	seq     uint64 // highest seq assigned in the group
+	wal     uint64 // the group's number in the write-ahead log (0: none)
 	nEvents int
 	err     chan error
 }
@@ -522,9 +553,9 @@ func (s *Store) commitLoop() {
 				}
 			}
 		}
-		// Opening the transaction waits for the previous commit's fsync; requests arriving
-		// meanwhile join this group.
-		txn := s.db.NewTransaction(true)
+		// Opening the transaction waits until Badger has applied the previous group (whose
+		// record was fdatasynced before); requests arriving meanwhile join this group.
+		txn := s.newTxn()
 		reqs := []*writeReq{first}
 		bytes, count := first.size, first.count
 		// The writers released by the previous commit are about to come back: when the last
@@ -574,14 +605,22 @@ func (s *Store) commitLoop() {
 	}
 }
 
-// begin writes a group's requests into one transaction and hands it to Badger (one fsync for
-// the whole group). Requests that cannot be applied are failed and left out. It returns nil if
+// newTxn opens the update transaction of a commit group.
+func (s *Store) newTxn() *walTxn {
+	if s.wal == nil {
+		return newWALTxn(s.db.NewTransaction(true), nil, false)
+	}
+	return newWALTxn(s.db.NewTransaction(true), s.wal.buf, true)
+}
+
+// begin writes a group's requests into one transaction, appends its record to the write-ahead
+// log (one fdatasync for the whole group) and hands it to Badger. Requests that cannot be applied are failed and left out. It returns nil if
 // no request is left. txn, if not nil, is a fresh update transaction to use.
-func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
+func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 	for {
 		g := &group{reqs: reqs, start: time.Now(), err: make(chan error, 1)}
 		if txn == nil {
-			txn = s.db.NewTransaction(true)
+			txn = s.newTxn()
 		}
 		seq := s.lastSeq
 		var buf []byte
@@ -622,6 +661,17 @@ func (s *Store) begin(txn *badger.Txn, reqs []*writeReq) *group {
 			g.err <- err
 			return g
 		}
+		if s.wal != nil {
+			// The durable write: the group's record, fdatasynced, before Badger applies it
+			// and before anyone is acknowledged.
+			if err := s.wal.append(s.walGroup+1, txn); err != nil {
+				txn.Discard()
+				g.err <- err
+				return g
+			}
+			s.walGroup++
+			g.wal = s.walGroup
+		}
 		s.lastSeq, g.seq = seq, seq
 		txn.CommitWith(func(err error) { g.err <- err })
 		return g
@@ -637,6 +687,11 @@ func (s *Store) complete(g *group, err error) {
 	s.totalCommitNanos.Add(d)
 	for _, r := range g.reqs {
 		s.pending.Add(-r.size)
+	}
+	if g.wal > 0 {
+		// Applied to Badger (or failed there: then it was never acknowledged, and the
+		// checkpoint may forget it).
+		s.wal.applied.Store(g.wal)
 	}
 	if err != nil {
 		s.m.commitErrors.Inc()
@@ -686,7 +741,7 @@ func (s *Store) complete(g *group, err error) {
 	}
 }
 
-func (s *Store) applyReq(txn *badger.Txn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
+func (s *Store) applyReq(txn *walTxn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
 	r.logical = 0
 	now := time.Now()
 	for _, e := range r.entries {
@@ -789,6 +844,12 @@ func (s *Store) Close() error {
 	close(s.closing)
 	s.closeMu.Unlock()
 	s.done.Wait()
+	if s.wal != nil {
+		if err := s.wal.close(); err != nil {
+			// The segments stay: the next Open replays them.
+			s.log.Error("storage: closing the write-ahead log", "err", err)
+		}
+	}
 	return s.db.Close()
 }
 
@@ -823,7 +884,7 @@ func (b badgerLogger) Infof(f string, a ...any)    {}
 func (b badgerLogger) Debugf(f string, a ...any)   {}
 
 // applyOp applies one raw op inside the group's transaction.
-func applyOp(txn *badger.Txn, o *op) error {
+func applyOp(txn *walTxn, o *op) error {
 	o.applied = false
 	counted := o.fn != ""
 	if counted || o.moveTo != nil {

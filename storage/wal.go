@@ -1,0 +1,535 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// The store's own write-ahead log, in front of Badger. Every commit group is appended to a
+// segment file as one record with write(2) and made durable with one fdatasync; only then is
+// the group handed to Badger (whose own sync is off) and its callers acknowledged. Badger
+// would otherwise msync its memory-mapped memtable log once per commit, and fault its pages
+// back in after every sync: that was a third of the process's CPU under single-event load.
+//
+// A record holds the group's writes as they went to Badger (sets with their absolute expiry,
+// deletes), not the operations that produced them, so replaying a record is a blind write:
+// replaying every record after the last checkpoint, in order, over whatever Badger recovered
+// leaves each key as the last record wrote it. A checkpoint syncs Badger's files (its memtable
+// and value logs) and then records, in its own file, the last group they hold; segments
+// wholly at or below it are deleted. At open, records above the checkpoint are replayed; a
+// torn record at a segment's end (a write that was never acknowledged) ends that segment.
+//
+// Layout in <data dir>/wal/: NNNNNNNNNNNNNNNN.log segments (hex number, ascending) and the
+// file checkpoint. Record: 4 bytes payload length, 4 bytes CRC-32C of the payload (little
+// endian), the payload: 8 bytes group number and 4 bytes count of writes (big endian), then
+// each write: kind (0 set, 1 delete), uvarint key length, key, and for a set a uvarint value
+// length, the value and a uvarint expiry (Unix seconds, 0: none).
+
+const (
+	walDirName        = "wal"
+	walSuffix         = ".log"
+	walCheckpointName = "checkpoint"
+	walRecordHeader   = 8
+	walPayloadHeader  = 12 // group number and count of writes
+	// walMaxRecordBytes bounds a record read back: a length above it is damage, not a group
+	// (a group is at most a Badger transaction: 15% of the largest memtable's bytes).
+	walMaxRecordBytes = 256 << 20
+	walSet, walDelete = 0, 1
+)
+
+var walCRC = crc32.MakeTable(crc32.Castagnoli)
+
+// errWALTorn means a record is cut short or fails its checksum: the end of what was written.
+var errWALTorn = errors.New("torn or damaged write-ahead log record")
+
+// walWrite is one write of a record.
+type walWrite struct {
+	del        bool
+	key, value []byte
+	expiresAt  uint64
+}
+
+// walTxn is a Badger transaction that also encodes, for the write-ahead log, every write made
+// through it. The committer's code writes through it only. rec is the record being built: its
+// headers are filled in by the log when it is written.
+type walTxn struct {
+	*badger.Txn
+	n   int
+	rec []byte // nil: no log (a store in memory)
+}
+
+// newWALTxn starts a transaction whose record is built in buf's space, or none if !logged.
+func newWALTxn(txn *badger.Txn, buf []byte, logged bool) *walTxn {
+	t := &walTxn{Txn: txn}
+	if logged {
+		t.rec = append(buf[:0], make([]byte, walRecordHeader+walPayloadHeader)...)
+	}
+	return t
+}
+
+func (t *walTxn) SetEntry(e *badger.Entry) error {
+	if err := t.Txn.SetEntry(e); err != nil || t.rec == nil {
+		return err
+	}
+	t.n++
+	t.rec = appendWALWrite(t.rec, walWrite{key: e.Key, value: e.Value, expiresAt: e.ExpiresAt})
+	return nil
+}
+
+func (t *walTxn) Delete(key []byte) error {
+	if err := t.Txn.Delete(key); err != nil || t.rec == nil {
+		return err
+	}
+	t.n++
+	t.rec = appendWALWrite(t.rec, walWrite{del: true, key: key})
+	return nil
+}
+
+// appendWALWrite appends the encoding of one write of a record to rec.
+func appendWALWrite(rec []byte, w walWrite) []byte {
+	if w.del {
+		rec = append(rec, walDelete)
+		rec = binary.AppendUvarint(rec, uint64(len(w.key)))
+		return append(rec, w.key...)
+	}
+	rec = append(rec, walSet)
+	rec = binary.AppendUvarint(rec, uint64(len(w.key)))
+	rec = append(rec, w.key...)
+	rec = binary.AppendUvarint(rec, uint64(len(w.value)))
+	rec = append(rec, w.value...)
+	return binary.AppendUvarint(rec, w.expiresAt)
+}
+
+// walRecord returns the record of group with writes (tests and the fuzz target).
+func walRecord(group uint64, writes []walWrite) []byte {
+	rec := make([]byte, walRecordHeader+walPayloadHeader)
+	for _, w := range writes {
+		rec = appendWALWrite(rec, w)
+	}
+	sealWALRecord(rec, group, len(writes))
+	return rec
+}
+
+// sealWALRecord fills in the headers of rec, a record of group with n writes encoded after
+// its headers.
+func sealWALRecord(rec []byte, group uint64, n int) {
+	binary.BigEndian.PutUint64(rec[walRecordHeader:], group)
+	binary.BigEndian.PutUint32(rec[walRecordHeader+8:], uint32(n))
+	payload := rec[walRecordHeader:]
+	binary.LittleEndian.PutUint32(rec, uint32(len(payload)))
+	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(payload, walCRC))
+}
+
+// decodeWALRecord decodes the record at the start of b: its group, its writes (aliasing b) and
+// its length in bytes. It fails with errWALTorn when b does not start with a whole, intact
+// record.
+func decodeWALRecord(b []byte) (group uint64, writes []walWrite, n int, err error) {
+	if len(b) < walRecordHeader {
+		return 0, nil, 0, errWALTorn
+	}
+	size := binary.LittleEndian.Uint32(b)
+	if size < walPayloadHeader || size > walMaxRecordBytes || int64(size) > int64(len(b)-walRecordHeader) {
+		return 0, nil, 0, errWALTorn
+	}
+	p := b[walRecordHeader : walRecordHeader+int(size)]
+	if crc32.Checksum(p, walCRC) != binary.LittleEndian.Uint32(b[4:]) {
+		return 0, nil, 0, errWALTorn
+	}
+	group = binary.BigEndian.Uint64(p)
+	count := binary.BigEndian.Uint32(p[8:])
+	p = p[walPayloadHeader:]
+	if int64(count) > int64(len(p)/2) { // every write takes at least 2 bytes
+		return 0, nil, 0, fmt.Errorf("%w: write count", errWALTorn)
+	}
+	bytesOf := func() ([]byte, bool) {
+		l, k := binary.Uvarint(p)
+		if k <= 0 || l > uint64(len(p)-k) {
+			return nil, false
+		}
+		v := p[k : k+int(l) : k+int(l)]
+		p = p[k+int(l):]
+		return v, true
+	}
+	writes = make([]walWrite, 0, count)
+	for range count {
+		if len(p) == 0 {
+			return 0, nil, 0, fmt.Errorf("%w: %d writes announced, %d found", errWALTorn, count, len(writes))
+		}
+		var w walWrite
+		kind := p[0]
+		p = p[1:]
+		var ok bool
+		if w.key, ok = bytesOf(); !ok {
+			return 0, nil, 0, fmt.Errorf("%w: key", errWALTorn)
+		}
+		switch kind {
+		case walDelete:
+			w.del = true
+		case walSet:
+			if w.value, ok = bytesOf(); !ok {
+				return 0, nil, 0, fmt.Errorf("%w: value", errWALTorn)
+			}
+			e, k := binary.Uvarint(p)
+			if k <= 0 {
+				return 0, nil, 0, fmt.Errorf("%w: expiry", errWALTorn)
+			}
+			w.expiresAt, p = e, p[k:]
+		default:
+			return 0, nil, 0, fmt.Errorf("%w: write kind %d", errWALTorn, kind)
+		}
+		writes = append(writes, w)
+	}
+	if len(p) != 0 {
+		return 0, nil, 0, fmt.Errorf("%w: %d bytes after the writes", errWALTorn, len(p))
+	}
+	return group, writes, walRecordHeader + int(size), nil
+}
+
+// wal is the write-ahead log of an open store. append is called by the committer only;
+// checkpoint by one goroutine at a time.
+type wal struct {
+	dir  string
+	log  *slog.Logger
+	sync bool // fdatasync every record (syncWrites)
+
+	f      *os.File // the segment being written (committer only)
+	seg    uint64   // its number
+	size   int64
+	buf    []byte
+	broken error // a failed write could not be undone: nothing more is written
+
+	mu     sync.Mutex
+	closed []walSegment // full segments, oldest first
+
+	applied    atomic.Uint64 // every group up to this one has been applied to Badger
+	checkpoint uint64        // the last checkpoint's group (checkpointer only)
+	wake       chan struct{}
+}
+
+type walSegment struct{ n, lastGroup uint64 }
+
+func walSegmentName(n uint64) string { return fmt.Sprintf("%016x%s", n, walSuffix) }
+
+// openWAL replays dir's write-ahead log into db (records above the last checkpoint, in
+// order), checkpoints the result and starts a new segment. It returns the log and the next
+// group number.
+func openWAL(dataDir string, db *badger.DB, log *slog.Logger) (*wal, uint64, error) {
+	w := &wal{dir: filepath.Join(dataDir, walDirName), log: log, sync: syncWrites, wake: make(chan struct{}, 1)}
+	if err := os.MkdirAll(w.dir, 0o700); err != nil {
+		return nil, 0, fmt.Errorf("opening the write-ahead log: %w", err)
+	}
+	cp, err := w.readCheckpoint()
+	if err != nil {
+		return nil, 0, err
+	}
+	segs, err := w.segments()
+	if err != nil {
+		return nil, 0, err
+	}
+	w.checkpoint = cp
+	last, replayed := cp, 0
+	for _, n := range segs {
+		data, err := os.ReadFile(filepath.Join(w.dir, walSegmentName(n)))
+		if err != nil {
+			return nil, 0, fmt.Errorf("opening the write-ahead log: %w", err)
+		}
+		for off := 0; off < len(data); {
+			group, writes, size, err := decodeWALRecord(data[off:])
+			if err != nil {
+				// The tail of a write that failed or was cut by a crash: never acknowledged.
+				log.Warn("storage: write-ahead log ends in a torn record, dropped (it was never acknowledged)",
+					"segment", walSegmentName(n), "offset", off, "bytes", len(data)-off, "err", err)
+				break
+			}
+			off += size
+			if group <= cp {
+				continue
+			}
+			if err := replayWALRecord(db, writes); err != nil {
+				return nil, 0, fmt.Errorf("opening storage: replaying the write-ahead log (%s at %d): %w", walSegmentName(n), off-size, err)
+			}
+			last, replayed = max(last, group), replayed+1
+		}
+	}
+	if replayed > 0 {
+		log.Info("storage: write-ahead log replayed", "groups", replayed, "segments", len(segs))
+	}
+	w.applied.Store(last)
+	if len(segs) > 0 {
+		w.seg = segs[len(segs)-1]
+		for _, n := range segs {
+			w.closed = append(w.closed, walSegment{n: n, lastGroup: last})
+		}
+		if err := w.doCheckpoint(); err != nil {
+			return nil, 0, err
+		}
+	}
+	if err := w.rotate(); err != nil {
+		return nil, 0, err
+	}
+	return w, last + 1, nil
+}
+
+// replayWALRecord applies a record's writes to db in one transaction.
+func replayWALRecord(db *badger.DB, writes []walWrite) error {
+	txn := db.NewTransaction(true)
+	defer txn.Discard()
+	for _, w := range writes {
+		var err error
+		if w.del {
+			err = txn.Delete(w.key)
+		} else {
+			e := badger.NewEntry(w.key, w.value)
+			e.ExpiresAt = w.expiresAt
+			err = txn.SetEntry(e)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return txn.Commit()
+}
+
+func (w *wal) segments() ([]uint64, error) {
+	entries, err := os.ReadDir(w.dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening the write-ahead log: %w", err)
+	}
+	var segs []uint64
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), walSuffix)
+		if !ok || e.IsDir() {
+			continue
+		}
+		if n, err := strconv.ParseUint(name, 16, 64); err == nil {
+			segs = append(segs, n)
+		}
+	}
+	slices.Sort(segs)
+	return segs, nil
+}
+
+func (w *wal) readCheckpoint() (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(w.dir, walCheckpointName))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("opening the write-ahead log: %w", err)
+	}
+	if len(b) != 12 || crc32.Checksum(b[:8], walCRC) != binary.LittleEndian.Uint32(b[8:]) {
+		// Written to a temporary file, synced and renamed: it is whole or absent.
+		return 0, fmt.Errorf("opening storage: %w: the write-ahead log's checkpoint file is corrupt", ErrDamaged)
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// append writes one group's record (built by txn) and makes it durable. On failure nothing
+// of it remains (the segment is cut back), or, if that fails too, the log refuses every later
+// record. The log keeps the record's buffer for the next transaction (see newWALTxn).
+func (w *wal) append(group uint64, txn *walTxn) error {
+	if w.broken != nil {
+		return w.broken
+	}
+	sealWALRecord(txn.rec, group, txn.n)
+	w.buf = txn.rec
+	_, err := w.f.Write(w.buf)
+	if err == nil && w.sync {
+		if err = syscall.Fdatasync(int(w.f.Fd())); err != nil {
+			// After a failed fdatasync the kernel may have dropped the dirty pages: what the
+			// file holds is no longer known.
+			w.broken = fmt.Errorf("write-ahead log: fdatasync failed, nothing more is written: %w", err)
+			return fmt.Errorf("writing the write-ahead log: %w", err)
+		}
+	}
+	if err != nil {
+		if terr := w.f.Truncate(w.size); terr != nil {
+			w.broken = fmt.Errorf("write-ahead log: a failed write could not be undone (%v): %w", terr, err)
+		} else if _, serr := w.f.Seek(w.size, io.SeekStart); serr != nil {
+			w.broken = fmt.Errorf("write-ahead log: a failed write could not be undone (%v): %w", serr, err)
+		}
+		return fmt.Errorf("writing the write-ahead log: %w", err)
+	}
+	w.size += int64(len(w.buf))
+	if cap(w.buf) > 4<<20 {
+		w.buf = nil // a large group's buffer is not kept
+	}
+	if w.size >= walSegmentBytes {
+		w.mu.Lock()
+		w.closed = append(w.closed, walSegment{n: w.seg, lastGroup: group})
+		w.mu.Unlock()
+		if err := w.rotate(); err != nil {
+			w.broken = err
+		}
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// rotate starts the next segment; the directory is synced so that the new file survives.
+func (w *wal) rotate() error {
+	f, err := os.OpenFile(filepath.Join(w.dir, walSegmentName(w.seg+1)), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("write-ahead log: starting a segment: %w", err)
+	}
+	if err := syncDir(w.dir); err != nil {
+		f.Close()
+		return fmt.Errorf("write-ahead log: starting a segment: %w", err)
+	}
+	if w.f != nil {
+		w.f.Close()
+	}
+	w.f, w.seg, w.size = f, w.seg+1, 0
+	return nil
+}
+
+// doCheckpoint makes every group applied so far durable in Badger, records that, and deletes
+// the full segments it covers.
+func (w *wal) doCheckpoint() error {
+	w.mu.Lock()
+	segs := slices.Clone(w.closed)
+	w.mu.Unlock()
+	upTo := w.applied.Load()
+	if len(segs) == 0 || segs[0].lastGroup > upTo {
+		return nil
+	}
+	// Badger's data dir: its memtable logs (the current one and those waiting to be flushed)
+	// and value logs hold what is not yet in a table; tables are synced as they are written.
+	if err := syncBadgerLogs(filepath.Dir(w.dir)); err != nil {
+		return fmt.Errorf("write-ahead log checkpoint: %w", err)
+	}
+	if upTo > w.checkpoint {
+		b := binary.BigEndian.AppendUint64(nil, upTo)
+		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, walCRC))
+		tmp := filepath.Join(w.dir, walCheckpointName+".tmp")
+		if err := writeFileSync(tmp, b); err != nil {
+			return fmt.Errorf("write-ahead log checkpoint: %w", err)
+		}
+		if err := os.Rename(tmp, filepath.Join(w.dir, walCheckpointName)); err != nil {
+			return fmt.Errorf("write-ahead log checkpoint: %w", err)
+		}
+		if err := syncDir(w.dir); err != nil {
+			return fmt.Errorf("write-ahead log checkpoint: %w", err)
+		}
+		w.checkpoint = upTo
+	}
+	done := 0
+	for _, s := range segs {
+		if s.lastGroup > upTo {
+			break
+		}
+		if err := os.Remove(filepath.Join(w.dir, walSegmentName(s.n))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("write-ahead log checkpoint: %w", err)
+		}
+		done++
+	}
+	w.mu.Lock()
+	w.closed = w.closed[done:]
+	w.mu.Unlock()
+	return nil
+}
+
+// close checkpoints everything (the committer has stopped) and closes the segment.
+func (w *wal) close() error {
+	if w.f == nil {
+		return nil
+	}
+	w.mu.Lock()
+	w.closed = append(w.closed, walSegment{n: w.seg, lastGroup: w.applied.Load()})
+	w.mu.Unlock()
+	err := w.f.Close()
+	w.f = nil
+	if cerr := w.doCheckpoint(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// syncBadgerLogs fsyncs every memtable (.mem) and value (.vlog) log in dir. Badger writes them
+// through memory maps; fsync on any descriptor of the file writes its dirty pages.
+func syncBadgerLogs(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() || !(strings.HasSuffix(e.Name(), ".mem") || strings.HasSuffix(e.Name(), ".vlog")) {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // flushed to a table meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return syncDir(dir)
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Tests make these small, to exercise segments and checkpoints.
+var (
+	// walSegmentBytes is the size at which the committer starts a new segment, so that the
+	// checkpointer can delete the old one.
+	walSegmentBytes int64 = 8 << 20
+	// walCheckpointInterval is how often the checkpointer looks for full segments to delete
+	// (and sooner when the committer starts a new segment).
+	walCheckpointInterval = time.Second
+)
+
+// checkpointLoop deletes the write-ahead log's segments once Badger holds them durably.
+func (s *Store) checkpointLoop() {
+	defer s.done.Done()
+	t := time.NewTicker(walCheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
+		case <-s.wal.wake:
+		}
+		if err := s.wal.doCheckpoint(); err != nil {
+			s.log.Error("storage: write-ahead log checkpoint failed (its segments are kept and replayed at the next start)", "err", err)
+		}
+	}
+}
