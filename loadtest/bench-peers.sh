@@ -37,7 +37,7 @@ if [ -z "$MOSQUITTO" ]; then
 	log "installing mosquitto (Debian package)"
 	SUDO=""
 	[ "$(id -u)" -ne 0 ] && SUDO="sudo"
-	$SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+	$SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 	MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 	[ -x "$MOSQUITTO" ] || die "mosquitto could not be installed"
 fi
