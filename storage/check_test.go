@@ -560,3 +560,33 @@ func TestEmptyWriteAheadLogSetAside(t *testing.T) {
 		t.Fatalf("the empty log was not moved aside: %v", aside)
 	}
 }
+
+// TestCheckWriteAheadLog: `storage check` reads the store's own write-ahead log too: a torn
+// end is a note (normal after a crash), damage in the middle of a segment is a problem.
+func TestCheckWriteAheadLog(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	if err := s.Append(context.Background(), []*Entry{newEntry("a", "x", "f")}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	set := walWrite{key: []byte("k"), value: []byte("v")}
+	seg := filepath.Join(dir, walDirName, walSegmentName(1<<40))
+	r1, r2 := walRecord(1<<40, []walWrite{set}), walRecord(1<<40+1, []walWrite{set})
+	if err := os.WriteFile(seg, append(slices.Clone(r1), r2[:len(r2)-2]...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Check(dir)
+	if err != nil || r.Damaged() || !slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "torn record") }) {
+		t.Fatalf("a torn end: %+v, %v (want a note, no problem)", r, err)
+	}
+	r1[len(r1)-1] ^= 0xff
+	if err := os.WriteFile(seg, append(r1, r2...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err = Check(dir)
+	if err != nil || !r.Damaged() || !strings.Contains(strings.Join(r.Problems, ";"), "write-ahead log segment") {
+		t.Fatalf("damage in the middle: %+v, %v (want a problem naming the segment)", r, err)
+	}
+	t.Log(r.Problems)
+}

@@ -248,22 +248,23 @@ func openWAL(dataDir string, db *badger.DB, log *slog.Logger) (*wal, uint64, err
 		if err != nil {
 			return nil, 0, fmt.Errorf("opening the write-ahead log: %w", err)
 		}
-		for off := 0; off < len(data); {
-			group, writes, size, err := decodeWALRecord(data[off:])
-			if err != nil {
-				// The tail of a write that failed or was cut by a crash: never acknowledged.
-				log.Warn("storage: write-ahead log ends in a torn record, dropped (it was never acknowledged)",
-					"segment", walSegmentName(n), "offset", off, "bytes", len(data)-off, "err", err)
-				break
-			}
-			off += size
+		torn, err := walScan(walSegmentName(n), w.dir, data, func(group uint64, writes []walWrite, off, size int) error {
 			if group <= cp {
-				continue
+				return nil
 			}
 			if err := replayWALRecord(db, writes); err != nil {
-				return nil, 0, fmt.Errorf("opening storage: replaying the write-ahead log (%s at %d): %w", walSegmentName(n), off-size, err)
+				return fmt.Errorf("opening storage: replaying the write-ahead log (%s at %d): %w", walSegmentName(n), off, err)
 			}
 			last, replayed = max(last, group), replayed+1
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+		if torn >= 0 {
+			// The tail of a write that failed or was cut by a crash: never acknowledged.
+			log.Warn("storage: write-ahead log ends in a torn record, dropped (it was never acknowledged)",
+				"segment", walSegmentName(n), "offset", torn, "bytes", len(data)-torn)
 		}
 	}
 	if replayed > 0 {
@@ -283,6 +284,50 @@ func openWAL(dataDir string, db *badger.DB, log *slog.Logger) (*wal, uint64, err
 		return nil, 0, err
 	}
 	return w, last + 1, nil
+}
+
+// walScan calls fn for each intact record of segment name (in dir) held in data, in order. It
+// returns the offset of a torn end (-1: none), or an error wrapping ErrDamaged when a record in
+// the middle is damaged (see walDamagedAt).
+func walScan(name, dir string, data []byte, fn func(group uint64, writes []walWrite, off, size int) error) (torn int, err error) {
+	for off := 0; off < len(data); {
+		group, writes, size, err := decodeWALRecord(data[off:])
+		if err != nil {
+			if walDamagedAt(data[off:]) {
+				// A whole record that fails its checksum with more written after it: not the
+				// torn end of a write but damage, and records after it may have been
+				// acknowledged. Refuse rather than replay around a hole.
+				return -1, fmt.Errorf("%w: write-ahead log segment %s is damaged at offset %d (a whole record fails its checksum, and more was written after it), so the records after it cannot be replayed safely. Keep a copy of %s; moving it aside lets the gateway start, but loses the events it holds that Badger had not synced",
+					ErrDamaged, name, off, dir)
+			}
+			return off, nil
+		}
+		if err := fn(group, writes, off, size); err != nil {
+			return -1, err
+		}
+		off += size
+	}
+	return -1, nil
+}
+
+// walDamagedAt reports whether b, which does not start with an intact record, starts with a
+// record whose whole length is there and is followed by more than zeros: damage in the middle
+// of a segment. A torn write (a crash or a failed write at the end) runs past the end of the
+// segment or is followed only by zeros (blocks allocated, never written).
+func walDamagedAt(b []byte) bool {
+	if len(b) < walRecordHeader {
+		return false
+	}
+	end := walRecordHeader + int64(binary.LittleEndian.Uint32(b))
+	if end > int64(len(b)) {
+		return false
+	}
+	for _, c := range b[end:] {
+		if c != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // replayWALRecord applies a record's writes to db in one transaction.

@@ -92,6 +92,57 @@ func TestWALReplay(t *testing.T) {
 	}
 }
 
+// TestWALDamageInTheMiddle: a record that fails its checksum with more records after it is
+// damage, not a torn end: the log refuses to open (ErrDamaged) rather than replay the records
+// after the hole, which may have been acknowledged. A torn end followed only by zeros is not.
+func TestWALDamageInTheMiddle(t *testing.T) {
+	set := func(k, v string) walWrite { return walWrite{key: []byte(k), value: []byte(v)} }
+	for _, c := range []struct {
+		name    string
+		seg     func() []byte
+		damaged bool
+	}{
+		{"flipped byte, records after", func() []byte {
+			r1 := walRecord(1, []walWrite{set("a", "1")})
+			r1[len(r1)-1] ^= 0xff
+			return append(r1, walRecord(2, []walWrite{set("b", "1")})...)
+		}, true},
+		{"torn end, zeros after", func() []byte {
+			r1 := walRecord(1, []walWrite{set("a", "1")})
+			r2 := walRecord(2, []walWrite{set("b", "1")})
+			return append(append(r1, r2[:len(r2)-3]...), make([]byte, 4096)...)
+		}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			wdir := filepath.Join(dir, walDirName)
+			if err := os.Mkdir(wdir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(wdir, walSegmentName(1)), c.seg(), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			w, _, err := openWAL(dir, db, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if c.damaged {
+				if !errors.Is(err, ErrDamaged) {
+					t.Fatalf("open: %v, want ErrDamaged", err)
+				}
+				t.Log(err)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = w.close()
+		})
+	}
+}
+
 // TestStoreWALAcrossReopen: what a store acknowledged before Close is there after Open, and a
 // closed store leaves no segment to replay.
 func TestStoreWALAcrossReopen(t *testing.T) {
