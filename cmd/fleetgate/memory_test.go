@@ -35,7 +35,11 @@ func TestMemoryLimitSizesTheLog(t *testing.T) {
 	f("memory_limit: 1073741824", 64<<20, 32<<20, "")
 	f("memory_limit: 16777216", 0, 0, "memory_limit: at least")
 	f("storage: {memtable_bytes: 1048576}", 0, 0, "storage.memtable_bytes: at least")
-	if DefaultConfig().MemoryLimit != storage.DefaultMemoryLimit {
-		t.Fatal("DefaultConfig does not use storage.DefaultMemoryLimit")
+	if DefaultConfig().MemoryLimit != 0 {
+		t.Fatal("DefaultConfig sets a memory_limit: the runtime's soft limit must be opt-in")
+	}
+	def := DefaultConfig()
+	if p := def.memoryPlan(); p.Limit != storage.DefaultMemoryLimit {
+		t.Fatalf("the default plan is for %d, want storage.DefaultMemoryLimit", p.Limit)
 	}
 }

@@ -424,6 +424,10 @@ func (g *gateway) shutdown(timeout time.Duration) error {
 // the process's, and tests run many gateways in one process.
 func setMemoryLimit(cfg Config, log *slog.Logger) {
 	p := cfg.memoryPlan()
+	if cfg.MemoryLimit == 0 {
+		log.Info("memory: no memory_limit; the log is sized as for the default, the Go runtime has no soft limit", "plan", p.String())
+		return
+	}
 	if env := os.Getenv("GOMEMLIMIT"); env != "" {
 		log.Info("memory: GOMEMLIMIT is set, memory_limit sizes only the log", "GOMEMLIMIT", env, "plan", p.String())
 		return
