@@ -86,13 +86,13 @@ const defaultDataDir = "./fleetgate-data"
 // DefaultConfig is the embedded configuration `fleetgate serve` runs on without a file.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:     defaultDataDir,
-		MQTT:        broker.DefaultConfig(),
-		HTTP:        ingest.DefaultHTTPConfig(),
-		Auth:        auth.DefaultConfig(),
-		Storage:     StorageConfig{IdempotencyTTL: 24 * time.Hour, FateTTL: storage.DefaultFateTTL},
-		Log:         LogConfig{Level: "info", Format: "text"},
-		Shadow:      ShadowConfig{MaxBytes: shadow.DefaultMaxBytes},
+		DataDir: defaultDataDir,
+		MQTT:    broker.DefaultConfig(),
+		HTTP:    ingest.DefaultHTTPConfig(),
+		Auth:    auth.DefaultConfig(),
+		Storage: StorageConfig{IdempotencyTTL: 24 * time.Hour, FateTTL: storage.DefaultFateTTL},
+		Log:     LogConfig{Level: "info", Format: "text"},
+		Shadow:  ShadowConfig{MaxBytes: shadow.DefaultMaxBytes},
 	}
 }
 
