@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"syscall"
 	"time"
@@ -419,19 +420,41 @@ func (g *gateway) shutdown(timeout time.Duration) error {
 	return errors.Join(errs...)
 }
 
-// setMemoryLimit sets the Go runtime's soft memory limit to memory_limit, unless GOMEMLIMIT
-// says otherwise, and logs how the limit is shared out. Only `fleetgate serve` calls it: it is
-// the process's, and tests run many gateways in one process.
+// setMemoryLimit sets the Go runtime's soft memory limit, unless GOMEMLIMIT is set (then
+// memory_limit only sizes the log):
+//   - memory_limit set: that limit, fixed (the operator's bound, e.g. under a container's);
+//   - unset: a floor of storage.DefaultMemoryLimit that follows the live heap (twice it, see
+//     softLimit), so that a small gateway returns the garbage of its bursts (Badger's table
+//     builds) quickly, and a large one (10 000 connections are about 300 MiB live) never has
+//     its collector running all the time against a limit under its live memory.
 func setMemoryLimit(cfg Config, log *slog.Logger) {
 	p := cfg.memoryPlan()
-	if cfg.MemoryLimit == 0 {
-		log.Info("memory: no memory_limit; the log is sized as for the default, the Go runtime has no soft limit", "plan", p.String())
-		return
-	}
 	if env := os.Getenv("GOMEMLIMIT"); env != "" {
 		log.Info("memory: GOMEMLIMIT is set, memory_limit sizes only the log", "GOMEMLIMIT", env, "plan", p.String())
 		return
 	}
 	debug.SetMemoryLimit(p.Limit)
-	log.Info("memory", "plan", p.String())
+	if cfg.MemoryLimit != 0 {
+		log.Info("memory", "plan", p.String())
+		return
+	}
+	log.Info("memory: no memory_limit; the log is sized as for the default, the soft limit follows the live heap", "plan", p.String())
+	go func() {
+		sample := []rtmetrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		cur := p.Limit
+		for range time.Tick(time.Second) {
+			rtmetrics.Read(sample)
+			if sample[0].Value.Kind() != rtmetrics.KindUint64 {
+				return
+			}
+			if l := softLimit(p.Limit, int64(sample[0].Value.Uint64())); l != cur {
+				debug.SetMemoryLimit(l)
+				cur = l
+			}
+		}
+	}()
 }
+
+// softLimit is the runtime's soft memory limit when memory_limit is unset: floor, or twice the
+// live heap when that is more (the collector's own default target, GOGC=100).
+func softLimit(floor, live int64) int64 { return max(floor, 2*live) }
