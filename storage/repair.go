@@ -225,19 +225,7 @@ func writeManifest(path string, tables map[uint64]liveTable) error {
 	buf = binary.BigEndian.AppendUint32(buf, uint32(len(body)))
 	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(body, y.CastagnoliCrcTable))
 	buf = append(buf, body...)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(buf); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return writeFileSync(path, buf)
 }
 
 func syncDir(dir string) error {

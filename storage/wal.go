@@ -535,6 +535,7 @@ func syncBadgerLogs(dir string) error {
 	return syncDir(dir)
 }
 
+// writeFileSync writes path (created or truncated) and fsyncs it.
 func writeFileSync(path string, b []byte) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
