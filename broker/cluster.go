@@ -378,6 +378,7 @@ func (c *clusterState) replay(old, idx *orphanIndex, beats map[string]heartbeat)
 	if c.recentAt == len(c.recent) {
 		return
 	}
+	since := map[string]time.Time{} // new orphans → when their messages may have been lost from
 	for id, o := range idx.sessions {
 		if _, was := old.sessions[id]; was {
 			continue
@@ -386,12 +387,14 @@ func (c *clusterState) replay(old, idx *orphanIndex, beats map[string]heartbeat)
 		if hb, ok := beats[o.owner]; ok && time.UnixMilli(hb.At).After(alive) {
 			alive = time.UnixMilli(hb.At)
 		}
-		since := alive.Add(-aliveMargin)
-		for _, r := range c.recent[c.recentAt:] {
-			if r.at.Before(since) {
-				continue
-			}
-			if c.queueFor(idx, o, r.msg) {
+		since[id] = alive.Add(-aliveMargin)
+	}
+	if len(since) == 0 {
+		return
+	}
+	for _, r := range c.recent[c.recentAt:] {
+		for id, sub := range idx.topics.Subscribers(r.msg.TopicName).Subscriptions {
+			if from, ok := since[id]; ok && !r.at.Before(from) && c.queueFor(idx.sessions[id], sub, r.msg) {
 				c.replayed.Inc()
 			}
 		}
@@ -460,18 +463,17 @@ func (c *clusterState) queueForOrphans(msg mstorage.Message) {
 	if len(idx.sessions) == 0 {
 		return
 	}
-	for id := range idx.topics.Subscribers(msg.TopicName).Subscriptions {
+	for id, sub := range idx.topics.Subscribers(msg.TopicName).Subscriptions {
 		if o, ok := idx.sessions[id]; ok {
-			c.queueFor(idx, o, msg)
+			c.queueFor(o, sub, msg)
 		}
 	}
 }
 
-// queueFor appends msg to the queued records of the orphaned session o if it is subscribed to
-// msg's topic (at the granted QoS), and reports whether it did.
-func (c *clusterState) queueFor(idx *orphanIndex, o orphan, msg mstorage.Message) bool {
-	sub, ok := idx.topics.Subscribers(msg.TopicName).Subscriptions[o.id]
-	if !ok || (sub.NoLocal && msg.Origin == o.id) || !o.p.CanSubscribe(msg.TopicName) {
+// queueFor appends msg to the queued records of the orphaned session o, subscribed to msg's
+// topic by sub (at the granted QoS), and reports whether it did.
+func (c *clusterState) queueFor(o orphan, sub packets.Subscription, msg mstorage.Message) bool {
+	if (sub.NoLocal && msg.Origin == o.id) || !o.p.CanSubscribe(msg.TopicName) {
 		return false
 	}
 	if rec, found := c.readClient(o.id); !found || c.alive(rec.Node) {
