@@ -17,20 +17,28 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 )
 
-// TestWALReplay: at open, the records after the checkpoint are applied to Badger in order
-// (sets with their expiry, deletes), those at or below it are not, a torn record at a
-// segment's end is dropped, and the replayed segments are deleted once Badger holds them.
-func TestWALReplay(t *testing.T) {
-	dir := t.TempDir()
+// walTestDir returns a data dir with a plain Badger open in it (closed at the test's end) and
+// its empty write-ahead log dir, for tests that write segments by hand.
+func walTestDir(t *testing.T) (dir, wdir string, db *badger.DB) {
+	t.Helper()
+	dir = t.TempDir()
 	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	wdir := filepath.Join(dir, walDirName)
+	t.Cleanup(func() { db.Close() })
+	wdir = filepath.Join(dir, walDirName)
 	if err := os.Mkdir(wdir, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	return dir, wdir, db
+}
+
+// TestWALReplay: at open, the records after the checkpoint are applied to Badger in order
+// (sets with their expiry, deletes), those at or below it are not, a torn record at a
+// segment's end is dropped, and the replayed segments are deleted once Badger holds them.
+func TestWALReplay(t *testing.T) {
+	dir, wdir, db := walTestDir(t)
 	set := func(k, v string) walWrite { return walWrite{key: []byte(k), value: []byte(v)} }
 	var seg1, seg2 []byte
 	seg1 = append(seg1, walRecord(1, []walWrite{set("old", "1")})...) // at the checkpoint: skipped
@@ -114,16 +122,7 @@ func TestWALDamageInTheMiddle(t *testing.T) {
 		}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			wdir := filepath.Join(dir, walDirName)
-			if err := os.Mkdir(wdir, 0o700); err != nil {
-				t.Fatal(err)
-			}
+			dir, wdir, db := walTestDir(t)
 			if err := os.WriteFile(filepath.Join(wdir, walSegmentName(1)), c.seg(), 0o600); err != nil {
 				t.Fatal(err)
 			}
