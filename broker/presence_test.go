@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -252,4 +253,52 @@ func TestAdminPublishMessageExpiry(t *testing.T) {
 	}
 	waitFor(t, "the message queued", func() bool { ci, _ := e.broker.Client("acme", "d1"); return ci.QueuedMessages == 1 })
 	waitFor(t, "the message expired", func() bool { ci, _ := e.broker.Client("acme", "d1"); return ci.QueuedMessages == 0 })
+}
+
+// TestPresenceEventsStoredInOrder: a client connecting and disconnecting again and again gets,
+// for each session version, its connected event stored before its disconnected event, each
+// once, although the broker appends them in rounds of many. (Sessions of one client id may be
+// stored in another order than they happened: their session_version orders them.)
+func TestPresenceEventsStoredInOrder(t *testing.T) {
+	e := newEnv(t, "", withPresence(0))
+	const cycles = 30
+	tok := e.token("d1", "device", time.Hour)
+	for range cycles {
+		c := dialRaw(t, e.addr, 4)
+		if ack := c.connect("d1", tok, true, nil); ack.ReasonCode != 0 {
+			t.Fatalf("connack %d", ack.ReasonCode)
+		}
+		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		c.expectClosed()
+	}
+	var seen []string
+	waitFor(t, "every presence event of d1", func() bool {
+		seen = seen[:0]
+		for _, it := range e.stored() {
+			if strings.HasPrefix(it.Event.Topic, "$events/presence/") {
+				var d struct {
+					V uint64 `json:"session_version"`
+				}
+				if err := json.Unmarshal(it.Event.Data, &d); err != nil {
+					t.Fatal(err)
+				}
+				seen = append(seen, fmt.Sprintf("%s@%d", strings.TrimSuffix(strings.TrimPrefix(it.Event.Topic, "$events/presence/"), "/d1"), d.V))
+			}
+		}
+		return len(seen) >= 2*cycles
+	})
+	at := map[string]int{}
+	for i, s := range seen {
+		if _, dup := at[s]; dup {
+			t.Fatalf("%s stored twice (all: %v)", s, seen)
+		}
+		at[s] = i
+	}
+	for v := 1; v <= cycles; v++ {
+		c, okC := at[fmt.Sprintf("connected@%d", v)]
+		d, okD := at[fmt.Sprintf("disconnected@%d", v)]
+		if !okC || !okD || c > d {
+			t.Fatalf("session %d: connected at %d (%v), disconnected at %d (%v): want both, connected first (all: %v)", v, c, okC, d, okD, seen)
+		}
+	}
 }
