@@ -36,16 +36,30 @@ func TestPlanMemory(t *testing.T) {
 	}
 }
 
-// TestOpenWithSmallerMemtable: a store whose write-ahead log holds more than the new, smaller
-// memtable can (left by a crash after a run with a larger memtable: the default was 64 MiB)
-// opens, with every event, instead of overflowing Badger's arena at the replay.
+// TestOpenWithSmallerMemtable: a store left by a crash after a run with a larger memtable
+// (the default was 64 MiB) opens with a smaller one, with every event, instead of overflowing
+// Badger's arena or its transaction limit at the replay. Two cases: Badger's own memtable logs
+// (.mem files, as versions before Badger was patched wrote them), and the store's write-ahead
+// log with groups larger than the smaller memtable takes in one transaction.
 func TestOpenWithSmallerMemtable(t *testing.T) {
+	t.Run("badger-logs", func(t *testing.T) {
+		defer func() { badgerOwnLog = false }()
+		badgerOwnLog = true
+		testOpenWithSmallerMemtable(t, 100, ".mem")
+	})
+	t.Run("write-ahead-log", func(t *testing.T) {
+		// 400 events of 4 KiB: 1.6 MB, more than an 8 MiB memtable's transaction limit.
+		testOpenWithSmallerMemtable(t, 400, walSuffix)
+	})
+}
+
+func testOpenWithSmallerMemtable(t *testing.T, batchLen int, logSuffix string) {
 	dir := t.TempDir()
 	s := openTest(t, dir, func(o *Options) { o.MemTableBytes = 32 << 20 })
 	data := strings.Repeat("d", 4096)
 	const n = 4000 // 16 MB: more than an 8 MiB memtable's arena, less than a 32 MiB memtable
-	for i := 0; i < n; i += 100 {
-		batch := make([]*Entry, 100)
+	for i := 0; i < n; i += batchLen {
+		batch := make([]*Entry, batchLen)
 		for j := range batch {
 			batch[j] = newEntry(fmt.Sprintf("e%05d", i+j), data, "f")
 		}
@@ -60,15 +74,16 @@ func TestOpenWithSmallerMemtable(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	var mems int
+	var logs int
 	ents, _ := os.ReadDir(crashed)
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".mem") {
-			mems++
+	wents, _ := os.ReadDir(filepath.Join(crashed, walDirName))
+	for _, e := range append(ents, wents...) {
+		if st, _ := e.Info(); strings.HasSuffix(e.Name(), logSuffix) && st != nil && st.Size() > 0 {
+			logs++
 		}
 	}
-	if mems == 0 {
-		t.Fatal("the copy holds no write-ahead log: the test shows nothing")
+	if logs == 0 {
+		t.Fatalf("the copy holds no %s log: the test shows nothing", logSuffix)
 	}
 
 	s2 := openTest(t, crashed, func(o *Options) { o.MemTableBytes = MinMemTableBytes })

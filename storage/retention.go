@@ -244,8 +244,9 @@ func (s *Store) gcLoop() {
 
 // runValueLogGC runs Badger's value-log GC. It moves the live values of a log into the current
 // one, through Badger's write path, and then deletes the old log: with Badger's own sync off
-// (the store's write-ahead log does it) the moved values could be lost to a power cut once the
-// old log is gone. An open iterator defers Badger's deletion until the moved values are synced.
+// and its memtables without a log (the store's write-ahead log does that) the moved values
+// could be lost to a power cut once the old log is gone. An open iterator defers Badger's
+// deletion until the memtable holding the new pointers is flushed and the value logs synced.
 func (s *Store) runValueLogGC() {
 	var it *badger.Iterator
 	if s.wal != nil {
@@ -266,7 +267,12 @@ func (s *Store) runValueLogGC() {
 	}
 	defer it.Close()
 	for {
-		err := syncBadgerLogs(s.opts.Dir)
+		// The moved values' pointers are in a memtable, which has no log of its own (the
+		// store's write-ahead log does not hold GC's writes): into a table with them.
+		err := s.db.FlushMemTable()
+		if err == nil {
+			err = syncBadgerLogs(s.opts.Dir)
+		}
 		if err == nil {
 			return
 		}

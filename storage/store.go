@@ -244,8 +244,17 @@ func Open(opts Options) (*Store, error) {
 
 	// Commits are made durable by the store's write-ahead log (wal.go), written with write(2)
 	// and one fdatasync per group: Badger's own sync (an msync of its mapped memtable log per
-	// commit) would only repeat it, at a higher cost.
+	// commit) would only repeat it, at a higher cost. With that log Badger's memtables need
+	// none of their own (patched Badger, third_party/badger/PATCHES.md): a segment of ours is
+	// deleted once the memtables holding its groups are flushed to tables.
 	bo.SyncWrites = false
+	flushed := new(atomic.Uint64) // the highest Badger version flushed to a table
+	if !opts.InMemory {
+		bo = bo.WithExternalWAL(!badgerOwnLog, func(v uint64) {
+			for old := flushed.Load(); v > old && !flushed.CompareAndSwap(old, v); old = flushed.Load() {
+			}
+		})
+	}
 
 	if err := checkBeforeOpen(&opts); err != nil { // refuse a damaged dir: Badger would drop data or panic
 		return nil, err
@@ -260,7 +269,7 @@ func Open(opts Options) (*Store, error) {
 	var w *wal
 	var nextGroup uint64
 	if !opts.InMemory {
-		if w, nextGroup, err = openWAL(opts.Dir, db, opts.Logger); err != nil {
+		if w, nextGroup, err = openWAL(opts.Dir, db, flushed, opts.Logger); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("opening storage in %q: %w", opts.Dir, err)
 		}
@@ -499,6 +508,10 @@ const valueLogFileBytes = 16 << 20
 // about 1.3 × MemTableBytes on the Go heap (3 used to mean up to 5 arenas of 83 MiB).
 var numMemtables = 1
 
+// badgerOwnLog gives Badger's memtables their own logs (.mem files) again, as before Badger
+// was patched: tests set it to write a store as older versions left it.
+var badgerOwnLog = false
+
 // lingerEnabled switches the committer's linger (see commitLoop); benchmarks compare both.
 var lingerEnabled = true
 
@@ -674,6 +687,9 @@ func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 		}
 		s.lastSeq, g.seq = seq, seq
 		txn.CommitWith(func(err error) { g.err <- err })
+		if s.wal != nil {
+			s.wal.committed(g.wal, txn.CommittedTs())
+		}
 		return g
 	}
 }
@@ -845,6 +861,11 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	s.done.Wait()
 	if s.wal != nil {
+		// What Badger holds only in memory goes to a table first, so that the log's
+		// segments can all go and the next open has nothing to replay.
+		if err := s.db.FlushMemTable(); err != nil {
+			s.log.Error("storage: flushing the memtable at close (the write-ahead log keeps it; the next open replays it)", "err", err)
+		}
 		if err := s.wal.close(); err != nil {
 			// The segments stay: the next Open replays them.
 			s.log.Error("storage: closing the write-ahead log", "err", err)

@@ -29,10 +29,14 @@ import (
 // A record holds the group's writes as they went to Badger (sets with their absolute expiry,
 // deletes), not the operations that produced them, so replaying a record is a blind write:
 // replaying every record after the last checkpoint, in order, over whatever Badger recovered
-// leaves each key as the last record wrote it. A checkpoint syncs Badger's files (its memtable
-// and value logs) and then records, in its own file, the last group they hold; segments
-// wholly at or below it are deleted. At open, records above the checkpoint are replayed; a
-// torn record at a segment's end (a write that was never acknowledged) ends that segment.
+// leaves each key as the last record wrote it. Badger (patched, third_party/badger) keeps no
+// log of its own for its memtables: a group is durable in Badger only once the memtable that
+// holds it is flushed to a table, which Badger reports with the highest version (commit
+// timestamp) flushed. A checkpoint takes the full segments whose last group is flushed, syncs
+// Badger's value logs (values over 1 MiB, which tables point into), records in its own file
+// the last group of those segments and deletes them. At open, records above the checkpoint
+// are replayed and flushed to a table; a torn record at a segment's end (a write that was
+// never acknowledged) ends that segment.
 //
 // Layout in <data dir>/wal/: NNNNNNNNNNNNNNNN.log segments (hex number, ascending) and the
 // file checkpoint. Record: 4 bytes payload length, 4 bytes CRC-32C of the payload (little
@@ -215,21 +219,25 @@ type wal struct {
 
 	mu     sync.Mutex
 	closed []walSegment // full segments, oldest first
+	lastTs uint64       // the Badger version of the last group handed to Badger (0: none yet)
 
-	applied    atomic.Uint64 // every group up to this one has been applied to Badger
-	checkpoint uint64        // the last checkpoint's group (checkpointer only)
+	applied    atomic.Uint64  // every group up to this one has been applied to Badger
+	flushed    *atomic.Uint64 // the highest Badger version in a table (set by Badger's flusher)
+	checkpoint uint64         // the last checkpoint's group (checkpointer only)
 	wake       chan struct{}
 }
 
-type walSegment struct{ n, lastGroup uint64 }
+// walSegment is a full segment: its number, its last group and that group's Badger version
+// (0 until Badger has it).
+type walSegment struct{ n, lastGroup, ts uint64 }
 
 func walSegmentName(n uint64) string { return fmt.Sprintf("%016x%s", n, walSuffix) }
 
 // openWAL replays dir's write-ahead log into db (records above the last checkpoint, in
 // order), checkpoints the result and starts a new segment. It returns the log and the next
 // group number.
-func openWAL(dataDir string, db *badger.DB, log *slog.Logger) (*wal, uint64, error) {
-	w := &wal{dir: filepath.Join(dataDir, walDirName), log: log, sync: syncWrites, wake: make(chan struct{}, 1)}
+func openWAL(dataDir string, db *badger.DB, flushed *atomic.Uint64, log *slog.Logger) (*wal, uint64, error) {
+	w := &wal{dir: filepath.Join(dataDir, walDirName), log: log, sync: syncWrites, flushed: flushed, wake: make(chan struct{}, 1)}
 	if err := os.MkdirAll(w.dir, 0o700); err != nil {
 		return nil, 0, fmt.Errorf("opening the write-ahead log: %w", err)
 	}
@@ -272,11 +280,17 @@ func openWAL(dataDir string, db *badger.DB, log *slog.Logger) (*wal, uint64, err
 	}
 	w.applied.Store(last)
 	if len(segs) > 0 {
+		// What was replayed is in a memtable only: into a table with it, and the segments go.
+		if replayed > 0 {
+			if err := db.FlushMemTable(); err != nil {
+				return nil, 0, fmt.Errorf("opening storage: flushing the replayed write-ahead log: %w", err)
+			}
+		}
 		w.seg = segs[len(segs)-1]
 		for _, n := range segs {
 			w.closed = append(w.closed, walSegment{n: n, lastGroup: last})
 		}
-		if err := w.doCheckpoint(); err != nil {
+		if err := w.checkpointAll(); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -330,11 +344,15 @@ func walDamagedAt(b []byte) bool {
 	return false
 }
 
-// replayWALRecord applies a record's writes to db in one transaction.
+// replayWALRecord applies a record's writes to db, in order: in one transaction, or in several
+// when they do not fit in one (a group written with larger memtables than this open's). A
+// crash in the middle replays the record again.
 func replayWALRecord(db *badger.DB, writes []walWrite) error {
 	txn := db.NewTransaction(true)
-	defer txn.Discard()
-	for _, w := range writes {
+	defer func() { txn.Discard() }()
+	inTxn := 0 // writes in txn
+	for i := 0; i < len(writes); i++ {
+		w := writes[i]
 		var err error
 		if w.del {
 			err = txn.Delete(w.key)
@@ -343,9 +361,18 @@ func replayWALRecord(db *badger.DB, writes []walWrite) error {
 			e.ExpiresAt = w.expiresAt
 			err = txn.SetEntry(e)
 		}
+		if errors.Is(err, badger.ErrTxnTooBig) && inTxn > 0 {
+			if err := txn.Commit(); err != nil {
+				return err
+			}
+			txn, inTxn = db.NewTransaction(true), 0
+			i-- // the same write again, in the new transaction
+			continue
+		}
 		if err != nil {
 			return err
 		}
+		inTxn++
 	}
 	return txn.Commit()
 }
@@ -416,7 +443,7 @@ func (w *wal) append(group uint64, txn *walTxn) error {
 	}
 	if w.size >= walSegmentBytes {
 		w.mu.Lock()
-		w.closed = append(w.closed, walSegment{n: w.seg, lastGroup: group})
+		w.closed = append(w.closed, walSegment{n: w.seg, lastGroup: group}) // ts: see committed
 		w.mu.Unlock()
 		if err := w.rotate(); err != nil {
 			w.broken = err
@@ -427,6 +454,17 @@ func (w *wal) append(group uint64, txn *walTxn) error {
 		}
 	}
 	return nil
+}
+
+// committed records the Badger version that group's writes got (0: none, the commit failed
+// before Badger took them). A segment that ends with group gets it.
+func (w *wal) committed(group, ts uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastTs = max(w.lastTs, ts)
+	if n := len(w.closed); n > 0 && w.closed[n-1].lastGroup == group && w.closed[n-1].ts == 0 {
+		w.closed[n-1].ts = w.lastTs
+	}
 }
 
 // rotate starts the next segment; the directory is synced so that the new file survives.
@@ -446,22 +484,43 @@ func (w *wal) rotate() error {
 	return nil
 }
 
-// doCheckpoint makes every group applied so far durable in Badger, records that, and deletes
-// the full segments it covers.
+// doCheckpoint deletes the full segments whose groups are all in Badger's tables, after
+// recording the last of those groups as the checkpoint.
 func (w *wal) doCheckpoint() error {
+	w.mu.Lock()
+	flushed := w.flushed.Load()
+	var segs []walSegment
+	for _, s := range w.closed {
+		if s.lastGroup > w.checkpoint && (s.ts == 0 || s.ts > flushed) {
+			break // not (known to be) in a table yet
+		}
+		segs = append(segs, s)
+	}
+	w.mu.Unlock()
+	return w.checkpointSegments(segs)
+}
+
+// checkpointAll deletes every full segment: their groups are all in Badger's tables (open
+// and close flush first).
+func (w *wal) checkpointAll() error {
 	w.mu.Lock()
 	segs := slices.Clone(w.closed)
 	w.mu.Unlock()
-	upTo := w.applied.Load()
-	if len(segs) == 0 || segs[0].lastGroup > upTo {
+	return w.checkpointSegments(segs)
+}
+
+// checkpointSegments records the last group of segs, the oldest full segments, as the
+// checkpoint, and deletes them.
+func (w *wal) checkpointSegments(segs []walSegment) error {
+	if len(segs) == 0 {
 		return nil
 	}
-	// Badger's data dir: its memtable logs (the current one and those waiting to be flushed)
-	// and value logs hold what is not yet in a table; tables are synced as they are written.
+	// A table may point into Badger's value logs (values over 1 MiB), which Badger writes
+	// without a sync: they must be durable before the records holding the values go.
 	if err := syncBadgerLogs(filepath.Dir(w.dir)); err != nil {
 		return fmt.Errorf("write-ahead log checkpoint: %w", err)
 	}
-	if upTo > w.checkpoint {
+	if upTo := segs[len(segs)-1].lastGroup; upTo > w.checkpoint {
 		b := binary.BigEndian.AppendUint64(nil, upTo)
 		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, walCRC))
 		tmp := filepath.Join(w.dir, walCheckpointName+".tmp")
@@ -478,9 +537,6 @@ func (w *wal) doCheckpoint() error {
 	}
 	done := 0
 	for _, s := range segs {
-		if s.lastGroup > upTo {
-			break
-		}
 		if err := os.Remove(filepath.Join(w.dir, walSegmentName(s.n))); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("write-ahead log checkpoint: %w", err)
 		}
@@ -498,7 +554,7 @@ func (w *wal) close() error {
 		return nil
 	}
 	w.mu.Lock()
-	w.closed = append(w.closed, walSegment{n: w.seg, lastGroup: w.applied.Load()})
+	w.closed = append(w.closed, walSegment{n: w.seg, lastGroup: w.applied.Load(), ts: w.lastTs})
 	w.mu.Unlock()
 	err := w.f.Close()
 	w.f = nil
@@ -508,8 +564,9 @@ func (w *wal) close() error {
 	return err
 }
 
-// syncBadgerLogs fsyncs every memtable (.mem) and value (.vlog) log in dir. Badger writes them
-// through memory maps; fsync on any descriptor of the file writes its dirty pages.
+// syncBadgerLogs fsyncs every value log (.vlog) in dir, and memtable log (.mem) that a store
+// written before Badger was patched may still have. Badger writes them through memory maps;
+// fsync on any descriptor of the file writes its dirty pages.
 func syncBadgerLogs(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {

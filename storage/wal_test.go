@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,7 +59,7 @@ func TestWALReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w, next, err := openWAL(dir, db, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	w, next, err := openWAL(dir, db, new(atomic.Uint64), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +127,7 @@ func TestWALDamageInTheMiddle(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(wdir, walSegmentName(1)), c.seg(), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			w, _, err := openWAL(dir, db, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			w, _, err := openWAL(dir, db, new(atomic.Uint64), slog.New(slog.NewTextHandler(io.Discard, nil)))
 			if c.damaged {
 				if !errors.Is(err, ErrDamaged) {
 					t.Fatalf("open: %v, want ErrDamaged", err)

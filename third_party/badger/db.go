@@ -15,6 +15,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -1089,6 +1090,53 @@ func (db *DB) ensureRoomForWrite() error {
 	}
 }
 
+// FlushMemTable hands the current memtable, if it holds anything, to the flusher and waits
+// until every memtable handed over so far is in a table. fleetgate patch: with
+// Options.ExternalWAL, this makes what was written durable without the caller's log.
+func (db *DB) FlushMemTable() error {
+	db.lock.Lock()
+	if db.IsClosed() || db.mt == nil {
+		db.lock.Unlock()
+		return ErrDBClosed
+	}
+	var last *memTable
+	if !db.mt.sl.Empty() {
+		for {
+			select {
+			case db.flushChan <- db.mt:
+				db.imm = append(db.imm, db.mt)
+				mt, err := db.newMemTable()
+				if err != nil {
+					// Writes need a memtable: keep one without a file.
+					db.opt.Errorf("FlushMemTable: %v", err)
+					mt = &memTable{sl: skl.NewSkiplist(arenaSize(db.opt)), opt: db.opt, buf: &bytes.Buffer{}}
+				}
+				db.mt = mt
+			default:
+				if db.IsClosed() {
+					db.lock.Unlock()
+					return ErrDBClosed
+				}
+				db.flushCond.Wait()
+				continue
+			}
+			break
+		}
+	}
+	if len(db.imm) > 0 {
+		last = db.imm[len(db.imm)-1]
+	}
+	for last != nil && slices.Contains(db.imm, last) {
+		if db.IsClosed() {
+			db.lock.Unlock()
+			return ErrDBClosed
+		}
+		db.flushCond.Wait()
+	}
+	db.lock.Unlock()
+	return nil
+}
+
 func arenaSize(opt Options) int64 {
 	return opt.MemTableSize + opt.maxBatchSize + opt.maxBatchCount*int64(skl.MaxNodeSize)
 }
@@ -1173,9 +1221,14 @@ func (db *DB) flushMemtable(lc *z.Closer) {
 			// TODO: This logic is dirty AF. Any change and this could easily break.
 			y.AssertTrue(mt == db.imm[0])
 			db.imm = db.imm[1:]
+			maxVersion := mt.maxVersion
 			mt.DecrRef() // Return memory.
 			// unlock
 			db.lock.Unlock()
+			if db.opt.OnMemTableFlushed != nil {
+				// fleetgate patch: the memtable is in a table now (synced, in the manifest).
+				db.opt.OnMemTableFlushed(maxVersion)
+			}
 			// A memtable has been flushed and removed from imm; a slot in flushChan
 			// is now free. Wake any writer blocked in ensureRoomForWrite so it can
 			// retry its non-blocking push. Broadcasting after unlock is safe because

@@ -894,7 +894,10 @@ func (s *levelsController) subcompact(it y.Iterator, kr keyRange, cd compactDef,
 		}
 		go func(builder *table.Builder, fileID uint64) {
 			var err error
-			defer inflightBuilders.Done(err)
+			// fleetgate patch: Done(err) as a plain defer took err's value at the defer, nil,
+			// so a table that failed to be written (ENOSPC) was left out of a compaction that
+			// went on as if it had succeeded, and deleted the tables it replaced: data lost.
+			defer func() { inflightBuilders.Done(err) }()
 			defer builder.Close()
 
 			var tbl *table.Table

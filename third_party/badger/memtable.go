@@ -106,6 +106,14 @@ func (db *DB) openMemTable(fid, flags int) (*memTable, error) {
 	if db.opt.InMemory {
 		return mt, z.NewFile
 	}
+	// fleetgate patch: with an external write-ahead log a new memtable gets none. Existing
+	// .mem files (written before) are still replayed below.
+	if db.opt.ExternalWAL && flags&os.O_CREATE != 0 {
+		if _, err := os.Stat(filepath); err == nil {
+			return mt, fmt.Errorf("file %s already exists", filepath)
+		}
+		return mt, z.NewFile
+	}
 
 	mt.wal = &logFile{
 		fid:      uint32(fid),
@@ -153,6 +161,9 @@ func (db *DB) mtFilePath(fid int) string {
 }
 
 func (mt *memTable) SyncWAL() error {
+	if mt.wal == nil {
+		return nil // fleetgate patch: an external write-ahead log
+	}
 	return mt.wal.Sync()
 }
 
@@ -160,8 +171,8 @@ func (mt *memTable) isFull() bool {
 	if mt.sl.MemSize() >= mt.opt.MemTableSize {
 		return true
 	}
-	if mt.opt.InMemory {
-		// InMemory mode doesn't have any WAL.
+	if mt.wal == nil {
+		// InMemory mode, or an external write-ahead log: no WAL.
 		return false
 	}
 	return int64(mt.wal.writeAt) >= mt.opt.MemTableSize

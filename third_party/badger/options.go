@@ -45,6 +45,13 @@ type Options struct {
 	Compression       options.CompressionType
 	InMemory          bool
 	MetricsEnabled    bool
+
+	// fleetgate patch: see PATCHES.md. ExternalWAL: the caller keeps its own write-ahead log,
+	// so memtables get none (no .mem files); what is in a memtable is durable only once it
+	// is flushed to a table, and OnMemTableFlushed says when, with the highest version
+	// (commit timestamp) the flushed memtable held.
+	ExternalWAL       bool
+	OnMemTableFlushed func(maxVersion uint64)
 	// Sets the Stream.numGo field
 	NumGoroutines int
 
@@ -681,6 +688,14 @@ func (opt Options) WithChecksumVerificationMode(cvMode options.ChecksumVerificat
 // Default value of BlockCacheSize is 256 MB.
 func (opt Options) WithBlockCacheSize(size int64) Options {
 	opt.BlockCacheSize = size
+	return opt
+}
+
+// WithExternalWAL returns a new Options value with ExternalWAL set to the given value and
+// OnMemTableFlushed to onFlushed (fleetgate patch: see PATCHES.md).
+func (opt Options) WithExternalWAL(b bool, onFlushed func(maxVersion uint64)) Options {
+	opt.ExternalWAL = b
+	opt.OnMemTableFlushed = onFlushed
 	return opt
 }
 

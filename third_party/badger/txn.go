@@ -239,9 +239,11 @@ func (o *oracle) doneCommit(cts uint64) {
 type Txn struct {
 	readTs   uint64
 	commitTs uint64
-	size     int64
-	count    int64
-	db       *DB
+
+	committedTs uint64 // fleetgate patch: the version this transaction's writes got
+	size        int64
+	count       int64
+	db          *DB
 
 	reads []uint64 // contains fingerprints of keys read.
 	// contains fingerprints of keys written. This is used for conflict detection.
@@ -531,6 +533,7 @@ func (txn *Txn) commitAndSend() (func() error, error) {
 	if conflict {
 		return nil, ErrConflict
 	}
+	txn.committedTs = commitTs // fleetgate patch: see CommittedTs
 
 	keepTogether := true
 	setVersion := func(e *Entry) {
@@ -819,3 +822,9 @@ func (db *DB) Update(fn func(txn *Txn) error) error {
 
 	return txn.Commit()
 }
+
+// CommittedTs returns the version (commit timestamp) that the transaction's writes got, once
+// Commit or CommitWith has handed them to the write path; 0 before, or for a transaction that
+// wrote nothing. fleetgate patch: with Options.ExternalWAL, compare it with the versions that
+// OnMemTableFlushed reports to learn when the writes are in a table.
+func (txn *Txn) CommittedTs() uint64 { return txn.committedTs }

@@ -190,6 +190,12 @@ type Throttle struct {
 	ch        chan struct{}
 	errCh     chan error
 	finishErr error
+
+	// fleetgate patch: the first error passed to Done. Do used to take it out of errCh and
+	// return it to one caller only, so Finish returned nil: a compaction whose table failed
+	// (ENOSPC) went on without it, deleting the tables it replaced.
+	errMu    sync.Mutex
+	firstErr error
 }
 
 // NewThrottle creates a new throttle with a max number of workers.
@@ -211,6 +217,7 @@ func (t *Throttle) Do() error {
 			return nil
 		case err := <-t.errCh:
 			if err != nil {
+				t.keepErr(err)
 				return err
 			}
 		}
@@ -221,6 +228,7 @@ func (t *Throttle) Do() error {
 // pass the error status of work done.
 func (t *Throttle) Done(err error) {
 	if err != nil {
+		t.keepErr(err)
 		t.errCh <- err
 	}
 	select {
@@ -245,9 +253,20 @@ func (t *Throttle) Finish() error {
 				return
 			}
 		}
+		t.errMu.Lock()
+		t.finishErr = t.firstErr
+		t.errMu.Unlock()
 	})
 
 	return t.finishErr
+}
+
+func (t *Throttle) keepErr(err error) {
+	t.errMu.Lock()
+	if t.firstErr == nil {
+		t.firstErr = err
+	}
+	t.errMu.Unlock()
 }
 
 // U16ToBytes converts the given Uint16 to bytes
