@@ -43,8 +43,9 @@ const (
 
 var manifestMagic = []byte("Bdgr")
 
-// defaultCompression is the compression Badger's default options give new tables; tables the
-// MANIFEST does not describe are read with it.
+// defaultCompression is the compression Badger's default options give new tables (compaction
+// outputs); memtable flushes write theirs uncompressed (FlushUncompressed). A table the
+// MANIFEST does not describe is read with the one, then the other.
 const defaultCompression = options.Snappy
 
 // errInUse means another process (or another Store of this one) has the directory open.
@@ -75,6 +76,8 @@ type TableReport struct {
 	Keys       uint32 // entries, from its index
 	Err        error  // why it cannot be read; nil when readable
 	Fate       TableFate
+
+	compression options.CompressionType // how its blocks are stored (see readTables)
 }
 
 // TableFate says how a table stands against the MANIFEST.
@@ -446,11 +449,19 @@ func readTables(dir string, tables []TableReport, m *manifestState, full bool) {
 			defer wg.Done()
 			debug.SetPanicOnFault(true) // a fault reading the mapped file is an error, not a crash
 			for t := range work {
-				comp := defaultCompression
+				path := filepath.Join(dir, t.File)
 				if lt, ok := m.live[t.ID]; ok {
-					comp = lt.compression
+					t.compression = lt.compression
+					t.MaxVersion, t.Keys, t.Err = readTable(path, t.Size, t.compression, full)
+					continue
 				}
-				t.MaxVersion, t.Keys, t.Err = readTable(filepath.Join(dir, t.File), t.Size, comp, full)
+				t.compression = defaultCompression
+				t.MaxVersion, t.Keys, t.Err = readTable(path, t.Size, t.compression, full)
+				if t.Err != nil {
+					if v, k, err := readTable(path, t.Size, options.None, full); err == nil {
+						t.compression, t.MaxVersion, t.Keys, t.Err = options.None, v, k, nil
+					}
+				}
 			}
 		}()
 	}

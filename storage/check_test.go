@@ -34,6 +34,8 @@ const (
 // "e-<i>" queued for function "f", and returns the dir and its tables, oldest first.
 func makeTables(t *testing.T) (dir string, tables []string) {
 	t.Helper()
+	defer func(was int) { levelZeroTables = was }(levelZeroTables)
+	levelZeroTables = damageTables + 1 // no compaction: one table per Close
 	dir = t.TempDir()
 	rng := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, 150)

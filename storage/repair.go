@@ -95,7 +95,7 @@ func Repair(dir string, opts RepairOptions) (*RepairReport, error) {
 			keep[t.ID] = r.manifest.live[t.ID]
 			rep.Plan = append(rep.Plan, fmt.Sprintf("keep %s (level %d)", t.File, t.Level))
 		case TableLost, TableCrashLeft:
-			keep[t.ID] = liveTable{compression: defaultCompression}
+			keep[t.ID] = liveTable{compression: t.compression}
 			rep.Plan = append(rep.Plan, fmt.Sprintf("keep %s: not referenced by the %s, added at level 0", t.File, manifestName))
 		case TableBroken, TableGarbage:
 			move = append(move, MovedFile{File: t.File, Reason: fmt.Sprint(t.Err)})
@@ -106,11 +106,15 @@ func Repair(dir string, opts RepairOptions) (*RepairReport, error) {
 			rep.Plan = append(rep.Plan, fmt.Sprintf("forget %s: referenced by the %s but not on disk; its data is gone unless a backup has it", t.File, manifestName))
 		}
 	}
+	comps := map[string]options.CompressionType{}
+	for _, t := range r.Tables {
+		comps[t.File] = t.compression
+	}
 	for i := range move {
 		m := &move[i]
 		comp := defaultCompression
-		if lt, ok := r.manifest.live[tableID(m.File)]; ok {
-			comp = lt.compression
+		if c, ok := comps[m.File]; ok {
+			comp = c
 		}
 		m.Held = tableContents(filepath.Join(dir, m.File), comp)
 		rep.Plan = append(rep.Plan, fmt.Sprintf("move %s aside: %s; it held %s", m.File, m.Reason, m.Held))

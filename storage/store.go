@@ -238,6 +238,12 @@ func Open(opts Options) (*Store, error) {
 		WithMetricsEnabled(false).
 		WithValueLogFileSize(valueLogFileBytes).
 		WithNumCompactors(2) // Badger's minimum; each builds tables in memory (default 4)
+	// Level-0 tables (memtable flushes) are compacted soon: built without compression, they
+	// take half the memory to build and no CPU to compress (patched Badger).
+	bo.FlushUncompressed = true
+	// Compact level 0 into level 1 at 2 tables, not 5: a compaction reads its tables through
+	// Badger's memory maps, so every level-0 table waiting for one is resident memory then.
+	bo.NumLevelZeroTables = levelZeroTables
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
@@ -507,6 +513,10 @@ const valueLogFileBytes = 16 << 20
 // written and the one being flushed, at most numMemtables+2 are in memory, each an arena of
 // about 1.3 × MemTableBytes on the Go heap (3 used to mean up to 5 arenas of 83 MiB).
 var numMemtables = 1
+
+// levelZeroTables is how many level-0 tables start a compaction into level 1 (Badger's default
+// is 5). Tests that damage tables one by one raise it, to keep their tables apart.
+var levelZeroTables = 2
 
 // badgerOwnLog gives Badger's memtables their own logs (.mem files) again, as before Badger
 // was patched: tests set it to write a store as older versions left it.

@@ -52,6 +52,11 @@ type Options struct {
 	// (commit timestamp) the flushed memtable held.
 	ExternalWAL       bool
 	OnMemTableFlushed func(maxVersion uint64)
+	// fleetgate patch: FlushUncompressed writes the tables of memtable flushes (level 0)
+	// without compression; compactions compress as Compression says. A flush then builds its
+	// table without a compressed copy of every block beside the plain one (half the memory)
+	// and without compressing what a compaction soon reads back and rewrites.
+	FlushUncompressed bool
 	// Sets the Stream.numGo field
 	NumGoroutines int
 
