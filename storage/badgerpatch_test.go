@@ -3,8 +3,10 @@ package storage
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4/y"
+	"github.com/dgraph-io/ristretto/v2/z"
 )
 
 // TestBadgerThrottleKeepsErrors guards a fix in the patched Badger (third_party/badger,
@@ -35,4 +37,29 @@ func TestBadgerThrottleKeepsErrors(t *testing.T) {
 	if err := th.Finish(); !errors.Is(err, full) {
 		t.Fatalf("Finish = %v after a worker failed (Do saw the error first), want the error", err)
 	}
+}
+
+// TestPooledAllocatorKeepsItsFirstBuffer guards a fix in the patched ristretto
+// (third_party/ristretto, PATCHES.md): an allocator that goes back to the pool is trimmed to
+// poolKeepBytes, and one whose first buffer was that large or more lost it; Allocate grows an
+// allocator by doubling its last buffer, so the next table built with it looped forever
+// (Badger's compaction hung, and Close with it).
+func TestPooledAllocatorKeepsItsFirstBuffer(t *testing.T) {
+	pool := z.NewAllocatorPool(1)
+	defer pool.Release()
+	a := pool.Get(16<<20, "test") // a first buffer over what the pool keeps
+	a.Allocate(100)
+	pool.Return(a)
+	b := pool.Get(1<<20, "test") // the same allocator, from the pool
+	done := make(chan struct{})
+	go func() {
+		b.Allocate(4096)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second): // microseconds when it works; the bug loops forever
+		t.Fatal("Allocate on a pooled allocator did not return: its first buffer was freed")
+	}
+	pool.Return(b)
 }

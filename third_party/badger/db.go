@@ -804,6 +804,9 @@ func (db *DB) get(key []byte) (y.ValueStruct, error) {
 		if vs.Meta == 0 && vs.Value == nil {
 			continue
 		}
+		// fleetgate patch: the value is in the memtable's arena, which is reused once the
+		// reference taken above goes (skl/arena_offheap.go): a copy goes back.
+		vs.Value = y.SafeCopy(nil, vs.Value)
 		// Found the required version of the key, return immediately.
 		if vs.Version == version {
 			y.NumGetsWithResultsAdd(db.opt.MetricsEnabled, 1)

@@ -32,7 +32,7 @@ type Arena struct {
 func newArena(n int64) *Arena {
 	// Don't store data at position 0 in order to reserve offset=0 as a kind
 	// of nil pointer.
-	out := &Arena{buf: make([]byte, n)}
+	out := &Arena{buf: arenaBuffer(n)} // fleetgate patch: see arena_offheap.go
 	out.n.Store(1)
 	return out
 }

@@ -85,6 +85,8 @@ func (s *Skiplist) DecrRef() {
 		s.OnClose()
 	}
 
+	// fleetgate patch: the arena's memory is reused or unmapped (see arena_offheap.go).
+	s.arena.release()
 	// Indicate we are closed. Good for testing.  Also, lets GC reclaim memory. Race condition
 	// here would suggest we are accessing skiplist when we are supposed to have no reference!
 	s.arena = nil

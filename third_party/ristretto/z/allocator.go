@@ -172,7 +172,11 @@ func (a *Allocator) TrimTo(max int) {
 			break
 		}
 		alloc += len(b)
-		if alloc < max {
+		if alloc < max || i == 0 {
+			// fleetgate patch: the first buffer always stays. Allocate grows an allocator by
+			// doubling its last buffer, so one whose first buffer was freed looped forever in
+			// addBufferAt (2 × 0 never reaches the size asked): a pooled builder's allocator
+			// whose first buffer was poolKeepBytes or more hung Badger's compaction.
 			continue
 		}
 		freeBuffer(b)
