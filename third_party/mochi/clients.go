@@ -155,6 +155,7 @@ type ClientState struct {
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
 	outboundQty     int32                // number of messages currently in the outbound queue
+	writing         atomic.Bool          // a writer goroutine is draining the outbound queue
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -191,19 +192,57 @@ func newClient(c net.Conn, o *ops) *Client {
 }
 
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
+// The server no longer runs it (see startWriter); it is kept for callers of the API.
 func (cl *Client) WriteLoop() {
 	for {
 		select {
 		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
+			cl.writeOutbound(pk)
 		case <-cl.State.open.Done():
 			return
 		}
 	}
+}
+
+// startWriter makes sure a writer goroutine drains the outbound queue, after a packet was
+// queued on it. The writer runs only while there is something to write: an idle client has
+// no goroutine (and no stack) for writing.
+func (cl *Client) startWriter() {
+	if cl.State.writing.CompareAndSwap(false, true) {
+		go cl.drainOutbound()
+	}
+}
+
+// drainOutbound writes the queued outbound packets in order until the queue is empty, then
+// ends. A packet queued after the last receive either finds writing false (its startWriter
+// starts a new writer) or is seen here by the check that follows writing.Store(false). It ends
+// for good, without clearing writing, once the client is closed, as WriteLoop did.
+func (cl *Client) drainOutbound() {
+	for {
+		select {
+		case pk := <-cl.State.outbound:
+			if cl.Closed() {
+				return
+			}
+			cl.writeOutbound(pk)
+			continue
+		default:
+		}
+
+		cl.State.writing.Store(false)
+		if len(cl.State.outbound) == 0 || !cl.State.writing.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// writeOutbound writes one packet taken from the outbound queue.
+func (cl *Client) writeOutbound(pk *packets.Packet) {
+	if err := cl.WritePacket(*pk); err != nil {
+		// TODO : Figure out what to do with error
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+	}
+	atomic.AddInt32(&cl.State.outboundQty, -1)
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -377,16 +416,23 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
+		err = cl.readAndHandle(fh, packetHandler)
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// readAndHandle reads the packet of fh and passes it to packetHandler. It holds the packet
+// in its own frame, so that Read, which waits for the next fixed header while the client is
+// idle, keeps a small frame and the goroutine's stack can shrink between packets.
+func (cl *Client) readAndHandle(fh *packets.FixedHeader, packetHandler ReadFn) error {
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.

@@ -407,73 +407,28 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
 
-	go cl.WriteLoop()
 	defer cl.Stop(nil)
 
-	pk, err := s.readConnectionPacket(cl)
-	if err != nil {
-		return fmt.Errorf("read connection: %w", err)
+	// This frame stays on the goroutine's stack for the whole connection, so the connection
+	// packet is held by establishClient's and the end of the session is detachClient's: an
+	// idle client's stack can then shrink to a few KiB (see Client.readAndHandle).
+	connected, err := s.establishClient(cl, listener)
+	if connected {
+		defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 	}
-
-	cl.ParseConnect(listener, pk)
-	if atomic.LoadInt64(&s.Info.ClientsConnected) >= s.Options.Capabilities.MaximumClients {
-		if cl.Properties.ProtocolVersion < 5 {
-			s.SendConnack(cl, packets.ErrServerUnavailable, false, nil)
-		} else {
-			s.SendConnack(cl, packets.ErrServerBusy, false, nil)
-		}
-
-		return packets.ErrServerBusy
-	}
-
-	code := s.validateConnect(cl, pk) // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
-	if code != packets.CodeSuccess {
-		if err := s.SendConnack(cl, code, false, nil); err != nil {
-			return fmt.Errorf("invalid connection send ack: %w", err)
-		}
-		return code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
-	}
-
-	err = s.hooks.OnConnect(cl, pk)
 	if err != nil {
 		return err
 	}
 
-	cl.refreshDeadline(cl.State.Keepalive)
-	if !s.hooks.OnConnectAuthenticate(cl, pk) { // [MQTT-3.1.4-2]
-		err := s.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil)
-		if err != nil {
-			return fmt.Errorf("invalid connection send ack: %w", err)
-		}
-
-		return packets.ErrBadUsernameOrPassword
-	}
-
-	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
-
-	s.hooks.OnSessionEstablish(cl, pk)
-
-	sessionPresent := s.inheritClientSession(pk, cl)
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
-
-	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
-	if err != nil {
-		return fmt.Errorf("ack connection packet: %w", err)
-	}
-
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
-
-	if sessionPresent {
-		err = cl.ResendInflightMessages(true)
-		if err != nil {
-			return fmt.Errorf("resend inflight: %w", err)
-		}
-	}
-
-	s.hooks.OnSessionEstablished(cl, pk)
-
 	err = cl.Read(s.receivePacket)
+	s.detachClient(cl, listener, err)
+
+	return err
+}
+
+// detachClient ends the session of a client whose Read has returned err: it sends its will
+// (err != nil) or discards it, calls OnDisconnect, and forgets an expired session.
+func (s *Server) detachClient(cl *Client, listener string, err error) {
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)
@@ -490,8 +445,75 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		s.UnsubscribeClient(cl)
 		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
+}
 
-	return err
+// establishClient reads and validates the connection packet, authenticates the client, takes
+// over any existing session and acknowledges the connection. connected reports whether the
+// client was counted in ClientsConnected (the caller uncounts it when the client ends).
+func (s *Server) establishClient(cl *Client, listener string) (connected bool, err error) {
+	pk, err := s.readConnectionPacket(cl)
+	if err != nil {
+		return false, fmt.Errorf("read connection: %w", err)
+	}
+
+	cl.ParseConnect(listener, pk)
+	if atomic.LoadInt64(&s.Info.ClientsConnected) >= s.Options.Capabilities.MaximumClients {
+		if cl.Properties.ProtocolVersion < 5 {
+			s.SendConnack(cl, packets.ErrServerUnavailable, false, nil)
+		} else {
+			s.SendConnack(cl, packets.ErrServerBusy, false, nil)
+		}
+
+		return false, packets.ErrServerBusy
+	}
+
+	code := s.validateConnect(cl, pk) // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
+	if code != packets.CodeSuccess {
+		if err := s.SendConnack(cl, code, false, nil); err != nil {
+			return false, fmt.Errorf("invalid connection send ack: %w", err)
+		}
+		return false, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
+	}
+
+	err = s.hooks.OnConnect(cl, pk)
+	if err != nil {
+		return false, err
+	}
+
+	cl.refreshDeadline(cl.State.Keepalive)
+	if !s.hooks.OnConnectAuthenticate(cl, pk) { // [MQTT-3.1.4-2]
+		err := s.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil)
+		if err != nil {
+			return false, fmt.Errorf("invalid connection send ack: %w", err)
+		}
+
+		return false, packets.ErrBadUsernameOrPassword
+	}
+
+	atomic.AddInt64(&s.Info.ClientsConnected, 1) // uncounted by attachClient when the client ends
+
+	s.hooks.OnSessionEstablish(cl, pk)
+
+	sessionPresent := s.inheritClientSession(pk, cl)
+	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+
+	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
+	if err != nil {
+		return true, fmt.Errorf("ack connection packet: %w", err)
+	}
+
+	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
+
+	if sessionPresent {
+		err = cl.ResendInflightMessages(true)
+		if err != nil {
+			return true, fmt.Errorf("resend inflight: %w", err)
+		}
+	}
+
+	s.hooks.OnSessionEstablished(cl, pk)
+
+	return true, nil
 }
 
 // readConnectionPacket reads the first incoming header for a connection, and if
@@ -1100,6 +1122,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	select {
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
+		cl.startWriter()
 	default:
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
