@@ -425,7 +425,7 @@ func (g *gateway) shutdown(timeout time.Duration) error {
 //   - memory_limit set: that limit, fixed (the operator's bound, e.g. under a container's);
 //   - unset: a floor of storage.DefaultMemoryLimit that follows the live heap (twice it, see
 //     softLimit), so that a small gateway returns the garbage of its bursts (Badger's table
-//     builds) quickly, and a large one (10 000 connections are about 300 MiB live) never has
+//     builds) quickly, and a large one (10 000 connections are about 160 MiB live) never has
 //     its collector running all the time against a limit under its live memory.
 func setMemoryLimit(cfg Config, log *slog.Logger) {
 	p := cfg.memoryPlan()
