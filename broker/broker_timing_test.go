@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -15,10 +16,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/ingest"
 )
 
 // Benchmarks of the real broker over loopback with the real gateway and a real store on disk
@@ -48,21 +53,58 @@ func BenchmarkQoS1(b *testing.B) {
 			for i := range tokens {
 				tokens[i] = e.token(fmt.Sprintf("bench-%d", i), "device", time.Hour)
 			}
-			runQoS1Load(b, e.addr, tc.conns, tc.window, tokens)
+			runQoS1Load(b, e.addr, tc.conns, tc.window, tokens, 0)
 			if n := len(e.stored()); n < b.N {
 				b.Fatalf("%d stored, %d acked", n, b.N)
 			}
 		})
 		b.Run("mosquitto/"+tc.name, func(b *testing.B) {
-			addr := startMosquitto(b)
-			runQoS1Load(b, addr, tc.conns, tc.window, make([]string, tc.conns))
+			addr, pid := startMosquitto(b)
+			runQoS1Load(b, addr, tc.conns, tc.window, make([]string, tc.conns), pid)
 		})
 	}
 }
 
+// BenchmarkQoS1Broker is BenchmarkQoS1's fleetgate half without the store: a gateway that
+// accepts every event at once, so that it measures the broker's and mochi's own work per
+// message (and the client's, the same as in BenchmarkQoS1's mosquitto half).
+//
+//	go test -run XXX -bench 'QoS1Broker' -benchtime 100000x ./broker/
+func BenchmarkQoS1Broker(b *testing.B) {
+	for _, tc := range []struct {
+		name          string
+		conns, window int
+	}{
+		{"10conns_64inflight", 10, 64},
+		{"1conn_256inflight", 1, 256},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			e := newEnv(b, "", func(_ *Config, o *Options) { o.Gateway = instantAcceptor{} })
+			tokens := make([]string, tc.conns)
+			for i := range tokens {
+				tokens[i] = e.token(fmt.Sprintf("bench-%d", i), "device", time.Hour)
+			}
+			runQoS1Load(b, e.addr, tc.conns, tc.window, tokens, 0)
+		})
+	}
+}
+
+// instantAcceptor accepts every event at once, storing nothing.
+type instantAcceptor struct{}
+
+func (instantAcceptor) Accept(context.Context, []*event.Event, ingest.AcceptOptions) error {
+	return nil
+}
+
+func (instantAcceptor) AcceptAsync(_ []*event.Event, _ ingest.AcceptOptions, done func(error)) {
+	done(nil)
+}
+
 // runQoS1Load publishes b.N QoS 1 messages of benchPayload bytes over conns MQTT 3.1.1
-// connections, each with at most window unacknowledged, and reports msgs/s.
-func runQoS1Load(b *testing.B, addr string, conns, window int, tokens []string) {
+// connections, each with at most window unacknowledged, and reports msgs/s and the CPU time
+// per message of this process (client, and broker and store when in process) plus that of
+// the server process pid (0: none).
+func runQoS1Load(b *testing.B, addr string, conns, window int, tokens []string, pid int) {
 	b.Helper()
 	b.SetBytes(benchPayload)
 	b.ReportAllocs()
@@ -77,7 +119,7 @@ func runQoS1Load(b *testing.B, addr string, conns, window int, tokens []string) 
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU(0)+processCPU(pid)
 	for i, rc := range clients {
 		n := b.N / conns
 		if i < b.N%conns {
@@ -92,12 +134,40 @@ func runQoS1Load(b *testing.B, addr string, conns, window int, tokens []string) 
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU(0)+processCPU(pid)-cpu0
 	b.StopTimer()
 	if err, _ := failed.Load().(error); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	if cpu > 0 {
+		b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/msg")
+	}
+}
+
+// processCPU is the user and system CPU time used by process pid, or by this one for 0 (0
+// where unknown).
+func processCPU(pid int) time.Duration {
+	if pid == 0 {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			return 0
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux), after
+	// the command name in parentheses.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // pipelinedPublisher sends n QoS 1 publishes on c keeping up to window unacknowledged, and
@@ -164,7 +234,7 @@ func pipelinedPublisher(c net.Conn, r *bufio.Reader, topic string, n, window int
 }
 
 // startMosquitto runs mosquitto (Debian's package, no persistence) on a free loopback port.
-func startMosquitto(b *testing.B) string {
+func startMosquitto(b *testing.B) (addr string, pid int) {
 	b.Helper()
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
@@ -177,7 +247,7 @@ func startMosquitto(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	addr := l.Addr().String()
+	addr = l.Addr().String()
 	_ = l.Close()
 	_, port, _ := net.SplitHostPort(addr)
 	conf := filepath.Join(b.TempDir(), "mosquitto.conf")
@@ -199,7 +269,7 @@ func startMosquitto(b *testing.B) string {
 		}
 		return err == nil
 	})
-	return addr
+	return addr, cmd.Process.Pid
 }
 
 // BenchmarkIdleConnectionMemory connects 10 000 idle MQTT clients (from a child process, so
@@ -217,7 +287,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	if err := os.WriteFile(tokFile, []byte(toks.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	heap0, rss0 := memNow()
+	heap0, stack0, rss0 := memNow()
 	b.ResetTimer()
 	// One measurement whatever b.N is: it is a memory figure, not a rate.
 	{
@@ -237,14 +307,15 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			return atomic.LoadInt64(&e.broker.server.Info.ClientsConnected) >= n
 		})
 		time.Sleep(time.Second) // let the connect-time garbage become garbage
-		heap1, rss1 := memNow()
+		heap1, stack1, rss1 := memNow()
 		if p := os.Getenv("BROKER_IDLE_HEAPPROFILE"); p != "" {
 			if f, err := os.Create(p); err == nil {
 				_ = pprof.WriteHeapProfile(f)
 				_ = f.Close()
 			}
 		}
-		b.ReportMetric(float64(heap1-heap0)/n, "heap+stack-B/conn")
+		b.ReportMetric(float64(heap1+stack1-heap0-stack0)/n, "heap+stack-B/conn")
+		b.ReportMetric(float64(stack1-stack0)/n, "stack-B/conn")
 		b.ReportMetric(float64(rss1-rss0)/n, "rss-B/conn")
 		_ = stdin.Close()
 		_, _ = io.Copy(io.Discard, out)
@@ -253,12 +324,12 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 }
 
-func memNow() (heapStack, rss int64) {
+func memNow() (heap, stack, rss int64) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	heapStack = int64(m.HeapInuse + m.StackInuse)
+	heap, stack = int64(m.HeapInuse), int64(m.StackInuse)
 	if data, err := os.ReadFile("/proc/self/status"); err == nil {
 		for _, line := range strings.Split(string(data), "\n") {
 			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
@@ -267,7 +338,7 @@ func memNow() (heapStack, rss int64) {
 			}
 		}
 	}
-	return heapStack, rss
+	return heap, stack, rss
 }
 
 // TestIdleClientsChild is the client side of BenchmarkIdleConnectionMemory, run in a child

@@ -248,7 +248,7 @@ func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if s == nil {
 		return pk, packets.ErrRejectPacket
 	}
-	if err := s.takePublish(pk); err != nil {
+	if err := s.takePublish(&pk); err != nil {
 		return pk, err
 	}
 	return noopPacket, nil

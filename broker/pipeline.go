@@ -70,9 +70,15 @@ type session struct {
 	last   time.Time
 }
 
-// entry is one publish in the pipeline.
+// entry is one publish in the pipeline. It keeps what a decoded PUBLISH holds (see packet),
+// not the packet itself: a packets.Packet is 800 bytes, most of them fields a publish never
+// sets, and an entry is allocated for every publish.
 type entry struct {
-	pk       packets.Packet // for delivery; TopicName resolved, alias cleared
+	fh       packets.FixedHeader
+	topic    string // alias resolved
+	payload  []byte
+	props    *packets.Properties // MQTT 5 only (alias cleared); nil for 3.1.1, which has none
+	version  byte                // protocol version of the sender
 	qos      byte
 	id       uint16
 	code     byte   // PUBACK/PUBREC reason when refused before ingest; 0 otherwise
@@ -101,7 +107,7 @@ func newSession(b *Broker, cl *mqtt.Client, p *auth.Principal, clientID string) 
 // takePublish handles a PUBLISH on the connection's read goroutine. A nil error means the
 // packet is handled (refused or in the pipeline); an error wrapping packets.ErrRejectPacket
 // closes the connection.
-func (s *session) takePublish(pk packets.Packet) error {
+func (s *session) takePublish(pk *packets.Packet) error {
 	b, cl := s.b, s.cl
 	qos := pk.FixedHeader.Qos
 	refused := false
@@ -170,9 +176,14 @@ func (s *session) takePublish(pk packets.Packet) error {
 			retainRefused = false
 		}
 	}
-	s.pace()
+	now := s.pace()
 
-	e := &entry{pk: pk, qos: qos, id: pk.PacketID, start: time.Now(), reserved: reserved}
+	e := &entry{fh: pk.FixedHeader, topic: pk.TopicName, payload: pk.Payload, version: pk.ProtocolVersion,
+		qos: qos, id: pk.PacketID, start: now, reserved: reserved}
+	if pk.ProtocolVersion == 5 {
+		props := pk.Properties
+		e.props = &props
+	}
 	switch {
 	case refused:
 		e.code = packets.ErrNotAuthorized.Code
@@ -205,7 +216,7 @@ func (s *session) takePublish(pk packets.Packet) error {
 	if qos == 0 {
 		b.m.pubQoS0.Inc()
 	}
-	ev := s.event(&pk)
+	ev := s.event(pk, now)
 	b.pending.Add(1)
 	b.m.inflight.Add(1)
 	b.gw.AcceptAsync([]*event.Event{ev}, ingest.AcceptOptions{}, func(err error) {
@@ -233,14 +244,14 @@ func (s *session) updateShadow(e *entry, device, op string) {
 		if op == "get" {
 			b.shadows.GetForDevice(s.p.Tenant, device)
 		} else {
-			b.shadows.UpdateFromDevice(ctx, from, s.p.Tenant, device, e.pk.Payload)
+			b.shadows.UpdateFromDevice(ctx, from, s.p.Tenant, device, e.payload)
 		}
 		s.complete(e, nil)
 	}()
 }
 
 // isAckOnly reports whether pk resends a QoS 2 publish already answered with PUBREC.
-func isAckOnly(cl *mqtt.Client, pk packets.Packet) bool {
+func isAckOnly(cl *mqtt.Client, pk *packets.Packet) bool {
 	if pk.FixedHeader.Qos != 2 {
 		return false
 	}
@@ -252,7 +263,7 @@ func isAckOnly(cl *mqtt.Client, pk packets.Packet) bool {
 func (s *session) unreserve(e *entry) {
 	if e.reserved {
 		e.reserved = false
-		s.b.retained.release(s.cl.ID, retainedSize(e.pk.TopicName, e.pk.Payload))
+		s.b.retained.release(s.cl.ID, retainedSize(e.topic, e.payload))
 	}
 }
 
@@ -281,7 +292,7 @@ func (s *session) holdRel() error {
 }
 
 // event builds the event of an accepted publish.
-func (s *session) event(pk *packets.Packet) *event.Event {
+func (s *session) event(pk *packets.Packet, now time.Time) *event.Event {
 	meta := make(map[string]string, 1+len(pk.Properties.User))
 	var traceparent, tracestate []byte
 	for _, u := range pk.Properties.User {
@@ -306,7 +317,7 @@ func (s *session) event(pk *packets.Packet) *event.Event {
 		Source:      s.source,
 		Type:        "fleetgate.mqtt.publish",
 		Subject:     s.p.Subject,
-		Time:        time.Now(),
+		Time:        now,
 		ContentType: pk.Properties.ContentType,
 		Data:        pk.Payload,
 		Protocol:    event.ProtocolMQTT,
@@ -372,13 +383,14 @@ func (s *session) extendDeadline() {
 	}
 }
 
-// pace applies the per-connection publish rate limit (token bucket, burst of one second).
-func (s *session) pace() {
+// pace applies the per-connection publish rate limit (token bucket, burst of one second), and
+// returns the time it lets the publish go (one clock read per publish, not one per use).
+func (s *session) pace() time.Time {
+	now := time.Now()
 	rate := s.b.cfg.PublishRate
 	if rate <= 0 {
-		return
+		return now
 	}
-	now := time.Now()
 	if !s.last.IsZero() {
 		s.tokens += now.Sub(s.last).Seconds() * rate
 	}
@@ -388,7 +400,7 @@ func (s *session) pace() {
 	s.last = now
 	if s.tokens >= 1 {
 		s.tokens--
-		return
+		return now
 	}
 	s.b.m.pubPaced.Inc()
 	wait := time.Duration((1 - s.tokens) / rate * float64(time.Second))
@@ -400,6 +412,7 @@ func (s *session) pace() {
 	}
 	s.tokens = 0
 	s.last = time.Now()
+	return s.last
 }
 
 // complete marks e done (err from the gateway) and starts a drain if the pipeline's head is done.
@@ -595,7 +608,7 @@ func (s *session) releaseQuota() {
 // deliver hands a committed publish to mochi for its subscribers (and the retained store),
 // through the broker's inline client, with the sender as origin.
 func (s *session) deliver(e *entry) {
-	pk := e.pk
+	pk := e.packet()
 	pk.Connect.ClientIdentifier = s.cl.ID // restored as Origin by OnPublish: the tenant-scoped id
 	if pk.FixedHeader.Qos == 0 {
 		pk.PacketID = 0
@@ -605,6 +618,16 @@ func (s *session) deliver(e *entry) {
 		s.unreserve(e) // refused before retainHook committed it
 		s.b.log.Debug("mqtt delivery failed", "client", s.cl.ID, "topic", pk.TopicName, "error", err)
 	}
+}
+
+// packet is the publish of e as takePublish had it: a decoded PUBLISH sets only these fields
+// (ReadPacket the protocol version, PublishDecode the others).
+func (e *entry) packet() packets.Packet {
+	pk := packets.Packet{FixedHeader: e.fh, TopicName: e.topic, Payload: e.payload, PacketID: e.id, ProtocolVersion: e.version}
+	if e.props != nil {
+		pk.Properties = *e.props
+	}
+	return pk
 }
 
 func reasonOf(code byte) string {

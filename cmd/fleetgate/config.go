@@ -40,7 +40,7 @@ type Config struct {
 	// storage.PlanMemory). GOMEMLIMIT, when set, takes the runtime's part over. 0 (the
 	// default): the log is sized as for storage.DefaultMemoryLimit (128 MiB) and the runtime
 	// gets no soft limit, so that a gateway whose connections alone need more (10 000 idle
-	// MQTT connections take about 300 MiB) does not spend its CPU collecting garbage.
+	// MQTT connections take about 160 MiB) does not spend its CPU collecting garbage.
 	MemoryLimit int64 `yaml:"memory_limit"`
 }
 
