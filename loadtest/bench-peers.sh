@@ -289,6 +289,9 @@ e2e_case() {
 }
 
 log "work dir $WORK, scale $SCALE, $REPEAT runs per case, peers: $PEERS"
+# The physical floor of a durable ack on this disk, in the directory the servers' data goes to.
+"$LT" fsync --dir "$WORK" --count 500 --json >"$WORK/disk.json" || die "measuring the disk's fdatasync"
+log "disk: $("$LT" fsync --dir "$WORK" --count 200 | tail -n 1)"
 for peer in $PEERS; do
 	log "$peer: MQTT cases"
 	mqtt_cases "$peer"
@@ -303,6 +306,7 @@ if [[ " $PEERS " == *" fleetgate "* ]]; then
 fi
 
 cp "$OUT" "$REPO/loadtest/results.jsonl"
+cp "$WORK/disk.json" "$REPO/loadtest/disk.json"
 go run ./loadtest/cmd/chart -in loadtest/results.jsonl -md loadtest/RESULTS.md -png loadtest/results.png \
-	-notes loadtest/NOTES.md
+	-notes loadtest/NOTES.md -disk loadtest/disk.json
 log "wrote loadtest/RESULTS.md and loadtest/results.png"

@@ -5,7 +5,7 @@ import (
 	"strings"
 )
 
-// Summary renders a run's result (*MQTTResult, *HTTPResult or *ConnsResult) as a few lines for people.
+// Summary renders a run's result (*MQTTResult, *HTTPResult, *ConnsResult or *FsyncResult) as a few lines for people.
 func Summary(res any) string {
 	var b strings.Builder
 	lat := func(name string, l Latency) {
@@ -21,6 +21,9 @@ func Summary(res any) string {
 		lat("ack→invocation", e.Latency)
 	}
 	switch r := res.(type) {
+	case *FsyncResult:
+		fmt.Fprintf(&b, "fsync %s  append of %d bytes + fdatasync, %d times in %.2fs\n", r.Dir, r.Size, r.Latency.Count, r.Seconds)
+		lat("fdatasync", r.Latency)
 	case *MQTTResult:
 		fmt.Fprintf(&b, "mqtt %s  clients %d  qos %d  size %d  inflight %d\n", r.Broker, r.Clients, r.QoS, r.Size, r.Inflight)
 		fmt.Fprintf(&b, "sent %d  acked %d  errors %d  in %.2fs  →  %.0f msgs/s  (connect %.2fs)\n",

@@ -42,6 +42,7 @@ commands:
   http       POST events over HTTP (fasthttp, keep-alive) and measure 202s
   conns      hold many idle MQTT connections and measure what each costs the server
   bare-http  serve a bare fasthttp handler that answers 202 without storing (a baseline peer)
+  fsync      measure this disk's durable append (write + fdatasync), the floor of a durable ack
 
 run "fleetgate-loadtest <command> -h" for its flags.
 `
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runConns(ctx, args[1:], stdout, stderr)
 	case "bare-http":
 		return runBare(ctx, args[1:], stderr)
+	case "fsync":
+		return runFsync(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -194,6 +197,28 @@ func runConns(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return finish(res, err, *asJSON, stdout, stderr)
 }
 
+func runFsync(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fsync", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print exactly one JSON object with the results on stdout")
+	dir := fs.String("dir", ".", "directory on the disk to measure (a temporary file is written there and removed)")
+	count := fs.Int("count", 500, "appends, each made durable with fdatasync")
+	size := fs.Int("size", 256, "bytes per append")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "fsync: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	res, err := loadtest.MeasureFsync(*dir, *count, *size)
+	if err != nil {
+		fmt.Fprintf(stderr, "fleetgate-loadtest: %v\n", err)
+		return 1
+	}
+	return finish(res, nil, *asJSON, stdout, stderr)
+}
+
 // finish prints the result (JSON on stdout, or a summary) and picks the exit code.
 func finish(res any, err error, asJSON bool, stdout, stderr io.Writer) int {
 	if isNil(res) {
@@ -224,6 +249,8 @@ func isNil(res any) bool {
 	case *loadtest.HTTPResult:
 		return r == nil
 	case *loadtest.ConnsResult:
+		return r == nil
+	case *loadtest.FsyncResult:
 		return r == nil
 	}
 	return res == nil

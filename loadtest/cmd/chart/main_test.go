@@ -27,7 +27,11 @@ func TestReportAndChart(t *testing.T) {
 	if err := os.WriteFile(notes, []byte("fleetgate loses here because of fsync.\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := run(in, md, pngPath, notes); err != nil {
+	disk := filepath.Join(dir, "disk.json")
+	if err := os.WriteFile(disk, []byte(`{"dir":"/x","size":256,"seconds":0.1,"fdatasync_latency_ms":{"count":500,"p50":0.25,"p99":1.5}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(in, md, pngPath, notes, disk); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(md)
@@ -43,6 +47,8 @@ func TestReportAndChart(t *testing.T) {
 		"| fleetgate | 10 connections, QoS 1, open loop at 10000 msgs/s, 128 B | 50000 | 49999 | 1 | 2 | 7.00 |",
 		"![chart](results.png)",
 		"fleetgate loses here because of fsync.",
+		"**Disk:** an append of 256 bytes made durable with `fdatasync`",
+		"p50 0.25 ms, p99 1.50 ms (500 appends)",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q\n%s", want, report)
@@ -68,10 +74,10 @@ func TestBadInput(t *testing.T) {
 	if err := os.WriteFile(in, []byte("{\"peer\":\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := run(in, filepath.Join(dir, "R.md"), filepath.Join(dir, "r.png"), ""); err == nil || !strings.Contains(err.Error(), "line 1") {
+	if err := run(in, filepath.Join(dir, "R.md"), filepath.Join(dir, "r.png"), "", ""); err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Errorf("err = %v", err)
 	}
-	if err := run(filepath.Join(dir, "missing"), filepath.Join(dir, "R.md"), filepath.Join(dir, "r.png"), ""); err == nil {
+	if err := run(filepath.Join(dir, "missing"), filepath.Join(dir, "R.md"), filepath.Join(dir, "r.png"), "", ""); err == nil {
 		t.Error("no error for a missing input")
 	}
 }
