@@ -244,19 +244,35 @@ func (b *Block) verifyCheckSum() error {
 
 func CreateTable(fname string, builder *Builder) (*Table, error) {
 	bd := builder.Done()
-	mf, err := z.OpenMmapFile(fname, os.O_CREATE|os.O_RDWR|os.O_EXCL, bd.Size)
-	if err == z.NewFile {
-		// Expected.
-	} else if err != nil {
+	// fleetgate patch: the table is written with write(2) and fsynced, then mapped to be read.
+	// Copying it into a fresh shared mapping faulted in every page of the file first (costly
+	// on virtual machines), and left them all in the process's resident memory. A full disk is
+	// a write error here, as the fallocate of the mapped version made it.
+	f, err := os.OpenFile(fname, os.O_CREATE|os.O_RDWR|os.O_EXCL, 0666)
+	if err != nil {
 		return nil, y.Wrapf(err, "while creating table: %s", fname)
-	} else {
-		return nil, fmt.Errorf("file already exists: %s", fname)
 	}
-
-	written := bd.Copy(mf.Data)
-	y.AssertTrue(written == len(mf.Data))
-	if err := z.Msync(mf.Data); err != nil {
-		return nil, y.Wrapf(err, "while calling msync on %s", fname)
+	if err := bd.writeTo(f); err != nil {
+		f.Close()
+		os.Remove(fname)
+		return nil, y.Wrapf(err, "while writing table: %s", fname)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(fname)
+		return nil, y.Wrapf(err, "while syncing table: %s", fname)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(fname)
+		return nil, y.Wrapf(err, "while closing table: %s", fname)
+	}
+	mf, err := z.OpenMmapFile(fname, os.O_RDWR, 0)
+	if err != nil {
+		return nil, y.Wrapf(err, "while opening table: %s", fname)
+	}
+	if len(mf.Data) != bd.Size {
+		mf.Close(-1)
+		return nil, fmt.Errorf("table %s: %d bytes written, %d expected", fname, len(mf.Data), bd.Size)
 	}
 	return OpenTable(mf, *builder.opts)
 }
