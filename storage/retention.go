@@ -254,15 +254,24 @@ func (s *Store) runValueLogGC() {
 		defer txn.Discard()
 		it = txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
 	}
+	moved := false // a run may have moved values (one that failed midway too)
 	for i := 0; i < 10 && !s.closed.Load(); i++ {
 		if err := s.db.RunValueLogGC(0.5); err != nil {
 			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 				s.log.Warn("storage: value log GC", "err", err)
+				moved = true
 			}
 			break
 		}
+		moved = true
 	}
 	if it == nil {
+		return
+	}
+	if !moved {
+		// Nothing moved, no log to delete: no flush (it would write a small level-0 table
+		// every GC interval under light load).
+		it.Close()
 		return
 	}
 	defer it.Close()

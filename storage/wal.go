@@ -357,12 +357,7 @@ func walDamagedAt(b []byte) bool {
 	if end > int64(len(b)) {
 		return false
 	}
-	for _, c := range b[end:] {
-		if c != 0 {
-			return true
-		}
-	}
-	return false
+	return !allZero(b[end:])
 }
 
 // replayWALRecord applies a record's writes to db, in order: in one transaction, or in several

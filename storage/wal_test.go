@@ -247,3 +247,20 @@ func FuzzWALRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestValueLogGCWithoutWorkFlushesNothing: the value-log GC flushes the memtable (its moved
+// values' pointers have no other log) only when it moved something; a run that found nothing to
+// move must not write a small level-0 table every GC interval.
+func TestValueLogGCWithoutWorkFlushesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	for i := range 10 {
+		if err := s.Append(t.Context(), []*Entry{newEntry("e"+strconv.Itoa(i), "p", "f")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.runValueLogGC()
+	if tables := tableFiles(t, dir); len(tables) != 0 {
+		t.Fatalf("value-log GC with nothing to move wrote tables %v", tables)
+	}
+}
