@@ -32,8 +32,19 @@ type Cluster interface {
 // README.md ("Cluster mode").
 const (
 	subjectDownlink = "fleetgate.mqtt.downlink" // a message for the subscribers of every node
-	subjectTakeover = "fleetgate.mqtt.takeover" // a client id connected on a node: others let go of it
-	subjectReleased = "fleetgate.mqtt.released" // a node let go of a client id
+	// Takeovers (a client id connected on a node: others let go of it) and releases (a node let
+	// go of a client id) share one subject, and so one subscription, which handles a node's
+	// messages in the order it sent them: a takeover sent when a client connected to node A is
+	// handled by node B before A's release of that client for a newer connection on B. On two
+	// subjects B could handle the release first, load the session, and then close its own new
+	// connection on A's old takeover.
+	subjectSession = "fleetgate.mqtt.session"
+)
+
+// Kinds of the messages on subjectSession.
+const (
+	kindTakeover = "takeover"
+	kindReleased = "released"
 )
 
 // Keys of cluster mode in the shared KV (besides the session keys of persist.go).
@@ -76,14 +87,15 @@ type downlinkMsg struct {
 	Msg  mstorage.Message `json:"m"`
 }
 
-type takeoverMsg struct {
-	Node string `json:"n"` // the node the client connected to
-	ID   string `json:"id"`
-}
-
-type releasedMsg struct {
-	Node string `json:"n"` // the node that let go
-	ID   string `json:"id"`
+// sessionMsg is a message on subjectSession.
+type sessionMsg struct {
+	Kind string `json:"k"`  // kindTakeover or kindReleased
+	Node string `json:"n"`  // takeover: the node the client connected to; released: the node that let go
+	ID   string `json:"id"` // the tenant-scoped client id
+	// At (takeover) is when the client's CONNECT was authenticated, unix ns on its node's
+	// clock. A node holding a connection with that id authenticated later keeps it: the
+	// takeover is stale (sent for an older connection, and late).
+	At int64 `json:"at,omitempty"`
 }
 
 type heartbeat struct {
@@ -135,7 +147,7 @@ type clusterState struct {
 	replayed *metrics.Counter
 
 	sent, received, takeovers, sessionLoads, queued, busErrors *metrics.Counter
-	queueFull, expired                                         *metrics.Counter
+	queueFull, expired, staleTakeovers                         *metrics.Counter
 }
 
 func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set) *clusterState {
@@ -152,6 +164,7 @@ func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set)
 	c.received = set.NewCounter(`fleetgate_cluster_downlink_received_total`)
 	c.takeovers = set.NewCounter(`fleetgate_cluster_takeovers_total`)
 	c.sessionLoads = set.NewCounter(`fleetgate_cluster_session_loads_total`)
+	c.staleTakeovers = set.NewCounter(`fleetgate_cluster_stale_takeovers_total`)
 	c.queued = set.NewCounter(`fleetgate_cluster_offline_queued_total`)
 	c.busErrors = set.NewCounter(`fleetgate_cluster_bus_errors_total`)
 	c.queueFull = set.NewCounter(`fleetgate_cluster_offline_dropped_total`)
@@ -168,8 +181,7 @@ func newClusterState(b *Broker, bus Cluster, hb time.Duration, set *metrics.Set)
 func (c *clusterState) start() error {
 	for subj, fn := range map[string]func([]byte){
 		subjectDownlink: c.onDownlink,
-		subjectTakeover: c.onTakeover,
-		subjectReleased: c.onReleased,
+		subjectSession:  c.onSession,
 	} {
 		stop, err := c.bus.Subscribe(subj, fn)
 		if err != nil {
@@ -578,7 +590,7 @@ func (c *clusterState) connect(cl *mqtt.Client, pk packets.Packet, s *session) {
 	if found && rec.Node != c.node && c.alive(rec.Node) {
 		wait = c.waitRelease(rec.Node, id)
 	}
-	_ = c.publish(subjectTakeover, takeoverMsg{Node: c.node, ID: id}) // logged and counted
+	_ = c.publish(subjectSession, sessionMsg{Kind: kindTakeover, Node: c.node, ID: id, At: s.connectedAt.UnixNano()}) // logged and counted
 	if wait != nil {
 		select {
 		case <-wait:
@@ -632,11 +644,27 @@ func (c *clusterState) cancelWait(node, id string, ch chan struct{}) {
 	}
 }
 
-func (c *clusterState) onReleased(data []byte) {
-	var m releasedMsg
-	if json.Unmarshal(data, &m) != nil || m.Node == c.node {
+// onSession handles a message on subjectSession from another node.
+func (c *clusterState) onSession(data []byte) {
+	var m sessionMsg
+	if err := json.Unmarshal(data, &m); err != nil {
+		c.b.log.Warn("cluster bus: bad session message", "error", err)
 		return
 	}
+	if m.Node == c.node {
+		return
+	}
+	switch m.Kind {
+	case kindTakeover:
+		c.onTakeover(m)
+	case kindReleased:
+		c.onReleased(m)
+	default:
+		c.b.log.Warn("cluster bus: unknown session message", "kind", m.Kind, "node", m.Node)
+	}
+}
+
+func (c *clusterState) onReleased(m sessionMsg) {
 	k := m.Node + "\x00" + m.ID
 	c.mu.Lock()
 	ws := c.waiters[k]
@@ -650,19 +678,23 @@ func (c *clusterState) onReleased(data []byte) {
 // onTakeover: client id connected on another node. A connection here with that id is closed
 // (MQTT 5: DISCONNECT 0x8E session taken over), and this node's copy of its session is dropped
 // without touching the KV, which the new node now owns.
-func (c *clusterState) onTakeover(data []byte) {
-	var m takeoverMsg
-	if json.Unmarshal(data, &m) != nil || m.Node == c.node {
-		return
-	}
+func (c *clusterState) onTakeover(m sessionMsg) {
 	if old, ok := c.b.server.Clients.Get(m.ID); ok {
+		if s := c.b.session(old); s != nil && m.At != 0 && s.connectedAt.UnixNano() > m.At {
+			// Our connection is the newer one: this takeover was sent for an older connection
+			// and arrived late. No release is sent: this node keeps the session.
+			c.staleTakeovers.Inc()
+			c.b.log.Info("mqtt takeover for an older connection on another node ignored",
+				"client", m.ID, "node", m.Node)
+			return
+		}
 		if !old.Closed() {
 			c.takeovers.Inc()
 			c.b.log.Info("mqtt client id connected on another node: session taken over", "client", m.ID, "node", m.Node)
 		}
 		c.release(old)
 	}
-	_ = c.publish(subjectReleased, releasedMsg{Node: c.node, ID: m.ID})
+	_ = c.publish(subjectSession, sessionMsg{Kind: kindReleased, Node: c.node, ID: m.ID})
 }
 
 // release drops this node's copy of old's session: its connection (if open), subscriptions
@@ -728,7 +760,9 @@ func (c *clusterState) load(id string, rec *storedClient, s *session) {
 	c.adoptQueued(ncl)
 
 	// judged by the connecting client's principal until mochi hands it over (OnSessionEstablish)
-	b.sessions.Store(ncl, newSession(b, ncl, s.p, s.clientID))
+	ls := newSession(b, ncl, s.p, s.clientID)
+	ls.connectedAt = s.connectedAt // stands for the connecting client (see onTakeover)
+	b.sessions.Store(ncl, ls)
 	for _, v := range subs {
 		sb := packets.Subscription{Filter: v.Filter, RetainHandling: v.RetainHandling, Qos: v.Qos,
 			RetainAsPublished: v.RetainAsPublished, NoLocal: v.NoLocal, Identifier: v.Identifier}

@@ -47,14 +47,27 @@ func (s sharedKV) Scan(prefix string, fn func(string, []byte) error) error {
 type natsBus struct {
 	node string
 	nc   *nats.Conn
+	tap  busTap // optional
 }
+
+// busTap, when set, is called for each message delivered to one of a node's subscriptions:
+// before its handler (handled false; it may block to hold the subscription back) and after it.
+type busTap func(node, subject string, data []byte, handled bool)
 
 func (n *natsBus) Node() string { return n.node }
 
 func (n *natsBus) Publish(subject string, data []byte) error { return n.nc.Publish(subject, data) }
 
 func (n *natsBus) Subscribe(subject string, fn func([]byte)) (func(), error) {
-	sub, err := n.nc.Subscribe(subject, func(m *nats.Msg) { fn(m.Data) })
+	sub, err := n.nc.Subscribe(subject, func(m *nats.Msg) {
+		if n.tap != nil {
+			n.tap(n.node, subject, m.Data, false)
+		}
+		fn(m.Data)
+		if n.tap != nil {
+			n.tap(n.node, subject, m.Data, true)
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +125,8 @@ type testCluster struct {
 	kv    *memKV
 	v     *auth.Verifier
 	nodes []*clusterNode
+	hb    time.Duration
+	tap   busTap
 }
 
 const testHeartbeat = 100 * time.Millisecond
@@ -120,11 +135,17 @@ const testHeartbeat = 100 * time.Millisecond
 // and its own log, sharing one KV, and waits until the bus carries messages between all nodes.
 func newTestCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
+	return newTestClusterWith(t, n, testHeartbeat, nil)
+}
+
+// newTestClusterWith is newTestCluster with the nodes' heartbeat and a tap on their buses.
+func newTestClusterWith(t *testing.T, n int, hb time.Duration, tap busTap) *testCluster {
+	t.Helper()
 	v, err := newVerifierIn(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := &testCluster{t: t, kv: newMemKV(), v: v}
+	tc := &testCluster{t: t, kv: newMemKV(), v: v, hb: hb, tap: tap}
 	for i, ns := range startNATS(t, n) {
 		tc.nodes = append(tc.nodes, tc.startNode(fmt.Sprintf("gw-%d", i+1), ns))
 	}
@@ -150,7 +171,7 @@ func (tc *testCluster) startNode(name string, ns *natsserver.Server) *clusterNod
 	cfg := DefaultConfig()
 	cfg.Addr = "127.0.0.1:0"
 	b, err := New(Options{Config: cfg, Gateway: gw, Auth: tc.v, Store: sharedKV{Backend: st, kv: tc.kv},
-		Logger: testLogger(), Cluster: &natsBus{node: name, nc: nc}, ClusterHeartbeat: testHeartbeat})
+		Logger: testLogger(), Cluster: &natsBus{node: name, nc: nc, tap: tc.tap}, ClusterHeartbeat: tc.hb})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,6 +561,161 @@ func TestClusterTakeover(t *testing.T) {
 	})
 	if rec, _ := n1.b.cluster.readClient("acme/d1"); rec == nil || rec.Node != "gw-1" {
 		t.Fatalf("session record: %+v, want node gw-1", rec)
+	}
+}
+
+// TestClusterStaleTakeover: the takeover node 1 sends when a client connects there reaches node
+// 2 late, after the same client id connected to node 2. The newer connection, on node 2, keeps
+// its session and gets its downlink.
+//
+//   - handed over: a persistent session, so node 2 waits for node 1 to release it. Node 1's old
+//     takeover is held back at node 2 until node 1's release has reached node 2's connection:
+//     node 2 must handle node 1's messages in the order they were sent (the old takeover first,
+//     while node 2 holds nothing yet), not load the session on the release and then drop it
+//     on the takeover.
+//   - not handed over: clean sessions, so node 2 has nothing to wait for and connects first.
+//     The old takeover arrives after: node 2 sees that its connection is the newer one.
+func TestClusterStaleTakeover(t *testing.T) {
+	for _, handedOver := range []bool{true, false} {
+		name := map[bool]string{true: "handed over", false: "not handed over"}[handedOver]
+		t.Run(name, func(t *testing.T) { testStaleTakeover(t, handedOver) })
+	}
+}
+
+func testStaleTakeover(t *testing.T, handedOver bool) {
+	hold := make(chan struct{})          // closed: node 1's first takeover may reach node 2's handler
+	var held atomic.Bool                 // node 2's handler is being held back
+	markerDone := make(chan struct{}, 1) // node 2 handled the marker
+	tap := func(node, subject string, data []byte, handled bool) {
+		if node != "gw-2" || subject != subjectSession {
+			return
+		}
+		var m sessionMsg
+		if json.Unmarshal(data, &m) != nil {
+			return
+		}
+		if handled && m.Node == "marker" {
+			markerDone <- struct{}{}
+		}
+		if !handled && m.Kind == kindTakeover && m.Node == "gw-1" && held.CompareAndSwap(false, true) {
+			select {
+			case <-hold:
+			case <-time.After(20 * time.Second): // never deadlock the test
+			}
+		}
+	}
+	// Heartbeats of 1 s: node 1 is never taken for dead here (which would skip the hand-over).
+	tc := newTestClusterWith(t, 2, time.Second, tap)
+	n1, n2 := tc.nodes[0], tc.nodes[1]
+	tok := tc.token("d1", "device")
+	opts := func(cp *paho.Connect) {
+		if handedOver {
+			cp.CleanStart = false
+			exp := uint32(300)
+			cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &exp}
+		}
+	}
+	// node 2's connection sees node 1's release (not yet its handler)
+	sawRelease := make(chan struct{})
+	var sawOnce sync.Once
+	spy, err := n2.nc.Subscribe(subjectSession, func(msg *nats.Msg) {
+		var m sessionMsg
+		if json.Unmarshal(msg.Data, &m) == nil && m.Kind == kindReleased && m.Node == "gw-1" {
+			sawOnce.Do(func() { close(sawRelease) })
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = spy.Unsubscribe() }()
+	if err := n2.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	c1, _, err := connect5(t, n1.addr, "d1", tok, func(_ *paho.ClientConfig, cp *paho.Connect) { opts(cp) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.Subscribe(ctx10(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/d1/cmd", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node 1's takeover held back at node 2", held.Load)
+
+	gotDisc := make(chan byte, 1)
+	var got2 atomic.Int32
+	cfg2 := func(cfg *paho.ClientConfig, cp *paho.Connect) {
+		opts(cp)
+		cfg.OnServerDisconnect = func(d *paho.Disconnect) { gotDisc <- d.ReasonCode }
+		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			if string(pr.Packet.Payload) == "to-new" {
+				got2.Add(1)
+			}
+			return true, nil
+		}}
+	}
+	type connected struct {
+		c   *paho.Client
+		ack *paho.Connack
+		err error
+	}
+	done := make(chan connected, 1)
+	go func() {
+		c, ack, err := connect5(t, n2.addr, "d1", tok, cfg2)
+		done <- connected{c, ack, err}
+	}()
+	var r connected
+	if handedOver {
+		// node 2 waits for node 1's release; once it reached node 2, let the old takeover go
+		select {
+		case <-sawRelease:
+		case <-time.After(10 * time.Second):
+			t.Fatal("node 1 did not release the session")
+		}
+		close(hold)
+		r = <-done
+	} else {
+		r = <-done // nothing to wait for: connected before the old takeover is handled
+		close(hold)
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.ack.SessionPresent != handedOver {
+		t.Errorf("CONNACK on node 2: session present = %v, want %v", r.ack.SessionPresent, handedOver)
+	}
+	if !handedOver {
+		if _, err := r.c.Subscribe(ctx10(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/d1/cmd", QoS: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// node 2 has handled every session message sent before the marker
+	if err := n1.nc.Publish(subjectSession, []byte(`{"k":"released","n":"marker","id":"none"}`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-markerDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("node 2 did not handle the marker")
+	}
+	waitFor(t, "node 1 done with the old connection", func() bool {
+		_, held := n1.b.server.Clients.Get("acme/d1")
+		return atomic.LoadInt64(&n1.b.server.Info.ClientsConnected) == 0 && !held
+	})
+	wantStale := map[bool]int64{true: 0, false: 1}[handedOver]
+	if got := int64(n2.b.cluster.staleTakeovers.Get()); got != wantStale {
+		t.Errorf("stale takeovers seen on node 2 = %d, want %d", got, wantStale)
+	}
+	if err := n1.b.Publish("devices/d1/cmd", []byte("to-new"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the downlink at the new connection", func() bool { return got2.Load() >= 1 })
+	select {
+	case code := <-gotDisc:
+		t.Fatalf("the new connection on node 2 was closed: DISCONNECT 0x%02x", code)
+	default:
+	}
+	if cl, ok := n2.b.server.Clients.Get("acme/d1"); !ok || cl.Closed() {
+		t.Fatal("node 2 no longer holds the new connection")
 	}
 }
 
