@@ -608,6 +608,9 @@ func (s *session) releaseQuota() {
 // deliver hands a committed publish to mochi for its subscribers (and the retained store),
 // through the broker's inline client, with the sender as origin.
 func (s *session) deliver(e *entry) {
+	if !e.fh.Retain && s.b.cluster == nil && !s.b.server.Topics.HasSubscribers(e.topic) {
+		return // no one on this node can receive it (telemetry usually goes to functions only)
+	}
 	pk := e.packet()
 	pk.Connect.ClientIdentifier = s.cl.ID // restored as Origin by OnPublish: the tenant-scoped id
 	if pk.FixedHeader.Qos == 0 {

@@ -589,6 +589,48 @@ func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
 	})
 }
 
+// HasSubscribers reports whether a publish to topic may have a subscriber: false only when no
+// subscription (plain, shared or inline) is indexed on any path Subscribers would gather
+// from. Unlike Subscribers it allocates nothing. (fleetgate patch: the broker does not hand a
+// publish nobody can receive to the server.)
+func (x *TopicsIndex) HasSubscribers(topic string) bool {
+	if len(topic) == 0 {
+		return false
+	}
+	return x.hasSubscribers(topic, 0, x.root)
+}
+
+func (x *TopicsIndex) hasSubscribers(topic string, d int, n *particle) bool {
+	key, hasNext := isolateParticle(topic, d)
+	for _, partKey := range [2]string{key, "+"} {
+		particle := n.particles.get(partKey)
+		if particle == nil {
+			continue
+		}
+		if hasNext {
+			if x.hasSubscribers(topic, d+1, particle) {
+				return true
+			}
+			continue
+		}
+		if particle.hasSubscriptions() {
+			return true
+		}
+		if wild := particle.particles.get("#"); wild != nil && partKey != "+" && wild.hasSubscriptions() {
+			return true
+		}
+	}
+	if particle := n.particles.get("#"); particle != nil && particle.hasSubscriptions() {
+		return true
+	}
+	return false
+}
+
+// hasSubscriptions reports whether any subscription ends at the particle.
+func (p *particle) hasSubscriptions() bool {
+	return p.subscriptions.Len() > 0 || p.shared.Len() > 0 || p.inlineSubscriptions.Len() > 0
+}
+
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
 func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Subscribers) *Subscribers {
 	if n == nil {
