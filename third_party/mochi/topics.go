@@ -597,18 +597,19 @@ func (x *TopicsIndex) HasSubscribers(topic string) bool {
 	if len(topic) == 0 {
 		return false
 	}
-	return x.hasSubscribers(topic, 0, x.root)
+	return x.hasSubscribers(topic, x.root)
 }
 
-func (x *TopicsIndex) hasSubscribers(topic string, d int, n *particle) bool {
-	key, hasNext := isolateParticle(topic, d)
+// hasSubscribers walks the levels of rest (the topic from the level under n on) once.
+func (x *TopicsIndex) hasSubscribers(rest string, n *particle) bool {
+	key, next, hasNext := strings.Cut(rest, "/")
 	for _, partKey := range [2]string{key, "+"} {
 		particle := n.particles.get(partKey)
 		if particle == nil {
 			continue
 		}
 		if hasNext {
-			if x.hasSubscribers(topic, d+1, particle) {
+			if x.hasSubscribers(next, particle) {
 				return true
 			}
 			continue
