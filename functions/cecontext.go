@@ -3,6 +3,7 @@ package functions
 import (
 	"encoding/json"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -106,6 +107,28 @@ func validURIRef(s string) bool {
 // path segment (an empty authority: percent escapes in a host are refused by common URI
 // parsers); anything else is percent-encoded as one relative path segment.
 func SourceURI(s string) string {
+	for _, scheme := range [...]string{"mqtt://", "http://"} {
+		if id, ok := strings.CutPrefix(s, scheme); ok && unreservedOnly(id) {
+			return s // a plain host name: valid as it is (the usual case), without url.Parse
+		}
+	}
+	return sourceURI(s)
+}
+
+// unreservedOnly reports whether s is not empty and holds only RFC 3986's unreserved
+// characters (letters, digits, -, ., _ and ~).
+func unreservedOnly(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// sourceURI is SourceURI without its fast path.
+func sourceURI(s string) string {
 	if s == "" {
 		return "fleetgate"
 	}
@@ -158,7 +181,9 @@ func appendContextAttributes(dst []byte, e *event.Event) []byte {
 	if len(e.Meta) == 0 {
 		return dst
 	}
-	var meta map[string]string
+	var keysBuf [8]string
+	keys := keysBuf[:0] // of the meta attribute
+	plain := true       // every key and value of it needs no JSON escaping
 	var exts []string
 	isError := e.Type == ErrorEventType
 	for k, v := range e.Meta {
@@ -171,13 +196,15 @@ func appendContextAttributes(dst []byte, e *event.Event) []byte {
 		if strings.HasPrefix(k, "$") || isError && isErrorAttribute(k) {
 			continue
 		}
-		if meta == nil {
-			meta = make(map[string]string, len(e.Meta))
-		}
-		meta[k] = v
+		keys = append(keys, k)
+		plain = plain && plainJSON(k) && plainJSON(v)
 	}
-	if meta != nil {
-		b, _ := json.Marshal(meta) // sorted keys; invalid UTF-8 becomes U+FFFD
+	switch {
+	case len(keys) == 0:
+	case plain:
+		dst = appendPlainMeta(dst, e.Meta, keys)
+	default:
+		b, _ := json.Marshal(metaOf(e.Meta, keys)) // sorted keys; invalid UTF-8 becomes U+FFFD
 		attr("meta", string(b))
 	}
 	sort.Strings(exts)
@@ -185,6 +212,45 @@ func appendContextAttributes(dst []byte, e *event.Event) []byte {
 		attr(name, e.Meta[MetaCEExtPrefix+name])
 	}
 	return dst
+}
+
+// appendPlainMeta appends the meta attribute: a JSON string holding the JSON object of
+// meta's keys, exactly as encoding/json writes a map[string]string (keys sorted), when no key
+// or value needs escaping (plainJSON), without encoding/json's reflection and allocations:
+// the usual case, such as an MQTT publish's client id.
+func appendPlainMeta(dst []byte, meta map[string]string, keys []string) []byte {
+	slices.Sort(keys)
+	dst = append(dst, `,"meta":"{`...)
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '\\', '"')
+		dst = append(dst, k...)
+		dst = append(dst, '\\', '"', ':', '\\', '"')
+		dst = append(dst, meta[k]...)
+		dst = append(dst, '\\', '"')
+	}
+	return append(dst, '}', '"')
+}
+
+func metaOf(meta map[string]string, keys []string) map[string]string {
+	m := make(map[string]string, len(keys))
+	for _, k := range keys {
+		m[k] = meta[k]
+	}
+	return m
+}
+
+// plainJSON reports whether encoding/json writes s as a string unchanged between quotes:
+// printable ASCII other than ", \, <, > and &.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 func isErrorAttribute(k string) bool {

@@ -273,3 +273,42 @@ func TestRepublishQoSZeroIsKept(t *testing.T) {
 		t.Fatal("qos 3 accepted")
 	}
 }
+
+// FuzzContextAttributes: the meta attribute written without encoding/json (keys and values
+// needing no escaping) is what encoding/json writes, and SourceURI's fast path for plain host
+// names answers as its full path does.
+func FuzzContextAttributes(f *testing.F) {
+	f.Add("client_id", "dev-1", "fw", "1.2", "mqtt://dev-1")
+	f.Add("a<b", "x&y", "k", "v\"", "mqtt://dev 1")
+	f.Add("z", "", "a", "\xff", "http://auth0|abc")
+	f.Add("b", "2", "a", "1", "mqtt://a.b~c_d")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, source string) {
+		if got, want := SourceURI(source), sourceURI(source); got != want {
+			t.Fatalf("SourceURI(%q) = %q, the full path says %q", source, got, want)
+		}
+		meta := map[string]string{k1: v1, k2: v2}
+		want := map[string]string{}
+		for k, v := range meta {
+			if !strings.HasPrefix(k, "$") {
+				want[k] = v
+			}
+		}
+		e := &event.Event{ID: "x", Source: source, Meta: meta}
+		out := AppendCloudEvents(nil, &Batch{Items: []storage.Item{{Event: e}}})
+		var got []map[string]any
+		if err := json.Unmarshal(out, &got); err != nil || len(got) != 1 {
+			t.Fatalf("invalid JSON %q: %v", out, err)
+		}
+		m, has := got[0]["meta"]
+		if len(want) == 0 {
+			if has {
+				t.Fatalf("meta %q for no metadata", m)
+			}
+			return
+		}
+		b, _ := json.Marshal(want)
+		if m != string(b) {
+			t.Fatalf("meta = %q, encoding/json writes %q", m, b)
+		}
+	})
+}

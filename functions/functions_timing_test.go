@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -154,6 +155,24 @@ func BenchmarkDispatcherCatchUp(b *testing.B) {
 
 func BenchmarkAppendCloudEvents100(b *testing.B) {
 	items := thresholdItems(100, func(i int) int { return i })
+	batch := &Batch{Function: "f", Items: items}
+	buf := AppendCloudEvents(nil, batch)
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = AppendCloudEvents(buf[:0], batch)
+	}
+}
+
+// BenchmarkAppendCloudEventsMQTT100: a batch of 100 events as the broker stores an MQTT
+// publish (protocol, QoS, retain flag, the client id in the metadata).
+func BenchmarkAppendCloudEventsMQTT100(b *testing.B) {
+	items := thresholdItems(100, func(i int) int { return i })
+	for i := range items {
+		e := items[i].Event
+		e.Protocol, e.QoS = event.ProtocolMQTT, 1
+		e.Meta = map[string]string{metaClientID: "dev" + strconv.Itoa(i)}
+	}
 	batch := &Batch{Function: "f", Items: items}
 	buf := AppendCloudEvents(nil, batch)
 	b.SetBytes(int64(len(buf)))
