@@ -268,3 +268,69 @@ func TestDeliveriesWaitBelowHalfTheReserve(t *testing.T) {
 		t.Fatalf("queue after the ack: %d items, %v", len(n), err)
 	}
 }
+
+// fillAll writes a file in dir's file system until the file system has no block left.
+func fillAll(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for _, chunk := range []int{1 << 20, 4 << 10} {
+		for {
+			if _, err := f.Write(buf[:chunk]); err != nil {
+				if !errors.Is(err, syscall.ENOSPC) {
+					t.Fatalf("filling %s: %v", path, err)
+				}
+				break
+			}
+		}
+	}
+}
+
+// TestCloseOnAFullDisk: the disk fills up completely (another process) while Badger's memtable
+// holds acknowledged events. Close returns all the same (the memtable cannot be flushed; the
+// write-ahead log keeps its groups), and once space is back the next Open has every event.
+func TestCloseOnAFullDisk(t *testing.T) {
+	disk := mountTmpfs(t, 96<<20)
+	dir := filepath.Join(disk, "log")
+	opts := func(o *Options) { o.MemTableBytes = MinMemTableBytes }
+	s := openTest(t, dir, opts)
+	const n = 300
+	for i := range n {
+		if err := s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("e%03d", i), `{"n":1}`, "f")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filler := filepath.Join(disk, "filler")
+	fillAll(t, filler)
+	defer func(old time.Duration) { closeFlushWait = old }(closeFlushWait)
+	closeFlushWait = time.Second
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-closed:
+		t.Logf("Close on a full disk: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Close did not return on a full disk")
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openTest(t, dir, opts)
+	items, err := s2.ReadQueue("f", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, it := range items {
+		got[it.Event.ID] = true
+	}
+	for i := range n {
+		if id := fmt.Sprintf("e%03d", i); !got[id] {
+			t.Fatalf("acknowledged event %s lost (%d of %d found)", id, len(got), n)
+		}
+	}
+}

@@ -861,6 +861,9 @@ func (s *Store) classify(err error) error {
 
 // Close stops accepting writes, commits what was already submitted, and closes Badger.
 // Calls made after Close fail with ErrClosed.
+// closeFlushWait is how long Close waits for the flush of the memtable.
+var closeFlushWait = 10 * time.Second
+
 func (s *Store) Close() error {
 	s.closeMu.Lock()
 	if s.closed.Swap(true) {
@@ -873,8 +876,19 @@ func (s *Store) Close() error {
 	if s.wal != nil {
 		// What Badger holds only in memory goes to a table first, so that the log's
 		// segments can all go and the next open has nothing to replay.
-		if err := s.db.FlushMemTable(); err != nil {
-			s.log.Error("storage: flushing the memtable at close (the write-ahead log keeps it; the next open replays it)", "err", err)
+		// Not forever: on a disk that stays full the flush fails again and again (Badger
+		// retries every second). The log keeps what is not flushed and the next open replays
+		// it; and once Badger is closing, its flusher gives up (patched Badger).
+		flushed := make(chan error, 1)
+		go func() { flushed <- s.db.FlushMemTable() }()
+		select {
+		case err := <-flushed:
+			if err != nil {
+				s.log.Error("storage: flushing the memtable at close (the write-ahead log keeps it; the next open replays it)", "err", err)
+			}
+		case <-time.After(closeFlushWait):
+			s.log.Error("storage: the memtable's flush at close has not finished (is the disk full?); closing without it: the write-ahead log keeps it and the next open replays it",
+				"waited", closeFlushWait)
 		}
 		if err := s.wal.close(); err != nil {
 			// The segments stay: the next Open replays them.

@@ -1213,6 +1213,14 @@ func (db *DB) flushMemtable(lc *z.Closer) {
 
 		for {
 			if err := db.handleMemTableFlush(mt, nil); err != nil {
+				if db.opt.ExternalWAL && db.IsClosed() {
+					// fleetgate patch: closing, and the memtable's entries are in the caller's
+					// log (ExternalWAL), which replays them at the next open: give up rather
+					// than retry forever (a full disk would keep Close from ever returning).
+					// OnMemTableFlushed is not called, so the caller keeps its log.
+					db.opt.Errorf("error flushing memtable to disk at close: %v; left to the caller's log", err)
+					break
+				}
 				// Encountered error. Retry indefinitely.
 				db.opt.Errorf("error flushing memtable to disk: %v, retrying", err)
 				time.Sleep(time.Second)
