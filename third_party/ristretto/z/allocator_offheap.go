@@ -27,7 +27,7 @@ var offHeap sync.Map // *byte (a mapped buffer's first byte) → its length
 // cleared: an Allocator's memory is never assumed to be zero (a pooled one is reused as is).
 // Only the pages a table touched are resident, so the spares cost at most what the largest
 // tables built lately did.
-const spareMax = 128 << 20
+const spareMax = 64 << 20
 
 var spares struct {
 	sync.Mutex
