@@ -94,7 +94,8 @@ func mountTmpfs(t *testing.T, size int64) string {
 	return dir
 }
 
-// fill writes a file of n bytes (really allocated) in dir.
+// fill writes a file of n bytes (really allocated) in dir; n < 0: until the file system has no
+// block left.
 func fill(t *testing.T, path string, n int64) {
 	t.Helper()
 	f, err := os.Create(path)
@@ -103,12 +104,22 @@ func fill(t *testing.T, path string, n int64) {
 	}
 	defer f.Close()
 	buf := make([]byte, 1<<20)
-	for n > 0 {
-		k := min(n, int64(len(buf)))
-		if _, err := f.Write(buf[:k]); err != nil {
-			t.Fatalf("filling %s: %v", path, err)
+	for _, chunk := range []int64{1 << 20, 4 << 10} { // to the last page
+		for n != 0 {
+			k := chunk
+			if n > 0 {
+				k = min(n, k)
+			}
+			if _, err := f.Write(buf[:k]); err != nil {
+				if n < 0 && errors.Is(err, syscall.ENOSPC) {
+					break
+				}
+				t.Fatalf("filling %s: %v", path, err)
+			}
+			if n > 0 {
+				n -= k
+			}
 		}
-		n -= k
 	}
 }
 
@@ -269,27 +280,6 @@ func TestDeliveriesWaitBelowHalfTheReserve(t *testing.T) {
 	}
 }
 
-// fillAll writes a file in dir's file system until the file system has no block left.
-func fillAll(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for _, chunk := range []int{1 << 20, 4 << 10} {
-		for {
-			if _, err := f.Write(buf[:chunk]); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatalf("filling %s: %v", path, err)
-				}
-				break
-			}
-		}
-	}
-}
-
 // TestCloseOnAFullDisk: the disk fills up completely (another process) while Badger's memtable
 // holds acknowledged events. Close returns all the same (the memtable cannot be flushed; the
 // write-ahead log keeps its groups), and once space is back the next Open has every event.
@@ -305,7 +295,7 @@ func TestCloseOnAFullDisk(t *testing.T) {
 		}
 	}
 	filler := filepath.Join(disk, "filler")
-	fillAll(t, filler)
+	fill(t, filler, -1)
 	defer func(old time.Duration) { closeFlushWait = old }(closeFlushWait)
 	closeFlushWait = time.Second
 	closed := make(chan error, 1)
