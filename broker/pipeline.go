@@ -45,8 +45,9 @@ type session struct {
 	cl       *mqtt.Client
 	p        *auth.Principal
 	v5       bool
-	clientID string // the id the client sent (cl.ID is scoped by tenant: see scopedClientID)
-	source   string // event source: "mqtt://<client id>"
+	clientID string            // the id the client sent (cl.ID is scoped by tenant: see scopedClientID)
+	source   string            // event source: "mqtt://<client id>"
+	baseMeta map[string]string // the metadata of a publish with no properties (read goroutine only)
 
 	connectedAt time.Time     // when CONNECT was authenticated (zero for a restored session)
 	version     atomic.Uint64 // session_version (presence), 0 when presence is off
@@ -293,6 +294,38 @@ func (s *session) holdRel() error {
 
 // event builds the event of an accepted publish.
 func (s *session) event(pk *packets.Packet, now time.Time) *event.Event {
+	var meta map[string]string
+	if len(pk.Properties.User) == 0 && pk.Properties.ResponseTopic == "" && len(pk.Properties.CorrelationData) == 0 && !pk.Properties.PayloadFormatFlag {
+		// The usual publish: its metadata is the client id alone, the same map for every
+		// event of the session (an event's Meta is never written once it is built).
+		if s.baseMeta == nil {
+			s.baseMeta = map[string]string{"client_id": s.clientID}
+		}
+		meta = s.baseMeta
+	} else {
+		meta = s.publishMeta(pk)
+	}
+	return &event.Event{
+		Source:      s.source,
+		Type:        "fleetgate.mqtt.publish",
+		Subject:     s.p.Subject,
+		Time:        now,
+		ContentType: pk.Properties.ContentType,
+		Data:        pk.Payload,
+		Protocol:    event.ProtocolMQTT,
+		Topic:       pk.TopicName,
+		Tenant:      s.p.Tenant,
+		Claims:      s.p.Claims,
+		ClaimsJSON:  s.p.ClaimsJSON,
+		Meta:        meta,
+		QoS:         pk.FixedHeader.Qos,
+		Retain:      pk.FixedHeader.Retain,
+	}
+}
+
+// publishMeta is the metadata of a publish with user properties or request properties: the
+// user properties (trace context as HTTP ingest keeps it), the client id, the request's.
+func (s *session) publishMeta(pk *packets.Packet) map[string]string {
 	meta := make(map[string]string, 1+len(pk.Properties.User))
 	var traceparent, tracestate []byte
 	for _, u := range pk.Properties.User {
@@ -313,22 +346,7 @@ func (s *session) event(pk *packets.Packet, now time.Time) *event.Event {
 	ingest.TraceMeta(meta, traceparent, tracestate)
 	meta["client_id"] = s.clientID
 	requestMeta(meta, pk)
-	return &event.Event{
-		Source:      s.source,
-		Type:        "fleetgate.mqtt.publish",
-		Subject:     s.p.Subject,
-		Time:        now,
-		ContentType: pk.Properties.ContentType,
-		Data:        pk.Payload,
-		Protocol:    event.ProtocolMQTT,
-		Topic:       pk.TopicName,
-		Tenant:      s.p.Tenant,
-		Claims:      s.p.Claims,
-		ClaimsJSON:  s.p.ClaimsJSON,
-		Meta:        meta,
-		QoS:         pk.FixedHeader.Qos,
-		Retain:      pk.FixedHeader.Retain,
-	}
+	return meta
 }
 
 // enqueue appends e to the pipeline, waiting while it is full. For MQTT 5 it enforces the
