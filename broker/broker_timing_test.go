@@ -49,11 +49,7 @@ func BenchmarkQoS1(b *testing.B) {
 	} {
 		b.Run("fleetgate/"+tc.name, func(b *testing.B) {
 			e := newEnv(b, "", nil)
-			tokens := make([]string, tc.conns)
-			for i := range tokens {
-				tokens[i] = e.token(fmt.Sprintf("bench-%d", i), "device", time.Hour)
-			}
-			runQoS1Load(b, e.addr, tc.conns, tc.window, tokens, 0)
+			runQoS1Load(b, e.addr, tc.conns, tc.window, benchTokens(e, tc.conns), 0)
 			if n := len(e.stored()); n < b.N {
 				b.Fatalf("%d stored, %d acked", n, b.N)
 			}
@@ -80,13 +76,18 @@ func BenchmarkQoS1Broker(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			e := newEnv(b, "", func(_ *Config, o *Options) { o.Gateway = instantAcceptor{} })
-			tokens := make([]string, tc.conns)
-			for i := range tokens {
-				tokens[i] = e.token(fmt.Sprintf("bench-%d", i), "device", time.Hour)
-			}
-			runQoS1Load(b, e.addr, tc.conns, tc.window, tokens, 0)
+			runQoS1Load(b, e.addr, tc.conns, tc.window, benchTokens(e, tc.conns), 0)
 		})
 	}
+}
+
+// benchTokens mints a device token for each of n benchmark clients.
+func benchTokens(e *env, n int) []string {
+	tokens := make([]string, n)
+	for i := range tokens {
+		tokens[i] = e.token(fmt.Sprintf("bench-%d", i), "device", time.Hour)
+	}
+	return tokens
 }
 
 // instantAcceptor accepts every event at once, storing nothing.

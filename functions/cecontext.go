@@ -116,11 +116,10 @@ func SourceURI(s string) string {
 }
 
 // unreservedOnly reports whether s is not empty and holds only RFC 3986's unreserved
-// characters (letters, digits, -, ., _ and ~).
+// characters.
 func unreservedOnly(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~') {
+		if !isUnreserved(s[i]) {
 			return false
 		}
 	}
