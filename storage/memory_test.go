@@ -70,9 +70,7 @@ func testOpenWithSmallerMemtable(t *testing.T, batchLen int, logSuffix string) {
 	// The crash: a copy of the directory as it is on disk while the store is open (every
 	// commit above was synced). Closing the store would flush its memtable.
 	crashed := filepath.Join(t.TempDir(), "log")
-	if err := os.CopyFS(crashed, os.DirFS(dir)); err != nil {
-		t.Fatal(err)
-	}
+	crashCopy(t, dir, crashed)
 	s.Close()
 	var logs int
 	ents, _ := os.ReadDir(crashed)
