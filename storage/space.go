@@ -23,11 +23,18 @@ func DefaultMinFreeBytes(memtable int64) int64 { return 4 * memtable }
 // commit to trigger it.
 const diskRecheck = 250 * time.Millisecond
 
+// backlogRecheck is how often the committer asks Badger for the size of level 0 (a look locks
+// every level and allocates; a commit's statfs does neither).
+const backlogRecheck = 100 * time.Millisecond
+
 // diskState is what the committer last saw of the disk.
 type diskState struct {
 	free    atomic.Int64 // bytes available to us on the data dir's file system
-	low     atomic.Bool  // free < MinFreeBytes: new events are refused
+	low     atomic.Bool  // free < MinFreeBytes + backlog: new events are refused
 	checked atomic.Int64 // unix nanos of the last look
+	// backlog is what level 0 holds beyond the two memtables the reserve has room to compact
+	// (see compactionBacklog); backlogAt is when it was last read (unix nanos).
+	backlog, backlogAt atomic.Int64
 }
 
 // freeBytes is the space available to an unprivileged writer on the file system holding dir
@@ -62,15 +69,49 @@ func (s *Store) checkDisk(incoming int64) bool {
 	}
 	s.disk.free.Store(free)
 	// A commit writes its bytes to the write-ahead log and later once more to a table.
-	low := free-2*incoming < s.opts.MinFreeBytes
+	low := free-2*incoming < s.opts.MinFreeBytes+s.compactionBacklog()
 	if was := s.disk.low.Swap(low); low && !was {
 		s.log.Error("storage: disk almost full, refusing new events until space is freed",
-			"free_bytes", free, "storage.min_free_bytes", s.opts.MinFreeBytes, "dir", s.opts.Dir)
+			"free_bytes", free, "storage.min_free_bytes", s.opts.MinFreeBytes,
+			"compaction_backlog_bytes", s.disk.backlog.Load(), "dir", s.opts.Dir)
 	} else if was && !low {
 		s.log.Warn("storage: free disk space is back above storage.min_free_bytes: accepting events",
-			"free_bytes", free)
+			"free_bytes", free, "compaction_backlog_bytes", s.disk.backlog.Load())
 	}
 	return !low
+}
+
+// compactionBacklog is how much more room than the reserve Badger's next compaction needs: the
+// bytes of level 0 beyond two memtables. The reserve (four memtables by default) has room for
+// the compaction of two level-0 tables, which Badger starts at two (levelZeroTables). When
+// compactions fall behind the flushes, level 0 grows, and its compaction writes all of it
+// before it deletes any: were new events accepted down to the bare reserve then, that
+// compaction would find no room, level 0 would keep growing, and deleting delivered events
+// would free nothing (a delete frees space only once compacted). Counting the backlog keeps
+// that room; the events refused meanwhile are asked to come back (503, Retry-After).
+func (s *Store) compactionBacklog() int64 {
+	now := time.Now().UnixNano()
+	if now-s.disk.backlogAt.Load() < int64(backlogRecheck) {
+		return s.disk.backlog.Load()
+	}
+	s.disk.backlogAt.Store(now)
+	var l0 int64
+	if levels := s.db.Levels(); len(levels) > 0 {
+		l0 = levels[0].Size
+	}
+	backlog := max(0, l0-2*s.opts.MemTableBytes)
+	s.disk.backlog.Store(backlog)
+	return backlog
+}
+
+// fullError is the refusal of a new event for lack of disk space.
+func (s *Store) fullError(what string) error {
+	if b := s.disk.backlog.Load(); b > 0 {
+		return fmt.Errorf("%w: disk almost full (%d bytes free, storage.min_free_bytes is %d, plus %d for a compaction Badger has yet to do): free space on the disk%s",
+			ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes, b, what)
+	}
+	return fmt.Errorf("%w: disk almost full (%d bytes free, storage.min_free_bytes is %d): free space on the disk%s",
+		ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes, what)
 }
 
 // refusal says why an append of size bytes is refused now, or nil. Appends are refused while
@@ -80,8 +121,7 @@ func (s *Store) refusal(size int64) error {
 		s.checkDisk(0) // nothing may be committing to look again for us
 	}
 	if s.disk.low.Load() {
-		return fmt.Errorf("%w: disk almost full (%d bytes free, storage.min_free_bytes is %d): free space on the disk; queued events are still delivered",
-			ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes)
+		return s.fullError("; queued events are still delivered")
 	}
 	if max := s.opts.MaxBytes; max > 0 {
 		if held := s.logical.Load() + s.pending.Load(); held+size > max {
@@ -126,8 +166,7 @@ func (s *Store) admit(reqs []*writeReq, bytes int64) []*writeReq {
 			continue
 		}
 		s.pending.Add(-r.size)
-		r.done(fmt.Errorf("committing: %w: disk almost full (%d bytes free, storage.min_free_bytes is %d): free space on the disk",
-			ErrFull, s.disk.free.Load(), s.opts.MinFreeBytes))
+		r.done(fmt.Errorf("committing: %w", s.fullError("")))
 	}
 	return kept
 }

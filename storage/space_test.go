@@ -324,3 +324,68 @@ func TestCloseOnAFullDisk(t *testing.T) {
 		}
 	}
 }
+
+// TestReserveCountsTheCompactionBacklog: when level 0 holds more than the two memtables the
+// reserve has room to compact, new events are refused while the free space is under the reserve
+// plus that backlog (a compaction writes all of level 0 before it deletes any, and deletes free
+// nothing until compacted), and accepted again once there is room for both. Without the backlog
+// in the check, an overloaded compactor could be left no room on a full disk; the end-to-end
+// disk-full test met that about once in twenty runs.
+func TestReserveCountsTheCompactionBacklog(t *testing.T) {
+	disk := mountTmpfs(t, 160<<20)
+	defer func(was int) { levelZeroTables = was }(levelZeroTables)
+	levelZeroTables = 10 // no compaction: level 0 keeps every flushed memtable
+	s := openTest(t, filepath.Join(disk, "log"), func(o *Options) { o.MemTableBytes = MinMemTableBytes })
+
+	raw := make([]byte, 75<<10)
+	rand.Read(raw) // incompressible
+	data := `"` + base64.StdEncoding.EncodeToString(raw) + `"`
+	deadline := time.Now().Add(60 * time.Second)
+	for i := 0; s.db.Levels()[0].NumTables < 4; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("level 0 has %d tables after 60 s of appends", s.db.Levels()[0].NumTables)
+		}
+		if i < 1000 { // past that, the flushes are only behind: wait for them
+			if err := s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("e%04d", i), data, "f")}); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	l0 := s.db.Levels()[0].Size // a flush may still add to it, never take away
+	s.disk.backlogAt.Store(0)   // look again now
+	backlog := s.compactionBacklog()
+	if backlog <= 0 || backlog < l0-2*s.opts.MemTableBytes {
+		t.Fatalf("compaction backlog %d, want at least %d (level 0 holds %d)", backlog, l0-2*s.opts.MemTableBytes, l0)
+	}
+
+	// Free space between the reserve and the reserve plus the backlog: refused.
+	free, err := freeBytes(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filler := filepath.Join(disk, "filler")
+	fill(t, filler, free-(s.opts.MinFreeBytes+backlog/2))
+	s.checkDisk(0)
+	err = s.Append(context.Background(), []*Entry{newEntry("refused", `{"n":1}`, "f")})
+	if !errors.Is(err, ErrFull) || !strings.Contains(fmt.Sprint(err), "compaction") {
+		t.Fatalf("append with %d bytes free, reserve %d, backlog %d: %v, want ErrFull naming the compaction",
+			s.disk.free.Load(), s.opts.MinFreeBytes, backlog, err)
+	}
+	if s.Refusing() == nil {
+		t.Fatal("Refusing() = nil under the reserve plus the backlog")
+	}
+
+	// Room for both again: accepted.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	s.checkDisk(0)
+	if err := s.Refusing(); err != nil {
+		t.Fatalf("still refusing with the space back: %v", err)
+	}
+	if err := s.Append(context.Background(), []*Entry{newEntry("accepted", `{"n":1}`, "f")}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -324,6 +324,7 @@ func Open(opts Options) (*Store, error) {
 	ms.NewGauge("fleetgate_storage_disk_bytes", func() float64 { return float64(s.Size()) })
 	ms.NewGauge("fleetgate_storage_logical_bytes", func() float64 { return float64(s.logical.Load()) })
 	ms.NewGauge("fleetgate_storage_disk_free_bytes", func() float64 { return float64(s.disk.free.Load()) })
+	ms.NewGauge("fleetgate_storage_compaction_backlog_bytes", func() float64 { return float64(s.disk.backlog.Load()) })
 	// The limits, so that a dashboard (the console's overview) can show use against them.
 	ms.NewGauge("fleetgate_storage_max_bytes", func() float64 { return float64(max(s.opts.MaxBytes, 0)) })
 	ms.NewGauge("fleetgate_storage_min_free_bytes", func() float64 { return float64(max(s.opts.MinFreeBytes, 0)) })

@@ -62,7 +62,7 @@ rules:
 	client := &http.Client{Timeout: 20 * time.Second}
 	var mu sync.Mutex
 	var acked []string
-	var refusal map[string]any
+	var refusal, lastRefusal map[string]any
 	var retryAfter string
 	post := func() (int, error) {
 		req, _ := http.NewRequest(http.MethodPost, p.url("/v1/events/apps/app-1/blob"), strings.NewReader(body))
@@ -85,6 +85,7 @@ rules:
 				acked = append(acked, id.(string))
 			}
 		case 503:
+			lastRefusal = ans
 			if refusal == nil {
 				refusal, retryAfter = ans, resp.Header.Get("Retry-After")
 			}
@@ -150,7 +151,7 @@ rules:
 	}
 	waitFor(t, 20*time.Second, "/readyz 200 after space was freed", func() bool { return getStatus(t, p.url("/readyz")) == 200 })
 	if code, err := post(); code != 202 || err != nil {
-		t.Fatalf("post after space was freed: %d %v", code, err)
+		t.Fatalf("post after space was freed: %d %v %v\n%s", code, err, lastRefusal, p.logs())
 	}
 
 	// And nothing acknowledged is lost across a SIGKILL.
