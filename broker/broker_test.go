@@ -795,3 +795,67 @@ type (
 	paho3Client  = paho3.Client
 	paho3Message = paho3.Message
 )
+
+// TestSubscriberAfterPublishesToNoOne: a session keeps the topic index's answer for its last
+// topic ("no subscriber": the publish is not handed to mochi) only until a subscription changes;
+// a monitor subscribing after a device's publishes to no one receives the next one, and after
+// it unsubscribes receives no more.
+func TestSubscriberAfterPublishesToNoOne(t *testing.T) {
+	e := newEnv(t, "", nil)
+	d1, _, err := connect5(t, e.addr, "d1", e.token("d1", "device", time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(payload string) {
+		t.Helper()
+		if _, err := d1.Publish(ctx10(t), &paho.Publish{Topic: "devices/d1/telemetry", QoS: 1, Payload: []byte(payload)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("to no one 1")
+	publish("to no one 2") // the session's answer is now kept
+
+	recv := make(chan string, 16)
+	mon, _, err := connect5(t, e.addr, "monitor-1", e.token("ops", "monitor", time.Hour), func(cfg *paho.ClientConfig, _ *paho.Connect) {
+		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			recv <- string(pr.Packet.Payload)
+			return true, nil
+		}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sa, err := mon.Subscribe(ctx10(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/d1/telemetry", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("monitor subscribe: %v %+v", err, sa)
+	}
+	publish("seen")
+	select {
+	case got := <-recv:
+		if got != "seen" {
+			t.Fatalf("monitor received %q, want the publish made after it subscribed", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the monitor that subscribed after publishes to no one did not receive the next one")
+	}
+
+	if _, err := mon.Unsubscribe(ctx10(t), &paho.Unsubscribe{Topics: []string{"devices/d1/telemetry"}}); err != nil {
+		t.Fatal(err)
+	}
+	publish("after unsubscribe")
+	// d1's publishes are handed on in order: had the one after the unsubscribe been delivered,
+	// it would reach the monitor before a marker on a topic the monitor still has.
+	if sa, err := mon.Subscribe(ctx10(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/d1/marker", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("monitor subscribe: %v %+v", err, sa)
+	}
+	if _, err := d1.Publish(ctx10(t), &paho.Publish{Topic: "devices/d1/marker", QoS: 1, Payload: []byte("marker")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-recv:
+		if got != "marker" {
+			t.Fatalf("monitor received %q after it unsubscribed", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the marker did not arrive")
+	}
+}

@@ -78,3 +78,29 @@ func FuzzHasSubscribers(f *testing.F) {
 		checkHasSubscribers(t, x, topic)
 	})
 }
+
+// TestGenerationMovesOnEveryChange: the patched index's generation, which lets a session keep
+// HasSubscribers' answer for its topic, moves on at every kind of subscribe and unsubscribe.
+func TestGenerationMovesOnEveryChange(t *testing.T) {
+	x := mqtt.NewTopicsIndex()
+	changes := []func(){
+		func() { x.Subscribe("c1", packets.Subscription{Filter: "a/b", Qos: 1}) },
+		func() { x.Subscribe("c2", packets.Subscription{Filter: "$share/g/a/+", Qos: 1}) },
+		func() {
+			x.InlineSubscribe(mqtt.InlineSubscription{Subscription: packets.Subscription{Filter: "a/#", Identifier: 1}})
+		},
+		func() { x.Unsubscribe("a/b", "c1") },
+		func() { x.Unsubscribe("$share/g/a/+", "c2") },
+		func() { x.InlineUnsubscribe(1, "a/#") },
+	}
+	for i, change := range changes {
+		was := x.Generation()
+		change()
+		if x.Generation() == was {
+			t.Fatalf("change %d left the generation at %d", i, was)
+		}
+	}
+	if x.HasSubscribers("a/b") {
+		t.Fatal("subscribers left after every unsubscribe")
+	}
+}

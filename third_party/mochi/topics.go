@@ -350,6 +350,8 @@ func (s *Subscribers) MergeSharedSelected() {
 type TopicsIndex struct {
 	Retained *packets.Packets
 	root     *particle // a leaf containing a message and more leaves.
+	// gen counts the changes of subscriptions, after each (fleetgate patch: see Generation).
+	gen atomic.Uint64
 }
 
 // NewTopicsIndex returns a pointer to a new instance of Index.
@@ -368,6 +370,7 @@ func NewTopicsIndex() *TopicsIndex {
 func (x *TopicsIndex) InlineSubscribe(subscription InlineSubscription) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.gen.Add(1) // after the change, before the unlock
 
 	var existed bool
 	n := x.set(subscription.Filter, 0)
@@ -382,6 +385,7 @@ func (x *TopicsIndex) InlineSubscribe(subscription InlineSubscription) bool {
 func (x *TopicsIndex) InlineUnsubscribe(id int, filter string) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.gen.Add(1) // after the change, before the unlock
 
 	particle := x.seek(filter, 0)
 	if particle == nil {
@@ -401,6 +405,7 @@ func (x *TopicsIndex) InlineUnsubscribe(id int, filter string) bool {
 func (x *TopicsIndex) Subscribe(client string, subscription packets.Subscription) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.gen.Add(1) // after the change, before the unlock
 
 	var existed bool
 	prefix, _ := isolateParticle(subscription.Filter, 0)
@@ -423,6 +428,7 @@ func (x *TopicsIndex) Subscribe(client string, subscription packets.Subscription
 func (x *TopicsIndex) Unsubscribe(filter, client string) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.gen.Add(1) // after the change, before the unlock
 
 	var d int
 	prefix, _ := isolateParticle(filter, 0)
@@ -599,6 +605,10 @@ func (x *TopicsIndex) HasSubscribers(topic string) bool {
 	}
 	return x.hasSubscribers(topic, x.root)
 }
+
+// Generation changes after every subscribe and unsubscribe (fleetgate patch): an answer of
+// HasSubscribers is still right while Generation returns what it returned before the question.
+func (x *TopicsIndex) Generation() uint64 { return x.gen.Load() }
 
 // hasSubscribers walks the levels of rest (the topic from the level under n on) once.
 func (x *TopicsIndex) hasSubscribers(rest string, n *particle) bool {
