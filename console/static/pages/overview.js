@@ -76,6 +76,7 @@ export function mount(root, ctx) {
     const disk = sum(m, 'fleetgate_storage_disk_bytes');
     const free = sum(m, 'fleetgate_storage_disk_free_bytes');
     const minFree = sum(m, 'fleetgate_storage_min_free_bytes');
+    const backlog = sum(m, 'fleetgate_storage_compaction_backlog_bytes');
     const full = sum(m, 'fleetgate_storage_full') > 0;
     const pct = maxBytes > 0 ? Math.min(100, (logical / maxBytes) * 100) : null;
     replace(storage,
@@ -85,7 +86,9 @@ export function mount(root, ctx) {
           maxBytes > 0 ? ` of ${fmtBytes(maxBytes)} (storage.max_bytes)` : ' (no storage.max_bytes limit)'),
         el('dt', {}, 'Files on disk'), el('dd', {}, fmtBytes(disk)),
         el('dt', {}, 'Free disk space'), el('dd', {}, fmtBytes(free),
-          minFree > 0 ? ` (events are refused below ${fmtBytes(minFree)}, storage.min_free_bytes)` : ' (free-space check off)')),
+          minFree <= 0 ? ' (free-space check off)' : backlog > 0
+            ? ` (events are refused below ${fmtBytes(minFree + backlog)}: storage.min_free_bytes plus ${fmtBytes(backlog)} of compaction backlog)`
+            : ` (events are refused below ${fmtBytes(minFree)}, storage.min_free_bytes)`)),
       pct === null ? null : el('label', { class: 'meter-label' }, `Log use: ${pct.toFixed(1)} % of storage.max_bytes `,
         el('meter', { min: 0, max: 100, high: 80, optimum: 0, value: pct.toFixed(1) })));
   });
