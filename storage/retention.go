@@ -10,28 +10,54 @@ import (
 
 // sweepLoop deletes events no queue needs any more, applies the max-age safety valve and
 // checks the size limit.
+// DefaultSweepInterval is how often the store deletes delivered events by default. Often: an
+// event deleted before its memtable is flushed reaches the tables as its deletion alone (patched
+// Badger's Options.FlushDropsShadowed), not as its value, which compactions would then rewrite
+// until they met the deletion. A memtable fills in about a second under load.
+const DefaultSweepInterval = 250 * time.Millisecond
+
+// sweepCostFactor bounds the time spent sweeping: after a sweep the loop waits at least this
+// many times as long as it took, so that sweeps take at most a twentieth of a core. A sweep is
+// usually short, but its watermark reads the deletions at the head of every function's queue
+// until compactions drop them (after a function drained a long backlog: many).
+const sweepCostFactor = 20
+
+// maxAgeInterval is how often the sweep loop applies storage.max_age (expire reads every
+// pending entry; an event a little older than max_age meanwhile does no harm).
+const maxAgeInterval = 5 * time.Second
+
 func (s *Store) sweepLoop() {
 	defer s.done.Done()
-	t := time.NewTicker(s.opts.SweepInterval)
+	t := time.NewTimer(s.opts.SweepInterval)
 	defer t.Stop()
+	var expired time.Time
 	for {
 		select {
 		case <-s.closing:
 			return
 		case <-t.C:
-			s.Sweep()
+			start := time.Now()
+			expire := start.Sub(expired) >= maxAgeInterval
+			if expire {
+				expired = start
+			}
+			s.sweep(expire)
+			t.Reset(max(s.opts.SweepInterval, sweepCostFactor*time.Since(start)))
 		}
 	}
 }
 
 // Sweep runs one retention pass now: expiry by MaxAge, deletion of delivered events, a look at
 // the free disk space, and a log line when storage.max_bytes is reached or left (appends check
-// both limits themselves, at every call and every commit). It is safe to call at any time; the store calls it every SweepInterval.
-func (s *Store) Sweep() {
+// both limits themselves, at every call and every commit). It is safe to call at any time; the
+// store calls it every SweepInterval (applying MaxAge every 5 s).
+func (s *Store) Sweep() { s.sweep(true) }
+
+func (s *Store) sweep(expire bool) {
 	if s.closed.Load() {
 		return
 	}
-	if s.opts.MaxAge > 0 {
+	if expire && s.opts.MaxAge > 0 {
 		s.expire(time.Now().Add(-s.opts.MaxAge))
 	}
 	s.deleteDelivered()

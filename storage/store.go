@@ -66,7 +66,7 @@ type Options struct {
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
 	IdempotencyTTL  time.Duration // how long idempotency keys are remembered (default 24h)
 	FateTTL         time.Duration // how long an event's fate can be looked up after it arrived and after each delivery or dead letter (default 24h; <0: no fate records)
-	SweepInterval   time.Duration // how often delivered events are deleted (default 5s)
+	SweepInterval   time.Duration // how often delivered events are deleted (default DefaultSweepInterval, 250 ms; less often while sweeps are slow)
 	GCInterval      time.Duration // how often the value log is garbage collected (default 1m)
 	MemTableBytes   int64         // Badger memtable size (default 16 MiB: see PlanMemory); one commit may use 15% of it
 	BlockCacheBytes int64         // Badger block cache (default 4 MiB: see PlanMemory; the log is read back only to catch up)
@@ -93,7 +93,7 @@ func (o *Options) setDefaults() {
 		o.FateTTL = DefaultFateTTL
 	}
 	if o.SweepInterval <= 0 {
-		o.SweepInterval = 5 * time.Second
+		o.SweepInterval = DefaultSweepInterval
 	}
 	if o.GCInterval <= 0 {
 		o.GCInterval = time.Minute
@@ -241,6 +241,10 @@ func Open(opts Options) (*Store, error) {
 	// Level-0 tables (memtable flushes) are compacted soon: built without compression, they
 	// take half the memory to build and no CPU to compress (patched Badger).
 	bo.FlushUncompressed = true
+	// A flush leaves out the versions a newer one in the same memtable shadows (patched
+	// Badger): an event delivered, acknowledged and deleted before its memtable is flushed
+	// reaches the tables as its deletion alone, and compactions do not rewrite its value.
+	bo.FlushDropsShadowed = flushDropsShadowed
 	// Compact level 0 into level 1 at 2 tables, not 5: a compaction reads its tables through
 	// Badger's memory maps, so every level-0 table waiting for one is resident memory then.
 	bo.NumLevelZeroTables = levelZeroTables
@@ -514,6 +518,10 @@ const valueLogFileBytes = 16 << 20
 // written and the one being flushed, at most numMemtables+2 are in memory, each an arena of
 // about 1.3 × MemTableBytes on the Go heap (3 used to mean up to 5 arenas of 83 MiB).
 var numMemtables = 1
+
+// flushDropsShadowed turns Options.FlushDropsShadowed of patched Badger on (a variable for the
+// tests that compare with it off).
+var flushDropsShadowed = true
 
 // levelZeroTables is how many level-0 tables start a compaction into level 1 (Badger's default
 // is 5). Tests that damage tables one by one raise it, to keep their tables apart.

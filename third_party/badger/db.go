@@ -1145,10 +1145,21 @@ func arenaSize(opt Options) int64 {
 }
 
 // buildL0Table builds a new table from the memtable.
-func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options) *table.Builder {
+//
+// fleetgate patch: with keep > 0 (Options.FlushDropsShadowed), the versions of a key that a
+// newer version in the same memtable shadows are left out, by the rule a compaction applies
+// (levelsController.subcompact, with overlap assumed): versions above discardTs all stay (a
+// reader may still need them); of those at or below it, the newest stays (even a deletion or
+// an expired entry: a lower level may hold the key) and, once it is the keep-th or a deletion,
+// an expired entry or marked to discard earlier versions, every older one goes. Value-log
+// bytes of the versions left out are added to stats.
+func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options,
+	keep int, discardTs uint64, stats map[uint32]int64) *table.Builder {
 	defer iter.Close()
 
 	b := table.NewTableBuilder(bopts)
+	var lastKey, skipKey []byte
+	numVersions := 0
 	for iter.Rewind(); iter.Valid(); iter.Next() {
 		if len(dropPrefixes) > 0 && hasAnyPrefixes(iter.Key(), dropPrefixes) {
 			continue
@@ -1157,6 +1168,29 @@ func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options) *
 		var vp valuePointer
 		if vs.Meta&bitValuePointer > 0 {
 			vp.Decode(vs.Value)
+		}
+		if keep > 0 {
+			key := iter.Key()
+			if len(skipKey) > 0 {
+				if y.SameKey(key, skipKey) {
+					if vs.Meta&bitValuePointer > 0 && stats != nil {
+						stats[vp.Fid] += int64(vp.Len)
+					}
+					continue
+				}
+				skipKey = skipKey[:0]
+			}
+			if !y.SameKey(key, lastKey) {
+				lastKey = y.SafeCopy(lastKey, key)
+				numVersions = 0
+			}
+			if y.ParseTs(key) <= discardTs && vs.Meta&bitMergeEntry == 0 {
+				numVersions++
+				if numVersions == keep || vs.Meta&bitDiscardEarlierVersions > 0 ||
+					isDeletedOrExpired(vs.Meta, vs.ExpiresAt) {
+					skipKey = y.SafeCopy(skipKey, key) // this version stays, the older ones go
+				}
+			}
 		}
 		b.Add(iter.Key(), iter.Value(), vp.Len)
 	}
@@ -1172,7 +1206,19 @@ func (db *DB) handleMemTableFlush(mt *memTable, dropPrefixes [][]byte) error {
 		bopts.Compression = options.None
 	}
 	itr := mt.sl.NewUniIterator(false)
-	builder := buildL0Table(itr, nil, bopts)
+	keep, discardTs := 0, uint64(0)
+	var stats map[uint32]int64
+	if db.opt.FlushDropsShadowed {
+		// fleetgate patch: see Options.FlushDropsShadowed; the discard ts as a compaction picks it.
+		keep, discardTs = db.opt.NumVersionsToKeep, db.orc.discardAtOrBelow()
+		if db.gcActive.Load() {
+			if gcMax := db.gcDiscardTs.Load(); gcMax > 0 && gcMax < discardTs {
+				discardTs = gcMax
+			}
+		}
+		stats = map[uint32]int64{}
+	}
+	builder := buildL0Table(itr, nil, bopts, keep, discardTs, stats)
 	defer builder.Close()
 
 	// buildL0Table can return nil if the none of the items in the skiplist are
@@ -1198,6 +1244,9 @@ func (db *DB) handleMemTableFlush(mt *memTable, dropPrefixes [][]byte) error {
 	// We own a ref on tbl.
 	err = db.lc.addLevel0Table(tbl) // This will incrRef
 	_ = tbl.DecrRef()               // Releases our ref.
+	if err == nil && len(stats) > 0 {
+		db.vlog.updateDiscardStats(stats) // fleetgate patch: the versions left out
+	}
 	return err
 }
 

@@ -57,6 +57,11 @@ type Options struct {
 	// table without a compressed copy of every block beside the plain one (half the memory)
 	// and without compressing what a compaction soon reads back and rewrites.
 	FlushUncompressed bool
+	// fleetgate patch: FlushDropsShadowed leaves out of a memtable's table the versions of a
+	// key that a newer version in the same memtable shadows and no reader can see (at or
+	// below the discard ts, the rule of a compaction): a key written and deleted within one
+	// memtable reaches level 0 as its deletion alone, not as its value and its deletion.
+	FlushDropsShadowed bool
 	// Sets the Stream.numGo field
 	NumGoroutines int
 
