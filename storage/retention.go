@@ -16,10 +16,12 @@ import (
 // until they met the deletion. A memtable fills in about a second under load.
 const DefaultSweepInterval = 250 * time.Millisecond
 
-// sweepCostFactor bounds the time spent sweeping: after a sweep the loop waits at least this
-// many times as long as it took, so that sweeps take at most a twentieth of a core. A sweep is
-// usually short, but its watermark reads the deletions at the head of every function's queue
-// until compactions drop them (after a function drained a long backlog: many).
+// sweepCostFactor bounds the time a sweep spends looking for what it may delete: after a sweep
+// the loop waits at least this many times as long as its watermark took, so that the looking
+// takes at most a twentieth of a core. It is usually short, but the watermark reads the
+// deletions at the head of every function's queue until compactions drop them (after a
+// function drained a long backlog: many). The deleting is not counted: it is work every
+// event needs once, at any interval.
 const sweepCostFactor = 20
 
 // maxAgeInterval is how often the sweep loop applies storage.max_age (expire reads every
@@ -42,7 +44,7 @@ func (s *Store) sweepLoop() {
 				expired = start
 			}
 			s.sweep(expire)
-			t.Reset(max(s.opts.SweepInterval, sweepCostFactor*time.Since(start)))
+			t.Reset(max(s.opts.SweepInterval, sweepCostFactor*time.Duration(s.watermarkNanos.Load())))
 		}
 	}
 }
@@ -104,7 +106,9 @@ func (s *Store) watermark() (uint64, error) {
 
 // deleteDelivered deletes the events below the watermark.
 func (s *Store) deleteDelivered() {
+	start := time.Now()
 	low, err := s.watermark()
+	s.watermarkNanos.Store(int64(time.Since(start)))
 	if err != nil {
 		s.log.Error("storage retention: computing watermark", "err", err)
 		return

@@ -164,6 +164,7 @@ type Store struct {
 	committedSeq atomic.Uint64
 	// lastCommitNanos is the duration of the last commit, for the committer's linger.
 	sweptTo          atomic.Uint64 // every stand-alone event below this seq has been deleted
+	watermarkNanos   atomic.Int64  // how long the last sweep's watermark took (see sweepCostFactor)
 	lastCommitNanos  atomic.Int64
 	totalCommitNanos atomic.Int64
 
