@@ -123,6 +123,9 @@ func (s *Store) deleteDelivered() {
 // deleteEvents deletes stand-alone events from the oldest on while del(seq) is true. It starts
 // where the previous call stopped (everything below is gone already) and reads keys only.
 func (s *Store) deleteEvents(del func(seq uint64) bool) (int, error) {
+	// One commit's worth at a time: a batch over the request limits of a small memtable failed
+	// with ErrTooLarge at every sweep, and nothing was deleted any more.
+	maxBatch := min(10000, s.limits.requestEntries)
 	total := 0
 	for {
 		var batch []*op
@@ -130,7 +133,7 @@ func (s *Store) deleteEvents(del func(seq uint64) bool) (int, error) {
 		err := s.db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{nsEvent}})
 			defer it.Close()
-			for it.Seek(eventKey(s.sweptTo.Load())); it.ValidForPrefix([]byte{nsEvent}) && len(batch) < 10000; it.Next() {
+			for it.Seek(eventKey(s.sweptTo.Load())); it.ValidForPrefix([]byte{nsEvent}) && len(batch) < maxBatch; it.Next() {
 				k := it.Item().KeyCopy(nil)
 				seq := binary.BigEndian.Uint64(k[1:])
 				if !del(seq) {
@@ -153,7 +156,7 @@ func (s *Store) deleteEvents(del func(seq uint64) bool) (int, error) {
 			s.sweptTo.Store(stop)
 		}
 		total += len(batch)
-		if len(batch) < 10000 {
+		if len(batch) < maxBatch {
 			return total, nil
 		}
 	}
@@ -228,7 +231,7 @@ func (s *Store) expire(cutoff time.Time) {
 		return nil
 	})
 	if err == nil && len(ops) > 0 {
-		err = s.write(ops, nil)
+		err = s.writeChunks(ops)
 	}
 	if err != nil && !errors.Is(err, ErrClosed) {
 		s.log.Error("storage max_age: dropping expired queue entries", "err", err)

@@ -504,6 +504,28 @@ func (s *Store) write(ops []*op, after func()) error {
 	return <-ch
 }
 
+// writeChunks runs ops through the group commit in requests that fit one commit's limits,
+// one after another: for bulk deletions, which need not be one atomic commit (one request over
+// the limits fails whole with ErrTooLarge). It stops at the first error.
+func (s *Store) writeChunks(ops []*op) error {
+	for len(ops) > 0 {
+		n, size := 0, int64(0)
+		for n < len(ops) && n < s.limits.requestEntries {
+			sz := int64(len(ops[n].key) + len(ops[n].value) + 16)
+			if n > 0 && size+sz > s.limits.requestBytes {
+				break
+			}
+			size += sz
+			n++
+		}
+		if err := s.write(ops[:n], nil); err != nil {
+			return err
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
 // maxInflightCommits bounds the groups handed to Badger and not yet completed. Badger's
 // NewTransaction waits until earlier commits are done, so the next group is collected while the
 // previous one is being fsynced: it grows with the load instead of the log idling.

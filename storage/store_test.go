@@ -520,3 +520,40 @@ func TestDropQueueOfRemovedFunction(t *testing.T) {
 		t.Fatalf("%d events left after the drop and the last ack", n)
 	}
 }
+
+// TestRetentionWithTheSmallestMemtable: with 8 MiB memtables (memory_limit: 64 MiB) one commit
+// takes fewer than 10 000 deletions. The sweep deleted in batches of 10 000 and max_age all it
+// found at once: each failed with ErrTooLarge at every sweep once that many were due, and the
+// log grew for ever. Both now delete one commit's worth at a time.
+func TestRetentionWithTheSmallestMemtable(t *testing.T) {
+	s := openTest(t, t.TempDir(), func(o *Options) { o.MemTableBytes = MinMemTableBytes; o.MaxAge = time.Hour })
+	n := s.limits.requestEntries + 1000
+	if s.limits.requestEntries >= 10000 {
+		t.Fatalf("request limit %d: the test needs one under 10 000", s.limits.requestEntries)
+	}
+	appendN := func(prefix string, fns ...string) {
+		t.Helper()
+		for i := 0; i < n; i += 1000 {
+			var batch []*Entry
+			for j := i; j < min(i+1000, n); j++ {
+				batch = append(batch, newEntry(fmt.Sprintf("%s-%d", prefix, j), "1", fns...))
+			}
+			if err := s.Append(context.Background(), batch); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendN("unrouted") // no function: deleted by the next sweep
+	s.Sweep()
+	if left := countEvents(t, s); left != 0 {
+		t.Fatalf("%d of %d events no function needs left after a sweep", left, n)
+	}
+	appendN("old", "f") // queued for f, never delivered: max_age drops them
+	s.expire(time.Now().Add(time.Second))
+	if d := s.QueueDepth("f"); d != 0 {
+		t.Fatalf("%d of %d queue entries left after max_age", d, n)
+	}
+	if v := s.m.expired.Get(); v != uint64(n) {
+		t.Fatalf("expired counter = %d, want %d", v, n)
+	}
+}
