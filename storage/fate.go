@@ -449,8 +449,9 @@ func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
 
 // Delivered acknowledges items the function received (as Ack does: they leave its queue) and,
 // with fate records on, records the delivery in the fates of their events, in the same durable
-// commit (one record for the whole call). Items not in the queue are ignored (their delivery is
-// still recorded).
+// commit (one record for the whole call; when the items are more than one commit holds, they
+// go in several and the record in the last). Items not in the queue are ignored (their delivery
+// is still recorded).
 func (s *Store) Delivered(function string, items []Item) error {
 	if len(items) == 0 {
 		return nil
@@ -464,7 +465,9 @@ func (s *Store) Delivered(function string, items []Item) error {
 	if o := s.deliveryOp(function, items, time.Now()); o != nil {
 		ops = append(ops, o)
 	}
-	if err := s.write(ops, nil); err != nil {
+	// One commit, unless the batch is more than one commit holds (max_events on a small
+	// memtable): then in several, the delivery record in the last.
+	if err := s.writeChunks(ops); err != nil {
 		return fmt.Errorf("acknowledging %d items of %q: %w", len(items), function, err)
 	}
 	return nil

@@ -151,17 +151,19 @@ func (s *Store) Ack(function string, seqs ...uint64) error {
 	for i, seq := range seqs {
 		ops[i] = &op{key: fnKey(nsQueue, function, seq), delete: true, fn: function, dq: -1}
 	}
-	if err := s.write(ops, nil); err != nil {
+	if err := s.writeChunks(ops); err != nil { // one commit unless over one commit's limits
 		return fmt.Errorf("acknowledging %d items of %q: %w", len(seqs), function, err)
 	}
 	return nil
 }
 
 // DeadLetter moves items from function's queue to its dead-letter queue with their reasons,
-// atomically and durably. Seqs not in the queue are ignored. Letters whose Item carries its
-// event are also recorded in the event's fate, in the same commit.
+// durably, in one commit (in several, each letter whole, when they are more than one commit
+// holds). Seqs not in the queue are ignored. Letters whose Item carries its event are also
+// recorded in the event's fate, in the same commit as their move.
 func (s *Store) DeadLetter(function string, letters []DeadLetter) error {
-	ops := make([]*op, len(letters), 2*len(letters))
+	ops := make([]*op, len(letters))
+	groups := make([][]*op, len(letters))
 	for i, l := range letters {
 		at := l.At
 		if at.IsZero() {
@@ -177,17 +179,18 @@ func (s *Store) DeadLetter(function string, letters []DeadLetter) error {
 			fn:   function, dq: -1, dd: 1,
 		}
 	}
-	for _, l := range letters {
+	for i, l := range letters {
+		groups[i] = ops[i : i+1 : i+1]
 		it, at := l.Item, l.At
 		it.Seq = l.Seq
 		if at.IsZero() {
 			at = time.Now()
 		}
 		if o := s.outcomeOp(function, outcomeDead, &it, at, l.Attempts, l.Reason); o != nil {
-			ops = append(ops, o)
+			groups[i] = append(groups[i], o)
 		}
 	}
-	if err := s.write(ops, nil); err != nil {
+	if err := s.writeGroups(groups); err != nil {
 		return fmt.Errorf("dead-lettering %d items of %q: %w", len(letters), function, err)
 	}
 	return nil

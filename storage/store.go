@@ -504,26 +504,49 @@ func (s *Store) write(ops []*op, after func()) error {
 	return <-ch
 }
 
-// writeChunks runs ops through the group commit in requests that fit one commit's limits,
-// one after another: for bulk deletions, which need not be one atomic commit (one request over
-// the limits fails whole with ErrTooLarge). It stops at the first error.
-func (s *Store) writeChunks(ops []*op) error {
-	for len(ops) > 0 {
-		n, size := 0, int64(0)
-		for n < len(ops) && n < s.limits.requestEntries {
-			sz := int64(len(ops[n].key) + len(ops[n].value) + 16)
-			if n > 0 && size+sz > s.limits.requestBytes {
-				break
+// writeGroups runs groups of ops through the group commit: in one request, as write, when they
+// fit one commit's limits, else in requests of whole groups that do, one after another (a group
+// too large alone fails with ErrTooLarge). For a batch that need not be one atomic commit but
+// would fail whole over the limits; a group's ops stay together. It stops at the first error.
+func (s *Store) writeGroups(groups [][]*op) error {
+	var req []*op
+	var size int64
+	for _, g := range groups {
+		var sz int64
+		for _, o := range g {
+			sz += int64(len(o.key) + len(o.value) + 16)
+		}
+		if len(req) > 0 && (len(req)+len(g) > s.limits.requestEntries || size+sz > s.limits.requestBytes) {
+			if err := s.write(req, nil); err != nil {
+				return err
 			}
-			size += sz
-			n++
+			req, size = nil, 0
 		}
-		if err := s.write(ops[:n], nil); err != nil {
-			return err
-		}
-		ops = ops[n:]
+		req = append(req, g...)
+		size += sz
 	}
-	return nil
+	if len(req) == 0 {
+		return nil
+	}
+	return s.write(req, nil)
+}
+
+// writeChunks is writeGroups for ops each of which stands alone (bulk deletions).
+func (s *Store) writeChunks(ops []*op) error {
+	if len(ops) <= s.limits.requestEntries {
+		var size int64
+		for _, o := range ops {
+			size += int64(len(o.key) + len(o.value) + 16)
+		}
+		if size <= s.limits.requestBytes {
+			return s.write(ops, nil) // the usual case: one commit
+		}
+	}
+	groups := make([][]*op, len(ops))
+	for i := range ops {
+		groups[i] = ops[i : i+1]
+	}
+	return s.writeGroups(groups)
 }
 
 // maxInflightCommits bounds the groups handed to Badger and not yet completed. Badger's

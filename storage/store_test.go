@@ -557,3 +557,47 @@ func TestRetentionWithTheSmallestMemtable(t *testing.T) {
 		t.Fatalf("expired counter = %d, want %d", v, n)
 	}
 }
+
+// TestBatchesLargerThanOneCommit: a function may take batches of up to 10 000 events, and one
+// commit of 8 MiB memtables holds at most 7 864 operations (a dead letter with its fate record
+// is two). Acknowledging or dead-lettering such a batch failed whole with ErrTooLarge, and the
+// batch was delivered again; now it is committed in several commits, each letter whole.
+func TestBatchesLargerThanOneCommit(t *testing.T) {
+	s := openTest(t, t.TempDir(), func(o *Options) { o.MemTableBytes = MinMemTableBytes; o.FateTTL = time.Hour })
+	n := s.limits.requestEntries + 500
+	if n > 10000 || 2*(n/2) <= s.limits.requestEntries {
+		t.Fatalf("request limit %d: the test needs batches of at most 10 000 over it", s.limits.requestEntries)
+	}
+	for i := 0; i < 2*n; i += 1000 {
+		var batch []*Entry
+		for j := i; j < min(i+1000, 2*n); j++ {
+			batch = append(batch, newEntry(fmt.Sprintf("e-%d", j), "1", "f"))
+		}
+		if err := s.Append(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	items, err := s.ReadQueue("f", 0, 2*n)
+	if err != nil || len(items) != 2*n {
+		t.Fatalf("queue: %d items, %v", len(items), err)
+	}
+	if err := s.Delivered("f", items[:n]); err != nil {
+		t.Fatalf("acknowledging a batch of %d: %v", n, err)
+	}
+	letters := make([]DeadLetter, n)
+	for i, it := range items[n:] {
+		letters[i] = DeadLetter{Seq: it.Seq, Attempts: 3, Reason: "refused", Item: it}
+	}
+	if err := s.DeadLetter("f", letters); err != nil {
+		t.Fatalf("dead-lettering a batch of %d: %v", n, err)
+	}
+	if q, d := s.QueueDepth("f"), s.DeadLetterDepth("f"); q != 0 || d != int64(n) {
+		t.Fatalf("queue depth %d, dead letters %d; want 0 and %d", q, d, n)
+	}
+	for i, want := range map[int]string{0: FateDelivered, n - 1: FateDelivered, n: FateDeadLettered, 2*n - 1: FateDeadLettered} {
+		f, err := s.Fate(items[i].Event.ID)
+		if err != nil || len(f.Functions) != 1 || f.Functions[0].State != want {
+			t.Fatalf("fate of item %d: %+v, %v; want %s", i, f, err, want)
+		}
+	}
+}
