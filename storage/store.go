@@ -497,12 +497,15 @@ func (s *Store) submit(r *writeReq) {
 func (s *Store) write(ops []*op, after func()) error {
 	var size int64
 	for _, o := range ops {
-		size += int64(len(o.key) + len(o.value) + 16)
+		size += o.size()
 	}
 	ch := make(chan error, 1)
 	s.submit(&writeReq{ops: ops, size: size, after: after, done: func(err error) { ch <- err }})
 	return <-ch
 }
+
+// size is what o counts in a request's bytes.
+func (o *op) size() int64 { return int64(len(o.key) + len(o.value) + 16) }
 
 // writeGroups runs groups of ops through the group commit: in one request, as write, when they
 // fit one commit's limits, else in requests of whole groups that do, one after another (a group
@@ -514,7 +517,7 @@ func (s *Store) writeGroups(groups [][]*op) error {
 	for _, g := range groups {
 		var sz int64
 		for _, o := range g {
-			sz += int64(len(o.key) + len(o.value) + 16)
+			sz += o.size()
 		}
 		if len(req) > 0 && (len(req)+len(g) > s.limits.requestEntries || size+sz > s.limits.requestBytes) {
 			if err := s.write(req, nil); err != nil {
@@ -536,7 +539,7 @@ func (s *Store) writeChunks(ops []*op) error {
 	if len(ops) <= s.limits.requestEntries {
 		var size int64
 		for _, o := range ops {
-			size += int64(len(o.key) + len(o.value) + 16)
+			size += o.size()
 		}
 		if size <= s.limits.requestBytes {
 			return s.write(ops, nil) // the usual case: one commit
