@@ -8,8 +8,6 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 )
 
-// sweepLoop deletes events no queue needs any more, applies the max-age safety valve and
-// checks the size limit.
 // DefaultSweepInterval is how often the store deletes delivered events by default. Often: an
 // event deleted before its memtable is flushed reaches the tables as its deletion alone (patched
 // Badger's Options.FlushDropsShadowed), not as its value, which compactions would then rewrite
@@ -28,6 +26,8 @@ const sweepCostFactor = 20
 // pending entry; an event a little older than max_age meanwhile does no harm).
 const maxAgeInterval = 5 * time.Second
 
+// sweepLoop deletes events no queue needs any more, applies the max-age safety valve and
+// checks the size limit: every SweepInterval, or later after a slow watermark.
 func (s *Store) sweepLoop() {
 	defer s.done.Done()
 	t := time.NewTimer(s.opts.SweepInterval)
@@ -51,8 +51,8 @@ func (s *Store) sweepLoop() {
 
 // Sweep runs one retention pass now: expiry by MaxAge, deletion of delivered events, a look at
 // the free disk space, and a log line when storage.max_bytes is reached or left (appends check
-// both limits themselves, at every call and every commit). It is safe to call at any time; the
-// store calls it every SweepInterval (applying MaxAge every 5 s).
+// both limits themselves, at every call and every commit). It is safe to call at any time;
+// the store's own sweeps run every SweepInterval and apply MaxAge every 5 s.
 func (s *Store) Sweep() { s.sweep(true) }
 
 func (s *Store) sweep(expire bool) {
