@@ -95,6 +95,19 @@ func (t *walTxn) SetEntry(e *badger.Entry) error {
 	return nil
 }
 
+// LogOnly writes e to the record only, not to Badger: a write that must be durable before the
+// acknowledgement but that nothing reads afterwards (an event no function needs, which the
+// sweep would delete soon after). A replay applies it as any set, and the sweep then deletes
+// it. Without a log (a store in memory) it is a plain set.
+func (t *walTxn) LogOnly(e *badger.Entry) error {
+	if t.rec == nil {
+		return t.Txn.SetEntry(e)
+	}
+	t.n++
+	t.rec = appendWALWrite(t.rec, walWrite{key: e.Key, value: e.Value, expiresAt: e.ExpiresAt})
+	return nil
+}
+
 func (t *walTxn) Delete(key []byte) error {
 	if err := t.Txn.Delete(key); err != nil || t.rec == nil {
 		return err
@@ -583,6 +596,21 @@ func (w *wal) doCheckpoint() error {
 	return w.checkpointSegments(segs)
 }
 
+// waiting counts the full segments that wait for a memtable flush before a checkpoint can
+// delete them.
+func (w *wal) waiting() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	flushed := w.flushed.Load()
+	n := 0
+	for _, s := range w.closed {
+		if s.lastGroup > w.checkpoint && (s.ts == 0 || s.ts > flushed) {
+			n++
+		}
+	}
+	return n
+}
+
 // checkpointAll deletes every full segment: their groups are all in Badger's tables (open
 // and close flush first).
 func (w *wal) checkpointAll() error {
@@ -722,6 +750,23 @@ func (s *Store) checkpointLoop() {
 		}
 		if err := s.wal.doCheckpoint(); err != nil {
 			s.log.Error("storage: write-ahead log checkpoint failed (its segments are kept and replayed at the next start)", "err", err)
+		} else if int64(s.wal.waiting())*walSegmentBytes > 2*s.opts.MemTableBytes {
+			// The log has grown past two memtables without a flush: its writes that Badger
+			// does not get (see walTxn.LogOnly) do not fill the memtable, which would then
+			// hold the segments (disk, and the replay at the next start) for a long time.
+			flushed := make(chan error, 1)
+			go func() { flushed <- s.db.FlushMemTable() }()
+			select {
+			case err := <-flushed:
+				if err == nil {
+					err = s.wal.doCheckpoint()
+				}
+				if err != nil {
+					s.log.Error("storage: write-ahead log checkpoint failed (its segments are kept and replayed at the next start)", "err", err)
+				}
+			case <-s.closing:
+				return // Close flushes (or gives up on a full disk)
+			}
 		}
 		if err := s.wal.prepareSpare(); err != nil {
 			// The committer prepares it itself at the next rotation (and fails that commit

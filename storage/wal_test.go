@@ -170,6 +170,94 @@ func TestStoreWALAcrossReopen(t *testing.T) {
 	}
 }
 
+// TestEventNoFunctionNeedsIsLoggedOnly: an event with no function is in the write-ahead log
+// once Append returns (durable before the ack), but Badger does not get it; after a crash its
+// record is replayed like any other and the sweep deletes it.
+func TestEventNoFunctionNeedsIsLoggedOnly(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	none, routed := newEntry("none", "unrouted payload"), newEntry("routed", "p", "f")
+	if err := s.Append(t.Context(), []*Entry{none, routed}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.eventAt(none.Seq); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the event no function needs, read from Badger: %v, want ErrNotFound", err)
+	}
+	crashed := filepath.Join(t.TempDir(), "log")
+	crashCopy(t, dir, crashed)
+	s.Close()
+	w := &wal{dir: filepath.Join(crashed, walDirName)}
+	segs, err := w.segments()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logged := false
+	for _, n := range segs {
+		data, err := os.ReadFile(filepath.Join(w.dir, walSegmentName(n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = walScan(walSegmentName(n), w.dir, data, func(_ uint64, writes []walWrite, _, _ int) error {
+			for _, wr := range writes {
+				if !wr.del && bytes.Equal(wr.key, eventKey(none.Seq)) && bytes.Contains(wr.value, []byte("unrouted payload")) {
+					logged = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !logged {
+		t.Fatalf("event %d (no function) is not in the write-ahead log after Append returned", none.Seq)
+	}
+	s2 := openTest(t, crashed)
+	if d := s2.QueueDepth("f"); d != 1 {
+		t.Fatalf("queue depth after the crash %d, want 1", d)
+	}
+	s2.Sweep()
+	if _, err := s2.eventAt(none.Seq); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the replayed event no function needs, after a sweep: %v, want ErrNotFound", err)
+	}
+}
+
+// TestLogOnlyWritesDoNotHoldTheLog: events no function needs do not fill Badger's memtable,
+// so without more the memtable would not be flushed and the log's segments would pile up;
+// the checkpointer flushes it once they pass two memtables' worth.
+func TestLogOnlyWritesDoNotHoldTheLog(t *testing.T) {
+	dir := t.TempDir()
+	defer func(was int64) { walSegmentBytes = was }(walSegmentBytes)
+	walSegmentBytes = 1 << 20
+	s := openTest(t, dir, func(o *Options) { o.MemTableBytes = MinMemTableBytes })
+	payload := strings.Repeat("x", 1000)
+	for i := range 400 { // about 40 MiB of log, five memtables' worth
+		batch := make([]*Entry, 100)
+		for j := range batch {
+			batch[j] = newEntry("", payload)
+		}
+		if err := s.Append(t.Context(), batch); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+	limit := int(2*MinMemTableBytes/walSegmentBytes) + 2 // the threshold, the segment being written, one more rotation
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		segs, err := s.wal.segments()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(segs) <= limit {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d write-ahead log segments of %d bytes after 40 MiB of events no function needs (memtables of %d bytes): want at most %d",
+				len(segs), walSegmentBytes, MinMemTableBytes, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestWALPreallocatedSegments: a segment starts as walSegmentBytes of zeros, records overwrite
 // them in place (the file does not grow), and a copy taken while the store runs (a crash)
 // replays every record and ends cleanly at the zeros: no torn record reported.
