@@ -61,6 +61,7 @@ type Options struct {
 
 	MaxPendingBytes int64         // appends waiting for a commit, beyond which Append fails with ErrBusy (default 16 MiB: see PlanMemory)
 	MaxGroupBytes   int           // bytes per commit group before it stops collecting (default 2 MiB)
+	CommitDelay     time.Duration // the least time from one commit's start to the next one's (default 0: the next starts as soon as the previous is written); appends arriving meanwhile share it, fewer commits for more latency
 	MaxBytes        int64         // refuse appends with ErrFull while the log holds this many bytes of events (default 0: no limit)
 	MinFreeBytes    int64         // refuse appends with ErrFull while the disk has less free space (default 4 × MemTableBytes; <0: no check)
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
@@ -614,6 +615,9 @@ func (s *Store) commitLoop() {
 	}()
 	var carry *writeReq // a request that did not fit in the previous group
 	prevReqs := 0       // requests in recent groups (decaying maximum)
+	var lastBegin time.Time
+	delay := time.NewTimer(time.Hour)
+	defer delay.Stop()
 	for {
 		first := carry
 		carry = nil
@@ -634,6 +638,17 @@ func (s *Store) commitLoop() {
 				}
 			}
 		}
+		// CommitDelay: a group starts no sooner than that after the previous one did, and the
+		// requests arriving meanwhile join it (one fdatasync and one wake-up of each stage for
+		// all of them). Close does not wait for it.
+		if d := s.opts.CommitDelay - time.Since(lastBegin); d > 0 && !lastBegin.IsZero() {
+			delay.Reset(d)
+			select {
+			case <-delay.C:
+			case <-s.closing:
+			}
+		}
+		lastBegin = time.Now()
 		// Opening the transaction waits until Badger has applied the previous group (whose
 		// record was fdatasynced before); requests arriving meanwhile join this group.
 		txn := s.newTxn()

@@ -341,6 +341,45 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 	}
 }
 
+// TestCommitDelaySpacesCommits: with Options.CommitDelay, commits start at least that far
+// apart, so a writer's appends in a row each wait for the next one, and concurrent writers
+// share them.
+func TestCommitDelaySpacesCommits(t *testing.T) {
+	const delay = 40 * time.Millisecond
+	s := openTest(t, t.TempDir(), func(o *Options) { o.CommitDelay = delay })
+	const writers, per = 8, 4
+	before := s.m.commits.Get()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				if err := s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("%d-%d", w, i), "x", "f")}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	commits := s.m.commits.Get() - before
+	// Each writer's appends are in a row: the 2nd to the last each wait for a commit that
+	// starts at least delay after the one before.
+	if elapsed < (per-1)*delay {
+		t.Fatalf("%d appends in a row took %v with a commit delay of %v: want at least %v", per, elapsed, delay, (per-1)*delay)
+	}
+	// Commits start at least delay apart (the sweep's own commits included).
+	if most := uint64(elapsed/delay) + 1; commits > most {
+		t.Fatalf("%d commits in %v with a commit delay of %v: want at most %d", commits, elapsed, delay, most)
+	}
+	if s.LastSeq() != writers*per {
+		t.Fatalf("last seq %d, want %d", s.LastSeq(), writers*per)
+	}
+}
+
 // TestKillDuringAppends runs a child process that appends and prints every acknowledged seq,
 // kills it with SIGKILL mid-stream, reopens the directory and checks every printed seq is there.
 func TestKillDuringAppends(t *testing.T) {

@@ -35,6 +35,9 @@ func TestMemoryLimitSizesTheLog(t *testing.T) {
 	f("memory_limit: 1073741824", 64<<20, 32<<20, "")
 	f("memory_limit: 16777216", 0, 0, "memory_limit: at least")
 	f("storage: {memtable_bytes: 1048576}", 0, 0, "storage.memtable_bytes: at least")
+	f("storage: {commit_delay: 2ms}", 16<<20, 4<<20, "")
+	f("storage: {commit_delay: 1s}", 0, 0, "storage.commit_delay: 0 to 100ms")
+	f("storage: {commit_delay: -1ms}", 0, 0, "storage.commit_delay: 0 to 100ms")
 	if DefaultConfig().MemoryLimit != 0 {
 		t.Fatal("DefaultConfig sets a memory_limit: the runtime's soft limit must be opt-in")
 	}
