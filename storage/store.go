@@ -167,6 +167,7 @@ type Store struct {
 	sweptTo          atomic.Uint64 // every stand-alone event below this seq has been deleted
 	watermarkNanos   atomic.Int64  // how long the last sweep's watermark took (see sweepCostFactor)
 	lastCommitNanos  atomic.Int64
+	flushing         atomic.Bool // a flush asked for by flushIfLogGrows is running
 	totalCommitNanos atomic.Int64
 
 	depthMu sync.Mutex

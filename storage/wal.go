@@ -750,28 +750,34 @@ func (s *Store) checkpointLoop() {
 		}
 		if err := s.wal.doCheckpoint(); err != nil {
 			s.log.Error("storage: write-ahead log checkpoint failed (its segments are kept and replayed at the next start)", "err", err)
-		} else if int64(s.wal.waiting())*walSegmentBytes > 2*s.opts.MemTableBytes {
-			// The log has grown past two memtables without a flush: its writes that Badger
-			// does not get (see walTxn.LogOnly) do not fill the memtable, which would then
-			// hold the segments (disk, and the replay at the next start) for a long time.
-			flushed := make(chan error, 1)
-			go func() { flushed <- s.db.FlushMemTable() }()
-			select {
-			case err := <-flushed:
-				if err == nil {
-					err = s.wal.doCheckpoint()
-				}
-				if err != nil {
-					s.log.Error("storage: write-ahead log checkpoint failed (its segments are kept and replayed at the next start)", "err", err)
-				}
-			case <-s.closing:
-				return // Close flushes (or gives up on a full disk)
-			}
 		}
 		if err := s.wal.prepareSpare(); err != nil {
 			// The committer prepares it itself at the next rotation (and fails that commit
 			// if it cannot either).
 			s.log.Error("storage: write-ahead log", "err", err)
 		}
+		s.flushIfLogGrows()
 	}
+}
+
+// flushIfLogGrows has Badger flush its memtable when the log's segments waiting for a flush
+// pass two memtables' worth: the log's writes that Badger does not get (walTxn.LogOnly) do not
+// fill the memtable, which would then hold the segments (disk, and the replay at the next
+// start) for a long time. The flush runs on a goroutine of its own, so that the checkpointer
+// goes on preparing segments while it waits (on a full disk a flush fails and Badger retries
+// it every second); the checkpointer is woken when it is done.
+func (s *Store) flushIfLogGrows() {
+	if int64(s.wal.waiting())*walSegmentBytes <= 2*s.opts.MemTableBytes || !s.flushing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.flushing.Store(false)
+		if err := s.db.FlushMemTable(); err != nil && !s.closed.Load() {
+			s.log.Error("storage: flushing the memtable for the write-ahead log's checkpoint (its segments are kept)", "err", err)
+		}
+		select {
+		case s.wal.wake <- struct{}{}:
+		default:
+		}
+	}()
 }

@@ -227,7 +227,8 @@ func TestEventNoFunctionNeedsIsLoggedOnly(t *testing.T) {
 // the checkpointer flushes it once they pass two memtables' worth.
 func TestLogOnlyWritesDoNotHoldTheLog(t *testing.T) {
 	dir := t.TempDir()
-	defer func(was int64) { walSegmentBytes = was }(walSegmentBytes)
+	was := walSegmentBytes
+	t.Cleanup(func() { walSegmentBytes = was }) // after the store's own cleanup closes it
 	walSegmentBytes = 1 << 20
 	s := openTest(t, dir, func(o *Options) { o.MemTableBytes = MinMemTableBytes })
 	payload := strings.Repeat("x", 1000)

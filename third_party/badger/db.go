@@ -903,7 +903,13 @@ func (db *DB) writeRequests(reqs []*request) error {
 			done(err)
 			return y.Wrap(err, "writeRequests")
 		}
-		if err := db.writeToLSM(b); err != nil {
+		// fleetgate patch: FlushMemTable swaps db.mt from another goroutine (under db.lock),
+		// while writes go on: a write holds the read lock, so that it goes whole into the
+		// memtable it started in, and never into one already handed to the flusher.
+		db.lock.RLock()
+		err := db.writeToLSM(b)
+		db.lock.RUnlock()
+		if err != nil {
 			done(err)
 			return y.Wrap(err, "writeRequests")
 		}
