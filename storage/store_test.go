@@ -305,15 +305,10 @@ func TestKV(t *testing.T) {
 	}
 }
 
-func TestConcurrentAppendsShareCommits(t *testing.T) {
-	s := openTest(t, t.TempDir())
-	var got sync.Map
-	s.SetOnCommit(func(c []*Entry) {
-		for _, e := range c {
-			got.Store(e.Seq, e.Event.ID)
-		}
-	})
-	const writers, per = 16, 50
+// appendInRows has writers goroutines each append per single events in a row (each waits for
+// its commit), to function f.
+func appendInRows(t *testing.T, s *Store, writers, per int) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Add(1)
@@ -328,6 +323,18 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+func TestConcurrentAppendsShareCommits(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	var got sync.Map
+	s.SetOnCommit(func(c []*Entry) {
+		for _, e := range c {
+			got.Store(e.Seq, e.Event.ID)
+		}
+	})
+	const writers, per = 16, 50
+	appendInRows(t, s, writers, per)
 	if s.LastSeq() != writers*per {
 		t.Fatalf("last seq %d, want %d", s.LastSeq(), writers*per)
 	}
@@ -350,20 +357,7 @@ func TestCommitDelaySpacesCommits(t *testing.T) {
 	const writers, per = 8, 4
 	before := s.m.commits.Get()
 	start := time.Now()
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range per {
-				if err := s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("%d-%d", w, i), "x", "f")}); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	appendInRows(t, s, writers, per)
 	elapsed := time.Since(start)
 	commits := s.m.commits.Get() - before
 	// Each writer's appends are in a row: the 2nd to the last each wait for a commit that
