@@ -765,7 +765,8 @@ func (s *Store) checkpointLoop() {
 // fill the memtable, which would then hold the segments (disk, and the replay at the next
 // start) for a long time. The flush runs on a goroutine of its own, so that the checkpointer
 // goes on preparing segments while it waits (on a full disk a flush fails and Badger retries
-// it every second); the checkpointer is woken when it is done.
+// it every second); the segments go at the checkpointer's next turn (within a second). One
+// flush at a time.
 func (s *Store) flushIfLogGrows() {
 	if int64(s.wal.waiting())*walSegmentBytes <= 2*s.opts.MemTableBytes || !s.flushing.CompareAndSwap(false, true) {
 		return
@@ -774,10 +775,6 @@ func (s *Store) flushIfLogGrows() {
 		defer s.flushing.Store(false)
 		if err := s.db.FlushMemTable(); err != nil && !s.closed.Load() {
 			s.log.Error("storage: flushing the memtable for the write-ahead log's checkpoint (its segments are kept)", "err", err)
-		}
-		select {
-		case s.wal.wake <- struct{}{}:
-		default:
 		}
 	}()
 }
