@@ -44,6 +44,8 @@ test-unit:
 	# The wasm tests that build the Go example skip themselves under -race (wazero compiles a
 	# Go-built module far too slowly with the race detector): run them here without it.
 	$(GO) test -count=1 -timeout 5m -run 'Threshold|WASM' ./functions/
+	# Allocation counts are checked without the race detector too (it allocates on its own).
+	$(GO) test -count=1 -timeout 5m -run 'AllocatesOnce' ./functions/
 
 test-race:
 	$(GO) test -race -count=1 -timeout 12m $(RACE_PKGS)

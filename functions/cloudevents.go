@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -28,6 +29,17 @@ const (
 // is UTF-8) or data_base64 (otherwise), the extension attributes topic, tenant and rule, and
 // the event's context (see appendContextAttributes and the functions README).
 func AppendCloudEvents(dst []byte, b *Batch) []byte {
+	// Room for the whole batch at once: grown by append, a batch of hundreds of events was
+	// copied again at every doubling (a third of the bytes the gateway allocated, end to end).
+	n := 2
+	for i := range b.Items {
+		it := &b.Items[i]
+		n += ceOverhead + it.Event.Size() + len(it.Data) + len(it.Rule)
+		for k, v := range it.Event.Meta {
+			n += len(k) + len(v) + 8 // again: an attribute of its own and in "meta", escaped
+		}
+	}
+	dst = slices.Grow(dst, n)
 	dst = append(dst, '[')
 	for i := range b.Items {
 		if i > 0 {
@@ -37,6 +49,10 @@ func AppendCloudEvents(dst []byte, b *Batch) []byte {
 	}
 	return append(dst, ']')
 }
+
+// ceOverhead is about what an encoded event adds to its fields (attribute names, quotes, the
+// time, the protocol's attributes), for AppendCloudEvents' estimate.
+const ceOverhead = 200
 
 func appendCloudEvent(dst []byte, it *storage.Item) []byte {
 	e := it.Event

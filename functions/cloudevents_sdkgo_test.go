@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -223,4 +224,24 @@ func jsonHasStringData(t *testing.T, b []byte, i int) bool {
 	}
 	d := raw[i]["data"]
 	return len(d) > 0 && d[0] == '"' && raw[i]["data_base64"] == nil
+}
+
+// TestAppendCloudEventsAllocatesOnce: a batch is encoded into one buffer sized for it at once.
+// Grown by append, a batch of hundreds of events was copied again at every doubling: a third of
+// the bytes the gateway allocated, end to end.
+func TestAppendCloudEventsAllocatesOnce(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own: make test runs this test without it too")
+	}
+	items := thresholdItems(500, func(i int) int { return i })
+	for i := range items {
+		e := items[i].Event
+		e.Protocol, e.QoS = event.ProtocolMQTT, 1
+		e.Meta = map[string]string{metaClientID: "dev" + strconv.Itoa(i)}
+		items[i].Rule = "all"
+	}
+	batch := &Batch{Function: "f", Items: items}
+	if n := testing.AllocsPerRun(5, func() { _ = AppendCloudEvents(nil, batch) }); n > 1 {
+		t.Fatalf("encoding a batch of %d events: %.0f allocations, want 1", len(items), n)
+	}
 }

@@ -109,3 +109,38 @@ func TestFlushDropsShadowedVersions(t *testing.T) {
 		t.Fatalf("flushed tables of %d bytes (option off) and %d (on): want the values written only with it off", flushed[false], flushed[true])
 	}
 }
+
+// TestReadValueOutlivesItsMemtable: a value read from a memtable stays whole after the memtable
+// is flushed and its arena cleared and written again by the next one (patched Badger reuses
+// arenas: DB.get copies a memtable's value out, and Txn.Get keeps that copy instead of copying
+// it once more).
+func TestReadValueOutlivesItsMemtable(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "log"))
+	want := bytes.Repeat([]byte("first"), 200)
+	if err := s.Put("k/read", want); err != nil {
+		t.Fatal(err)
+	}
+	txn := s.db.NewTransaction(false)
+	defer txn.Discard()
+	item, err := txn.Get(kvKey("k/read"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := bytes.Repeat([]byte("X"), 1000)
+	for round := range 3 { // each flush releases the arena; the next memtable writes over it
+		if err := s.db.FlushMemTable(); err != nil {
+			t.Fatal(err)
+		}
+		kvs := map[string][]byte{}
+		for i := range 1000 {
+			kvs[fmt.Sprintf("k/other/%d/%05d", round, i)] = other
+		}
+		if err := s.PutMany(kvs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := item.ValueCopy(nil)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the value read before its memtable was flushed and its arena reused: %.40q… (%v), want %.40q…", got, err, want)
+	}
+}

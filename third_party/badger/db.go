@@ -788,8 +788,16 @@ func (db *DB) getMemTables() ([]*memTable, func()) {
 // for "fooX" in all the levels of the LSM tree. This is expensive but it
 // removes the overhead of handling move keys completely.
 func (db *DB) get(key []byte) (y.ValueStruct, error) {
+	vs, _, err := db.getOwned(key)
+	return vs, err
+}
+
+// getOwned is get that also says whether the value returned is a copy of the caller's own
+// (fleetgate patch: one from a memtable is copied here already, so Txn.Get need not copy it
+// again; one from a table points into the table).
+func (db *DB) getOwned(key []byte) (y.ValueStruct, bool, error) {
 	if db.IsClosed() {
-		return y.ValueStruct{}, ErrDBClosed
+		return y.ValueStruct{}, false, ErrDBClosed
 	}
 	tables, decr := db.getMemTables() // Lock should be released.
 	defer decr()
@@ -810,13 +818,16 @@ func (db *DB) get(key []byte) (y.ValueStruct, error) {
 		// Found the required version of the key, return immediately.
 		if vs.Version == version {
 			y.NumGetsWithResultsAdd(db.opt.MetricsEnabled, 1)
-			return vs, nil
+			return vs, true, nil
 		}
 		if maxVs.Version < vs.Version {
 			maxVs = vs
 		}
 	}
-	return db.lc.get(key, maxVs, 0)
+	vs, err := db.lc.get(key, maxVs, 0)
+	// The memtable's copy, unless a table held a newer version.
+	owned := len(vs.Value) > 0 && len(maxVs.Value) > 0 && &vs.Value[0] == &maxVs.Value[0]
+	return vs, owned, err
 }
 
 var requestPool = sync.Pool{

@@ -467,7 +467,7 @@ func (txn *Txn) Get(key []byte) (item *Item, rerr error) {
 	}
 
 	seek := y.KeyWithTs(key, txn.readTs)
-	vs, err := txn.db.get(seek)
+	vs, owned, err := txn.db.getOwned(seek)
 	if err != nil {
 		return nil, y.Wrapf(err, "DB::Get key: %q", key)
 	}
@@ -482,7 +482,11 @@ func (txn *Txn) Get(key []byte) (item *Item, rerr error) {
 	item.version = vs.Version
 	item.meta = vs.Meta
 	item.userMeta = vs.UserMeta
-	item.vptr = y.SafeCopy(item.vptr, vs.Value)
+	if owned {
+		item.vptr = vs.Value // fleetgate patch: a copy already (see DB.getOwned)
+	} else {
+		item.vptr = y.SafeCopy(item.vptr, vs.Value)
+	}
 	item.txn = txn
 	item.expiresAt = vs.ExpiresAt
 	return item, nil
