@@ -98,9 +98,11 @@ func (t *walTxn) SetEntry(e *badger.Entry) error {
 // LogOnly writes e to the record only, not to Badger: a write that must be durable before the
 // acknowledgement but that nothing reads afterwards (an event no function needs, which the
 // sweep would delete soon after). A replay applies it as any set, and the sweep then deletes
-// it. Without a log (a store in memory) it is a plain set.
+// it. Without a log (a store in memory) it is a plain set. The caller may reuse e's value once
+// it returns.
 func (t *walTxn) LogOnly(e *badger.Entry) error {
 	if t.rec == nil {
+		e.Value = append([]byte(nil), e.Value...) // Badger keeps it until the commit
 		return t.Txn.SetEntry(e)
 	}
 	t.n++
@@ -587,13 +589,19 @@ func (w *wal) doCheckpoint() error {
 	flushed := w.flushed.Load()
 	var segs []walSegment
 	for _, s := range w.closed {
-		if s.lastGroup > w.checkpoint && (s.ts == 0 || s.ts > flushed) {
-			break // not (known to be) in a table yet
+		if w.unflushed(s, flushed) {
+			break
 		}
 		segs = append(segs, s)
 	}
 	w.mu.Unlock()
 	return w.checkpointSegments(segs)
+}
+
+// unflushed reports whether segment s holds groups not (known to be) in Badger's tables yet,
+// given the highest version flushed. w.mu held.
+func (w *wal) unflushed(s walSegment, flushed uint64) bool {
+	return s.lastGroup > w.checkpoint && (s.ts == 0 || s.ts > flushed)
 }
 
 // waiting counts the full segments that wait for a memtable flush before a checkpoint can
@@ -604,7 +612,7 @@ func (w *wal) waiting() int {
 	flushed := w.flushed.Load()
 	n := 0
 	for _, s := range w.closed {
-		if s.lastGroup > w.checkpoint && (s.ts == 0 || s.ts > flushed) {
+		if w.unflushed(s, flushed) {
 			n++
 		}
 	}

@@ -222,6 +222,23 @@ func TestEventNoFunctionNeedsIsLoggedOnly(t *testing.T) {
 	}
 }
 
+// TestEventNoFunctionNeedsInMemory: a store without a log (in memory) keeps such events in
+// Badger as before, each with its own bytes (the committer reuses its encoding buffer from
+// one event to the next).
+func TestEventNoFunctionNeedsInMemory(t *testing.T) {
+	s := openTest(t, "", func(o *Options) { o.InMemory = true })
+	a, b := newEntry("a", `{"n":1}`), newEntry("b", `{"n":2}`)
+	if err := s.Append(t.Context(), []*Entry{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []*Entry{a, b} {
+		ev, err := s.eventAt(e.Seq)
+		if err != nil || ev.ID != e.Event.ID {
+			t.Fatalf("event %d read back: %+v (%v), want id %q", e.Seq, ev, err, e.Event.ID)
+		}
+	}
+}
+
 // TestLogOnlyWritesDoNotHoldTheLog: events no function needs do not fill Badger's memtable,
 // so without more the memtable would not be flushed and the log's segments would pile up;
 // the checkpointer flushes it once they pass two memtables' worth.
