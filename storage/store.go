@@ -554,9 +554,8 @@ func (s *Store) writeChunks(ops []*op) error {
 	return s.writeGroups(groups)
 }
 
-// maxInflightCommits bounds the groups handed to Badger and not yet completed. Badger's
-// NewTransaction waits until earlier commits are done, so the next group is collected while the
-// previous one is being fsynced: it grows with the load instead of the log idling.
+// maxInflightCommits bounds the groups written and not yet completed (their callers not yet
+// told): the completion goroutine answers one group's callers while the next is being written.
 const maxInflightCommits = 4
 
 // valueLogFileBytes is the size of Badger's value log files, which hold only values over 1 MiB
@@ -650,8 +649,8 @@ func (s *Store) commitLoop() {
 			}
 		}
 		lastBegin = time.Now()
-		// Opening the transaction waits until Badger has applied the previous group (whose
-		// record was fdatasynced before); requests arriving meanwhile join this group.
+		// The previous group is in Badger already (begin applies it on this goroutine); the
+		// transaction waits for other writers' commits only if it reads (newTxn).
 		txn := s.newTxn()
 		reqs := []*writeReq{first}
 		bytes, count := first.size, first.count
@@ -702,17 +701,20 @@ func (s *Store) commitLoop() {
 	}
 }
 
-// newTxn opens the update transaction of a commit group.
+// newTxn opens the update transaction of a commit group. It does not wait for earlier commits
+// to be written unless it reads (patched Badger's NewWriteTransaction): the committer's own
+// are, since each is applied before the next group starts.
 func (s *Store) newTxn() *walTxn {
 	if s.wal == nil {
-		return newWALTxn(s.db.NewTransaction(true), nil, false)
+		return newWALTxn(s.db.NewWriteTransaction(), nil, false)
 	}
-	return newWALTxn(s.db.NewTransaction(true), s.wal.buf, true)
+	return newWALTxn(s.db.NewWriteTransaction(), s.wal.buf, true)
 }
 
 // begin writes a group's requests into one transaction, appends its record to the write-ahead
-// log (one fdatasync for the whole group) and hands it to Badger. Requests that cannot be applied are failed and left out. It returns nil if
-// no request is left. txn, if not nil, is a fresh update transaction to use.
+// log (one fdatasync for the whole group) and then applies it to Badger; g.err holds the
+// outcome. Requests that cannot be applied are failed and left out. It returns nil if no
+// request is left. txn, if not nil, is a fresh update transaction to use.
 func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 	for {
 		g := &group{reqs: reqs, start: time.Now(), err: make(chan error, 1)}
@@ -770,7 +772,9 @@ func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 			g.wal = s.walGroup
 		}
 		s.lastSeq, g.seq = seq, seq
-		txn.CommitWith(func(err error) { g.err <- err })
+		// Badger applies the group on this goroutine (patched CommitInline): no hand-off to
+		// its write goroutine and back before the group can be acknowledged.
+		g.err <- txn.CommitInline()
 		if s.wal != nil {
 			s.wal.committed(g.wal, txn.CommittedTs())
 		}

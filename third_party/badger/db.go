@@ -85,6 +85,10 @@ type DB struct {
 
 	lock sync.RWMutex // Guards list of inmemory tables, not individual reads and writes.
 
+	// writeMu serializes writeRequests: the write goroutine's and Txn.CommitInline's (fleetgate
+	// patch).
+	writeMu sync.Mutex
+
 	dirLockGuard *directoryLockGuard
 	// nil if Dir and ValueDir are the same
 	valueDirGuard *directoryLockGuard
@@ -879,11 +883,14 @@ func (db *DB) writeToLSM(b *request) error {
 	return nil
 }
 
-// writeRequests is called serially by only one goroutine.
+// writeRequests is called serially: by the write goroutine, and by Txn.CommitInline (fleetgate
+// patch), under db.writeMu.
 func (db *DB) writeRequests(reqs []*request) error {
 	if len(reqs) == 0 {
 		return nil
 	}
+	db.writeMu.Lock()
+	defer db.writeMu.Unlock()
 
 	done := func(err error) {
 		for _, r := range reqs {
@@ -935,6 +942,18 @@ func (db *DB) writeRequests(reqs []*request) error {
 }
 
 func (db *DB) sendToWriteCh(entries []*Entry) (*request, error) {
+	req, err := db.newRequest(entries)
+	if err != nil {
+		return nil, err
+	}
+	db.writeCh <- req // Handled in doWrites.
+	return req, nil
+}
+
+// newRequest checks entries against the write limits and wraps them in a request, whose Wait
+// the caller calls once it is written (fleetgate patch: taken out of sendToWriteCh, for
+// Txn.CommitInline).
+func (db *DB) newRequest(entries []*Entry) (*request, error) {
 	if db.blockWrites.Load() == 1 {
 		return nil, ErrBlockedWrites
 	}
@@ -954,10 +973,8 @@ func (db *DB) sendToWriteCh(entries []*Entry) (*request, error) {
 	req.reset()
 	req.Entries = entries
 	req.Wg.Add(1)
-	req.IncrRef()     // for db write
-	db.writeCh <- req // Handled in doWrites.
+	req.IncrRef() // for db write
 	y.NumPutsAdd(db.opt.MetricsEnabled, int64(len(entries)))
-
 	return req, nil
 }
 

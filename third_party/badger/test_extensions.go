@@ -72,3 +72,11 @@ func (db *DB) captureDiscardStats() {
 		db.vlog.discardStats.Unlock()
 	}
 }
+
+// HoldWritesForTest (fleetgate patch) stops every write to the value log and the memtables,
+// the write goroutine's and Txn.CommitInline's, until release is called: commits keep their
+// timestamps and wait. For tests that need a commit caught between the two.
+func (db *DB) HoldWritesForTest() (release func()) {
+	db.writeMu.Lock()
+	return db.writeMu.Unlock
+}

@@ -1,0 +1,168 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+func openBadgerInMemory(t *testing.T) *badger.DB {
+	t.Helper()
+	db, err := badger.Open(badger.DefaultOptions("").WithInMemory(true).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// The committer's transactions (patched Badger's NewWriteTransaction) do not wait for earlier
+// commits when they start, but their first read does: an idempotency key committed by an
+// earlier group must be seen, even while that group's write is still on its way.
+func TestWriteTransactionReadsEarlierCommits(t *testing.T) {
+	db := openBadgerInMemory(t)
+	release := db.HoldWritesForTest()
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
+	a := db.NewTransaction(true)
+	if err := a.Set([]byte("idem/k"), []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	aDone := make(chan error, 1)
+	a.CommitWith(func(err error) { aDone <- err }) // has its timestamp; its write is held
+
+	opened := make(chan *badger.Txn, 1)
+	go func() { opened <- db.NewWriteTransaction() }()
+	var b *badger.Txn
+	select {
+	case b = <-opened:
+	case <-time.After(10 * time.Second):
+		t.Fatal("NewWriteTransaction waited for an earlier commit's write before reading anything")
+	}
+	defer b.Discard()
+	type result struct {
+		v   []byte
+		err error
+	}
+	read := make(chan result, 1)
+	go func() {
+		item, err := b.Get([]byte("idem/k"))
+		if err != nil {
+			read <- result{err: err}
+			return
+		}
+		v, err := item.ValueCopy(nil)
+		read <- result{v, err}
+	}()
+	select {
+	case r := <-read:
+		t.Fatalf("the read returned (%q, %v) before the earlier commit was written: it must wait for it", r.v, r.err)
+	case <-time.After(100 * time.Millisecond): // the read is waiting, as it should
+	}
+	release()
+	released = true
+	if err := <-aDone; err != nil {
+		t.Fatal(err)
+	}
+	if r := <-read; r.err != nil || string(r.v) != "first" {
+		t.Fatalf("read (%q, %v), want the earlier commit's \"first\"", r.v, r.err)
+	}
+}
+
+// CommitInline writes on the caller's goroutine while Badger's write goroutine writes other
+// commits: every commit lands whole, each readable as soon as its commit returned.
+func TestCommitInlineAlongsideTheWriteGoroutine(t *testing.T) {
+	db := openBadgerInMemory(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 300 {
+				txn := db.NewTransaction(true)
+				if err := txn.Set(fmt.Appendf(nil, "async/%d/%03d", w, i), []byte("a")); err != nil {
+					errs <- err
+					return
+				}
+				if err := txn.Commit(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := range 600 {
+		txn := db.NewWriteTransaction()
+		for j := range 3 {
+			if err := txn.Set(fmt.Appendf(nil, "inline/%03d/%d", i, j), []byte("b")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := txn.CommitInline(); err != nil {
+			t.Fatal(err)
+		}
+		check := db.NewWriteTransaction() // reads at once what the committer wrote last
+		if _, err := check.Get(fmt.Appendf(nil, "inline/%03d/2", i)); err != nil {
+			t.Fatalf("commit %d not readable right after CommitInline returned: %v", i, err)
+		}
+		check.Discard()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	n := 0
+	err := db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil || n != 4*300+600*3 {
+		t.Fatalf("%d keys (%v), want %d", n, err, 4*300+600*3)
+	}
+}
+
+// A conflict reaches CommitInline's caller, and later transactions are not held back by it.
+func TestCommitInlineConflict(t *testing.T) {
+	db := openBadgerInMemory(t)
+	reader := db.NewWriteTransaction()
+	defer reader.Discard()
+	if _, err := reader.Get([]byte("k")); !errors.Is(err, badger.ErrKeyNotFound) {
+		t.Fatal(err)
+	}
+	writer := db.NewWriteTransaction()
+	if err := writer.Set([]byte("k"), []byte("w")); err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.CommitInline(); err != nil {
+		t.Fatal(err)
+	}
+	if err := reader.Set([]byte("k"), []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	if err := reader.CommitInline(); !errors.Is(err, badger.ErrConflict) {
+		t.Fatalf("committing over a key changed since it was read: %v, want ErrConflict", err)
+	}
+	after := db.NewTransaction(true) // waits for every earlier commit's write: must not hang
+	defer after.Discard()
+	item, err := after.Get([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := item.ValueCopy(nil); string(v) != "w" {
+		t.Fatalf("k = %q, want the first commit's \"w\"", v)
+	}
+}
