@@ -389,3 +389,40 @@ func TestReserveCountsTheCompactionBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The committer skips its statfs only while the last look, under diskLookAgain ago, left room
+// for the reserve twice over plus twice what was committed since.
+func TestCommitSkipsTheDiskLookOnlyWithRoomToSpare(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "log"))
+	reserve := s.opts.MinFreeBytes
+	look := func(free int64, ago time.Duration, since int64) {
+		s.disk.free.Store(free)
+		s.disk.checked.Store(time.Now().Add(-ago).UnixNano())
+		s.disk.since.Store(since)
+		s.disk.backlog.Store(0)
+		s.disk.low.Store(false)
+	}
+	for _, c := range []struct {
+		name          string
+		free          int64
+		ago           time.Duration
+		since, commit int64
+		want          bool
+	}{
+		{"plenty, just looked", 10 * reserve, 0, 0, 1 << 20, true},
+		{"plenty, looked too long ago", 10 * reserve, 2 * diskLookAgain, 0, 1 << 20, false},
+		{"reserve twice over, this commit eats the spare", 2*reserve + 10<<20, 0, 0, 6 << 20, false},
+		{"reserve twice over, commits since ate the spare", 2*reserve + 10<<20, 0, 4 << 20, 2 << 20, false},
+		{"reserve twice over with room for this commit", 2*reserve + 10<<20, 0, 0, 4 << 20, true},
+	} {
+		look(c.free, c.ago, c.since)
+		if got := s.roomWithoutLooking(c.commit); got != c.want {
+			t.Errorf("%s: roomWithoutLooking = %v, want %v", c.name, got, c.want)
+		}
+	}
+	look(10*reserve, 0, 0)
+	s.disk.low.Store(true)
+	if s.roomWithoutLooking(1) {
+		t.Error("a store refusing for lack of space must look again before it admits")
+	}
+}
