@@ -290,8 +290,9 @@ e2e_case() {
 
 log "work dir $WORK, scale $SCALE, $REPEAT runs per case, peers: $PEERS"
 # The physical floor of a durable ack on this disk, in the directory the servers' data goes to.
-"$LT" fsync --dir "$WORK" --count 500 --json >"$WORK/disk.json" || die "measuring the disk's fdatasync"
-log "disk: $("$LT" fsync --dir "$WORK" --count 200 | tail -n 1)"
+# Once idle, once with a core kept busy (servers and load generator share this machine's cores).
+"$LT" fsync --dir "$WORK" --count 500 --busy 1 --json >"$WORK/disk.json" || die "measuring the disk's fdatasync"
+log "disk: $("$LT" fsync --dir "$WORK" --count 200 --busy 1 | tail -n 2 | tr '\n' ';')"
 for peer in $PEERS; do
 	log "$peer: MQTT cases"
 	mqtt_cases "$peer"

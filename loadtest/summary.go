@@ -24,6 +24,9 @@ func Summary(res any) string {
 	case *FsyncResult:
 		fmt.Fprintf(&b, "fsync %s  append of %d bytes + fdatasync, %d times in %.2fs\n", r.Dir, r.Size, r.Latency.Count, r.Seconds)
 		lat("fdatasync", r.Latency)
+		if r.BusyLatency != nil {
+			lat(fmt.Sprintf("%d core(s) busy", r.BusyCores), *r.BusyLatency)
+		}
 	case *MQTTResult:
 		fmt.Fprintf(&b, "mqtt %s  clients %d  qos %d  size %d  inflight %d\n", r.Broker, r.Clients, r.QoS, r.Size, r.Inflight)
 		fmt.Fprintf(&b, "sent %d  acked %d  errors %d  in %.2fs  →  %.0f msgs/s  (connect %.2fs)\n",

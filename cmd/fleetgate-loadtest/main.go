@@ -204,6 +204,7 @@ func runFsync(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", ".", "directory on the disk to measure (a temporary file is written there and removed)")
 	count := fs.Int("count", 500, "appends, each made durable with fdatasync")
 	size := fs.Int("size", 256, "bytes per append")
+	busy := fs.Int("busy", 0, "then measure again with this many cores kept busy (spinning threads): the floor under load")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -211,7 +212,7 @@ func runFsync(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fsync: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	res, err := loadtest.MeasureFsync(*dir, *count, *size)
+	res, err := loadtest.MeasureFsync(*dir, *count, *size, *busy)
 	if err != nil {
 		fmt.Fprintf(stderr, "fleetgate-loadtest: %v\n", err)
 		return 1

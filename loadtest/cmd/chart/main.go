@@ -270,8 +270,10 @@ func plural(n int, noun string) string {
 
 // diskLatency is what fleetgate-loadtest fsync --json prints.
 type diskLatency struct {
-	Size    int     `json:"size"`
-	Latency latency `json:"fdatasync_latency_ms"`
+	Size        int      `json:"size"`
+	Latency     latency  `json:"fdatasync_latency_ms"`
+	BusyCores   int      `json:"busy_cores"`
+	BusyLatency *latency `json:"busy_fdatasync_latency_ms"`
 }
 
 func writeReport(w io.Writer, recs, all []record, pngName string, notes []byte, disk *diskLatency) {
@@ -283,6 +285,10 @@ func writeReport(w io.Writer, recs, all []record, pngName string, notes []byte, 
 	if disk != nil {
 		fmt.Fprintf(w, "**Disk:** an append of %d bytes made durable with `fdatasync`, in the directory the servers' data is in (`fleetgate-loadtest fsync`): p50 %.2f ms, p99 %.2f ms (%d appends). It is the floor of a durable acknowledgement: a commit of fleetgate's log is one such append, shared by every message that waits for it.\n\n",
 			disk.Size, disk.Latency.P50, disk.Latency.P99, disk.Latency.Count)
+		if b := disk.BusyLatency; b != nil {
+			fmt.Fprintf(w, "The same appends while %d core(s) spin (`fsync --busy %d`), as when a server and its load share the machine: p50 %.2f ms, p99 %.2f ms.\n\n",
+				disk.BusyCores, disk.BusyCores, b.P50, b.P99)
+		}
 	}
 	fmt.Fprintf(w, "**Servers:**")
 	seen := map[string]bool{}

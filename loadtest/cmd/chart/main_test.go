@@ -28,7 +28,7 @@ func TestReportAndChart(t *testing.T) {
 		t.Fatal(err)
 	}
 	disk := filepath.Join(dir, "disk.json")
-	if err := os.WriteFile(disk, []byte(`{"dir":"/x","size":256,"seconds":0.1,"fdatasync_latency_ms":{"count":500,"p50":0.25,"p99":1.5}}`), 0o644); err != nil {
+	if err := os.WriteFile(disk, []byte(`{"dir":"/x","size":256,"seconds":0.1,"fdatasync_latency_ms":{"count":500,"p50":0.25,"p99":1.5},"busy_cores":1,"busy_fdatasync_latency_ms":{"count":500,"p50":0.41,"p99":2.5}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := run(in, md, pngPath, notes, disk); err != nil {
@@ -48,6 +48,7 @@ func TestReportAndChart(t *testing.T) {
 		"![chart](results.png)",
 		"fleetgate loses here because of fsync.",
 		"**Disk:** an append of 256 bytes made durable with `fdatasync`",
+		"while 1 core(s) spin (`fsync --busy 1`), as when a server and its load share the machine: p50 0.41 ms",
 		"p50 0.25 ms, p99 1.50 ms (500 appends)",
 	} {
 		if !strings.Contains(report, want) {
