@@ -1,12 +1,18 @@
 package storage
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -164,5 +170,30 @@ func TestCommitInlineConflict(t *testing.T) {
 	}
 	if v, _ := item.ValueCopy(nil); string(v) != "w" {
 		t.Fatalf("k = %q, want the first commit's \"w\"", v)
+	}
+}
+
+// Every commit group's write + fdatasync is timed in fleetgate_storage_log_sync_seconds.
+func TestLogSyncIsMeasured(t *testing.T) {
+	set := metrics.NewSet()
+	s := openTest(t, filepath.Join(t.TempDir(), "log"), func(o *Options) { o.Metrics = set })
+	for i := range 3 {
+		if err := s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("e%d", i), `"x"`, "f")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	set.WritePrometheus(&out)
+	var count, sum float64
+	for _, line := range strings.Split(out.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, "fleetgate_storage_log_sync_seconds_count "); ok {
+			count, _ = strconv.ParseFloat(v, 64)
+		}
+		if v, ok := strings.CutPrefix(line, "fleetgate_storage_log_sync_seconds_sum "); ok {
+			sum, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if count < 1 || count > 3 || sum <= 0 {
+		t.Fatalf("fleetgate_storage_log_sync_seconds: count %v, sum %v after 3 appends; want 1 to 3 syncs timed", count, sum)
 	}
 }

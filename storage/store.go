@@ -186,6 +186,7 @@ type storeMetrics struct {
 	expired, deleted                                  *metrics.Counter
 	commitSeconds                                     *metrics.PrometheusHistogram
 	groupEvents                                       *metrics.Histogram
+	logSync                                           *metrics.Histogram // write + fdatasync of a group's record
 }
 
 // writeReq is one unit of the group commit: appends and raw operations, committed atomically.
@@ -326,6 +327,7 @@ func Open(opts Options) (*Store, error) {
 		deleted:       ms.NewCounter("fleetgate_storage_events_deleted_total"),
 		commitSeconds: ms.NewPrometheusHistogram("fleetgate_storage_commit_seconds"),
 		groupEvents:   ms.NewHistogram("fleetgate_storage_commit_group_events"),
+		logSync:       ms.NewHistogram("fleetgate_storage_log_sync_seconds"),
 	}
 	ms.NewGauge("fleetgate_storage_pending_bytes", func() float64 { return float64(s.pending.Load()) })
 	ms.NewGauge("fleetgate_storage_disk_bytes", func() float64 { return float64(s.Size()) })
@@ -763,11 +765,13 @@ func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 		if s.wal != nil {
 			// The durable write: the group's record, fdatasynced, before Badger applies it
 			// and before anyone is acknowledged.
+			walStart := time.Now()
 			if err := s.wal.append(s.walGroup+1, txn); err != nil {
 				txn.Discard()
 				g.err <- err
 				return g
 			}
+			s.m.logSync.UpdateDuration(walStart)
 			s.walGroup++
 			g.wal = s.walGroup
 		}
