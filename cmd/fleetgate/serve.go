@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
 	"strings"
@@ -28,6 +29,7 @@ import (
 	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/internal/procs"
 	"github.com/fleetgate/fleetgate/rules"
 	"github.com/fleetgate/fleetgate/shadow"
 	"github.com/fleetgate/fleetgate/storage"
@@ -110,6 +112,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 	}
+	pc := startProcs(cfg, log, g.procs)
 	fmt.Fprintf(stdout, "fleetgate ready: mqtt=%s http=%s data_dir=%s\n", mqttAddr, g.http.Addr(), cfg.DataDir)
 	log.Info("ready", "mqtt", mqttAddr, "mqtt_tls", addrString(g.broker.TLSAddr()), "mqtt_ws", addrString(g.broker.WSAddr()),
 		"http", g.http.Addr().String(), "data_dir", cfg.DataDir)
@@ -143,12 +146,34 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		log.Error("second signal: exiting now (acknowledged events are safe on disk)")
 		os.Exit(1)
 	}()
+	pc.Stop() // all processors for the shutdown's flush
 	if err := g.shutdown(cfg.HTTP.ShutdownTimeout); err != nil {
 		log.Error("shutdown", "err", err)
 		return 1
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// startProcs starts the processor controller (procs: auto, internal/procs) unless GOMAXPROCS
+// is set; it returns nil then, with procs: all (the default), or on a one-CPU machine.
+func startProcs(cfg Config, log *slog.Logger, changes *metrics.Counter) *procs.Controller {
+	if cfg.Procs != "auto" {
+		return nil
+	}
+	if env := os.Getenv("GOMAXPROCS"); env != "" {
+		log.Info("procs: GOMAXPROCS is set; the gateway runs on that many processors", "GOMAXPROCS", env)
+		return nil
+	}
+	all := runtime.GOMAXPROCS(0)
+	c := procs.Start(procs.Options{Max: all, OnChange: func(n int) {
+		changes.Inc()
+		log.Debug("procs", "gomaxprocs", n)
+	}})
+	if c != nil {
+		log.Info("procs: one processor while the load needs well under one core, all of them when it needs more", "max", all)
+	}
+	return c
 }
 
 func addrString(a net.Addr) string {
@@ -171,6 +196,7 @@ type gateway struct {
 	shadows     *shadow.Service
 	http        *ingest.Server
 	metrics     *metrics.Set
+	procs       *metrics.Counter // fleetgate_runtime_procs_changes_total
 	log         *slog.Logger
 }
 
@@ -204,6 +230,8 @@ func (r rulesRouter) Route(ev *event.Event, dst []storage.Target) []storage.Targ
 // closed.
 func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Writer) (g *gateway, err error) {
 	g = &gateway{metrics: metrics.NewSet(), log: log}
+	g.metrics.NewGauge("fleetgate_runtime_procs", func() float64 { return float64(runtime.GOMAXPROCS(0)) })
+	g.procs = g.metrics.NewCounter("fleetgate_runtime_procs_changes_total")
 	defer func() {
 		if err != nil {
 			g.shutdown(5 * time.Second)

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"testing"
+)
+
+// procsMetric reads fleetgate_runtime_procs from a running gateway.
+func procsMetric(t *testing.T, p *proc) int {
+	t.Helper()
+	resp, err := http.Get(p.url("/metrics"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^fleetgate_runtime_procs (\d+)$`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no fleetgate_runtime_procs in /metrics:\n%s", body)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// procs: auto starts an idle gateway on one processor (internal/procs tests how it follows the
+// load); the default keeps all of them; anything else is refused.
+func TestProcsSetting(t *testing.T) {
+	dir := t.TempDir()
+	env := os.Getenv("GOMAXPROCS")
+	auto := startProc(t, dir+"/auto", writeTestFile(t, dir, "auto.yaml", "procs: auto\n"))
+	switch got := procsMetric(t, auto); {
+	case env != "":
+		if !bytes.Contains([]byte(auto.logs()), []byte("GOMAXPROCS is set")) {
+			t.Fatalf("GOMAXPROCS=%s in the environment, and the log does not say it wins:\n%s", env, auto.logs())
+		}
+	case runtime.GOMAXPROCS(0) == 1:
+		if got != 1 {
+			t.Fatalf("one CPU, %d processors", got)
+		}
+	default:
+		if got != 1 {
+			t.Fatalf("procs: auto, idle: %d processors, want 1\n%s", got, auto.logs())
+		}
+		if !bytes.Contains([]byte(auto.logs()), []byte("procs: one processor while")) {
+			t.Fatalf("the log does not say what procs: auto does:\n%s", auto.logs())
+		}
+	}
+	all := startProc(t, dir+"/all", "")
+	if got := procsMetric(t, all); env == "" && got != runtime.GOMAXPROCS(0) {
+		t.Fatalf("default: %d processors, want all %d", got, runtime.GOMAXPROCS(0))
+	}
+	out, err := exec.Command(binPath, "serve", "--data-dir", dir+"/bad", "--config", writeTestFile(t, dir, "bad.yaml", "procs: 1\n")).CombinedOutput()
+	if err == nil || !bytes.Contains(out, []byte(`procs: "all" (the default) or "auto", got "1"`)) {
+		t.Fatalf("procs: 1 accepted or not explained (%v):\n%s", err, out)
+	}
+}
