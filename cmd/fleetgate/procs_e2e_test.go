@@ -2,31 +2,20 @@ package main
 
 import (
 	"bytes"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
-	"regexp"
 	"runtime"
-	"strconv"
 	"testing"
 )
 
 // procsMetric reads fleetgate_runtime_procs from a running gateway.
 func procsMetric(t *testing.T, p *proc) int {
 	t.Helper()
-	resp, err := http.Get(p.url("/metrics"))
-	if err != nil {
-		t.Fatal(err)
+	n := metricOf(t, p, "fleetgate_runtime_procs")
+	if n < 0 {
+		t.Fatal("no fleetgate_runtime_procs in /metrics")
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^fleetgate_runtime_procs (\d+)$`).FindSubmatch(body)
-	if m == nil {
-		t.Fatalf("no fleetgate_runtime_procs in /metrics:\n%s", body)
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
+	return int(n)
 }
 
 // procs: auto starts an idle gateway on one processor (internal/procs tests how it follows the
