@@ -403,7 +403,7 @@ func (s *session) enqueue(e *entry) error {
 // acks written meanwhile must not hit it.
 func (s *session) extendDeadline() {
 	if ka := s.cl.State.Keepalive; ka > 0 && s.cl.Net.Conn != nil {
-		_ = s.cl.Net.Conn.SetDeadline(time.Now().Add(time.Duration(ka+ka/2) * time.Second))
+		_ = s.cl.Net.Conn.SetDeadline(time.Now().Add(time.Duration(ka) * 1500 * time.Millisecond))
 	}
 }
 

@@ -119,6 +119,12 @@ type ClientConnection struct {
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
 	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+
+	// deadline is the deadline refreshDeadline last set on Conn, if deadlineSet (fleetgate
+	// patch: see refreshDeadline). Others may set a later one (fleetgate's broker extends it
+	// while its reader waits), never an earlier one once refreshDeadline has set it.
+	deadline    time.Time
+	deadlineSet bool
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -298,15 +304,33 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 }
 
 // refreshDeadline refreshes the read/write deadline for the net.Conn connection.
+//
+// fleetgate patch: it sets the deadline only when the one it set last would come before the
+// keepalive window [MQTT-3.1.2-22] from now, and then sets it a sixteenth of the window later
+// than that window. A deadline is never earlier than the specification asks, at most a
+// sixteenth later, and a client sending many packets per second changes it a few times per
+// window instead of at every packet (SetDeadline changes two timers of the poller: 3 % of the
+// broker's CPU at 59 000 publishes/s).
 func (cl *Client) refreshDeadline(keepalive uint16) {
-	var expiry time.Time // nil time can be used to disable deadline if keepalive = 0
-	if keepalive > 0 {
-		expiry = time.Now().Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
+	if cl.Net.Conn == nil {
+		return
 	}
-
-	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.SetDeadline(expiry) // [MQTT-3.1.2-22]
+	if keepalive == 0 { // nil time disables the deadline
+		if !cl.Net.deadlineSet || !cl.Net.deadline.IsZero() {
+			cl.Net.deadline, cl.Net.deadlineSet = time.Time{}, true
+			_ = cl.Net.Conn.SetDeadline(time.Time{})
+		}
+		return
 	}
+	// One and a half keepalives, to the millisecond (mochi computed keepalive+keepalive/2 whole
+	// seconds: a keepalive of 1 s gave 1 s, of 3 s 4 s).
+	window := time.Duration(keepalive) * 1500 * time.Millisecond
+	due := time.Now().Add(window)
+	if cl.Net.deadlineSet && !cl.Net.deadline.IsZero() && !cl.Net.deadline.Before(due) {
+		return
+	}
+	cl.Net.deadline, cl.Net.deadlineSet = due.Add(window/16), true
+	_ = cl.Net.Conn.SetDeadline(cl.Net.deadline) // [MQTT-3.1.2-22]
 }
 
 // NextPacketID returns the next available (unused) packet id for the client.
