@@ -54,7 +54,7 @@ func MeasureFsync(dir string, count, size, busy int) (*FsyncResult, error) {
 			go func() {
 				defer wg.Done()
 				runtime.LockOSThread()
-				for n := 0; !stop.Load(); n++ {
+				for !stop.Load() {
 				}
 			}()
 		}

@@ -309,8 +309,8 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 // keepalive window [MQTT-3.1.2-22] from now, and then sets it a sixteenth of the window later
 // than that window. A deadline is never earlier than the specification asks, at most a
 // sixteenth later, and a client sending many packets per second changes it a few times per
-// window instead of at every packet (SetDeadline changes two timers of the poller: 3 % of the
-// broker's CPU at 59 000 publishes/s).
+// window instead of at every packet (SetDeadline changes two timers of the poller: 3.3 % of
+// the gateway's CPU samples at 56 000 QoS 1 publishes/s).
 func (cl *Client) refreshDeadline(keepalive uint16) {
 	if cl.Net.Conn == nil {
 		return
