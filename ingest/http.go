@@ -613,13 +613,14 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, rawTopic []byte) {
 		size += len(b.Data)
 	}
 	buf := make([]byte, 0, size)
+	// The event's source is the authenticated sender, never the body's: one string for all.
+	source := "http://" + p.Subject
 	for i, b := range parsed {
 		ev := &backing[i]
 		start := len(buf)
 		buf = append(buf, b.Data...)
 		*ev = event.Event{
-			// The event's source is the authenticated sender, never the body's.
-			ID: b.ID, Source: "http://" + p.Subject, Type: b.Type, Subject: p.Subject, Time: b.Time,
+			ID: b.ID, Source: source, Type: b.Type, Subject: p.Subject, Time: b.Time,
 			ContentType: b.ContentType, Data: buf[start:len(buf):len(buf)],
 			Protocol: event.ProtocolHTTP, Topic: name, Tenant: p.Tenant,
 			Claims: p.Claims, ClaimsJSON: p.ClaimsJSON, Meta: meta,

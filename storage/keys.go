@@ -28,10 +28,12 @@ const (
 )
 
 func eventKey(seq uint64) []byte {
-	k := make([]byte, 1+seqKeySize)
-	k[0] = nsEvent
-	binary.BigEndian.PutUint64(k[1:], seq)
-	return k
+	return appendEventKey(make([]byte, 0, 1+seqKeySize), seq)
+}
+
+// appendEventKey appends the key of event seq to dst.
+func appendEventKey(dst []byte, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, nsEvent), seq)
 }
 
 // fnPrefix is the prefix of all keys of a function's queue (ns = nsQueue) or DLQ (ns = nsDead).

@@ -893,7 +893,8 @@ func (s *Store) applyReq(txn *walTxn, r *writeReq, seq *uint64, buf *[]byte, gro
 			// acknowledged, and Badger does not get it (nothing would read it before the
 			// sweep deleted it: that insertion, the sweep's reading and its deletion were a
 			// quarter of the CPU of store-only ingest).
-			if err := txn.LogOnly(badger.NewEntry(eventKey(e.Seq), *buf)); err != nil {
+			var key [1 + seqKeySize]byte
+			if err := txn.LogOnly(appendEventKey(key[:0], e.Seq), *buf); err != nil {
 				return fmt.Errorf("storing event: %w", err)
 			}
 		} else {
