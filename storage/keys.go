@@ -48,6 +48,15 @@ func fnKey(ns byte, fn string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(fnPrefix(ns, fn), seq)
 }
 
+// appendFnKey appends fnKey(ns, fn, seq) to dst; fnKeySize(fn) bytes.
+func appendFnKey(dst []byte, ns byte, fn string, seq uint64) []byte {
+	dst = append(append(append(dst, ns), fn...), 0)
+	return binary.BigEndian.AppendUint64(dst, seq)
+}
+
+// fnKeySize is the length of a key of fn's queue or DLQ.
+func fnKeySize(fn string) int { return 2 + len(fn) + seqKeySize }
+
 // parseFnKey splits a queue or DLQ key into function and seq.
 func parseFnKey(k []byte) (fn string, seq uint64, ok bool) {
 	if len(k) < 2+seqKeySize || k[len(k)-seqKeySize-1] != 0 {
@@ -58,6 +67,11 @@ func parseFnKey(k []byte) (fn string, seq uint64, ok bool) {
 
 // validFunction reports whether fn may name a queue: non-empty, no NUL byte.
 func validFunction(fn string) bool { return fn != "" && !strings.ContainsRune(fn, 0) && len(fn) <= 255 }
+
+// targetSize is at least the length of encodeTarget's output.
+func targetSize(rule string, data, inline []byte) int {
+	return 3*binary.MaxVarintLen64 + 1 + len(rule) + len(data) + len(inline)
+}
 
 // Queue entry values: <rule len uvarint><rule><flags><[rule set version uvarint]>
 // <[data len uvarint][data]><[inline event]>. flagVersion: the version of the rule set that
@@ -73,7 +87,7 @@ const (
 
 func encodeTarget(dst []byte, rule string, version int, data, inline []byte) []byte {
 	if dst == nil {
-		dst = make([]byte, 0, 3*binary.MaxVarintLen64+1+len(rule)+len(data)+len(inline))
+		dst = make([]byte, 0, targetSize(rule, data, inline))
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(rule)))
 	dst = append(dst, rule...)

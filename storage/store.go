@@ -148,6 +148,7 @@ type Store struct {
 	limits txnLimits
 	db     *badger.DB
 	log    *slog.Logger
+	slab   groupSlab // the committer's: room for a group's keys and values (see groupSlab)
 
 	reqs    chan *writeReq
 	pending atomic.Int64 // bytes in reqs
@@ -719,6 +720,8 @@ func (s *Store) newTxn() *walTxn {
 // request is left. txn, if not nil, is a fresh update transaction to use.
 func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 	for {
+		// The keys and values of the last group (or of this one, dropped) are in Badger.
+		s.slab.reset()
 		g := &group{reqs: reqs, start: time.Now(), err: make(chan error, 1)}
 		if txn == nil {
 			txn = s.newTxn()
@@ -883,7 +886,8 @@ func (s *Store) applyReq(txn *walTxn, r *writeReq, seq *uint64, buf *[]byte, gro
 		if len(e.Targets) == 1 {
 			// One function: the event lives in its queue entry alone (one Badger entry, not two).
 			t := e.Targets[0]
-			k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.RuleVersion, t.Data, *buf)
+			k := appendFnKey(s.slab.take(fnKeySize(t.Function)), nsQueue, t.Function, e.Seq)
+			v := encodeTarget(s.slab.take(targetSize(t.Rule, t.Data, *buf)), t.Rule, t.RuleVersion, t.Data, *buf)
 			if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 				return fmt.Errorf("storing queue entry: %w", err)
 			}
@@ -898,13 +902,14 @@ func (s *Store) applyReq(txn *walTxn, r *writeReq, seq *uint64, buf *[]byte, gro
 				return fmt.Errorf("storing event: %w", err)
 			}
 		} else {
-			k, v := eventKey(e.Seq), append([]byte(nil), *buf...)
+			k, v := appendEventKey(s.slab.take(1+seqKeySize), e.Seq), append(s.slab.take(len(*buf)), *buf...)
 			if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 				return fmt.Errorf("storing event: %w", err)
 			}
 			r.logical += int64(len(k) + len(v))
 			for _, t := range e.Targets {
-				k, v := fnKey(nsQueue, t.Function, e.Seq), encodeTarget(nil, t.Rule, t.RuleVersion, t.Data, nil)
+				k := appendFnKey(s.slab.take(fnKeySize(t.Function)), nsQueue, t.Function, e.Seq)
+				v := encodeTarget(s.slab.take(targetSize(t.Rule, t.Data, nil)), t.Rule, t.RuleVersion, t.Data, nil)
 				if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
 					return fmt.Errorf("storing queue entry: %w", err)
 				}
@@ -1023,7 +1028,8 @@ func (b badgerLogger) Debugf(f string, a ...any)   {}
 func applyOp(txn *walTxn, o *op) error {
 	o.applied = false
 	counted := o.fn != ""
-	if counted || o.moveTo != nil {
+	switch {
+	case o.moveTo != nil:
 		item, err := txn.Get(o.key)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
@@ -1031,24 +1037,32 @@ func applyOp(txn *walTxn, o *op) error {
 		if err != nil {
 			return err
 		}
-		if o.moveTo != nil {
-			old, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			v := o.wrap(old)
-			if err := txn.SetEntry(badger.NewEntry(o.moveTo, v)); err != nil {
-				return err
-			}
-			if err := txn.Delete(o.key); err != nil {
-				return err
-			}
-			o.logical = int64(len(o.moveTo)+len(v)) - int64(len(o.key)+len(old))
-			o.applied = true
+		old, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		v := o.wrap(old)
+		if err := txn.SetEntry(badger.NewEntry(o.moveTo, v)); err != nil {
+			return err
+		}
+		if err := txn.Delete(o.key); err != nil {
+			return err
+		}
+		o.logical = int64(len(o.moveTo)+len(v)) - int64(len(o.key)+len(old))
+		o.applied = true
+		return nil
+	case counted:
+		// Only whether the key is there, and its size: its value is not copied out (an
+		// acknowledgement's delete copied its queue entry, event and all).
+		size, err := txn.GetValueSize(o.key)
+		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
 		}
-		if o.delete && counted {
-			o.logical = -entryBytes(item)
+		if err != nil {
+			return err
+		}
+		if o.delete {
+			o.logical = -(int64(len(o.key)) + size)
 		}
 	}
 	var err error

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"expvar"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -832,6 +833,53 @@ func (db *DB) getOwned(key []byte) (y.ValueStruct, bool, error) {
 	// The memtable's copy, unless a table held a newer version.
 	owned := len(vs.Value) > 0 && len(maxVs.Value) > 0 && &vs.Value[0] == &maxVs.Value[0]
 	return vs, owned, err
+}
+
+// valueSize is getOwned for a caller that needs only whether key has a value and its size
+// (fleetgate patch, for Txn.GetValueSize): nothing is copied out of a memtable. found, meta and
+// expiresAt are as getOwned's value would say.
+func (db *DB) valueSize(key []byte) (found bool, meta byte, expiresAt uint64, size int64, err error) {
+	if db.IsClosed() {
+		return false, 0, 0, 0, ErrDBClosed
+	}
+	tables, decr := db.getMemTables() // the memtables' values are read before decr
+	defer decr()
+
+	var maxVs y.ValueStruct
+	version := y.ParseTs(key)
+	y.NumGetsAdd(db.opt.MetricsEnabled, 1)
+	sized := func(vs y.ValueStruct) (bool, byte, uint64, int64, error) {
+		if vs.Meta == 0 && vs.Value == nil {
+			return false, 0, 0, 0, nil
+		}
+		n := int64(len(vs.Value))
+		if vs.Meta&bitValuePointer != 0 {
+			var vp valuePointer
+			vp.Decode(vs.Value)
+			// As Item.ValueSize: the entry's length less its key, timestamp, header and crc.
+			n = int64(vp.Len) - int64(len(key)) - 6 - crc32.Size
+		}
+		return true, vs.Meta, vs.ExpiresAt, n, nil
+	}
+	for i := 0; i < len(tables); i++ {
+		vs := tables[i].sl.Get(key)
+		y.NumMemtableGetsAdd(db.opt.MetricsEnabled, 1)
+		if vs.Meta == 0 && vs.Value == nil {
+			continue
+		}
+		if vs.Version == version {
+			y.NumGetsWithResultsAdd(db.opt.MetricsEnabled, 1)
+			return sized(vs)
+		}
+		if maxVs.Version < vs.Version {
+			maxVs = vs
+		}
+	}
+	vs, err := db.lc.get(key, maxVs, 0)
+	if err != nil {
+		return false, 0, 0, 0, err
+	}
+	return sized(vs)
 }
 
 var requestPool = sync.Pool{

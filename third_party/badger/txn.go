@@ -498,6 +498,38 @@ func (txn *Txn) Get(key []byte) (item *Item, rerr error) {
 	return item, nil
 }
 
+// GetValueSize is Get for a caller that needs only to know that key has a value, and its size
+// (as Item.ValueSize): nothing is copied (fleetgate patch; Get copies a memtable's value out).
+// It returns ErrKeyNotFound as Get does, and counts as a read of key for conflicts.
+func (txn *Txn) GetValueSize(key []byte) (int64, error) {
+	if len(key) == 0 {
+		return 0, ErrEmptyKey
+	} else if txn.discarded {
+		return 0, ErrDiscardedTxn
+	}
+	if err := txn.db.isBanned(key); err != nil {
+		return 0, err
+	}
+	txn.waitRead()
+	if txn.update {
+		if e, has := txn.pendingWrites[string(key)]; has && bytes.Equal(key, e.Key) {
+			if isDeletedOrExpired(e.meta, e.ExpiresAt) {
+				return 0, ErrKeyNotFound
+			}
+			return int64(len(e.Value)), nil
+		}
+		txn.addReadKey(key)
+	}
+	found, meta, expiresAt, size, err := txn.db.valueSize(y.KeyWithTs(key, txn.readTs))
+	if err != nil {
+		return 0, y.Wrapf(err, "DB::GetValueSize key: %q", key)
+	}
+	if !found || isDeletedOrExpired(meta, expiresAt) {
+		return 0, ErrKeyNotFound
+	}
+	return size, nil
+}
+
 func (txn *Txn) addReadKey(key []byte) {
 	if txn.update {
 		fp := z.MemHash(key)
