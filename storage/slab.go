@@ -28,7 +28,7 @@ func (a *groupSlab) take(n int) []byte {
 		c := a.chunks[a.used]
 		if l := len(c); cap(c)-l >= n {
 			a.chunks[a.used] = c[:l+n]
-			return c[l:l:l+n]
+			return c[l : l : l+n]
 		}
 		a.used++
 	}
