@@ -5,7 +5,7 @@ GOFLAGS   ?=
 BIN       := bin
 FUZZTIME  ?= 30s
 # Packages with goroutines of their own run under the race detector in `make test`.
-RACE_PKGS := ./storage/... ./ingest/... ./broker/... ./functions/... ./rules/... ./event/... ./cluster/... ./shadow/... ./internal/procs/...
+RACE_PKGS := ./storage/... ./ingest/... ./broker/... ./functions/... ./rules/... ./event/... ./cluster/... ./shadow/... ./internal/procs/... ./internal/gctune/...
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
@@ -40,7 +40,7 @@ browser:
 		echo "warning: no chromium: the console's browser test (TestConsoleInBrowser) will be skipped" >&2; }
 
 test-unit:
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -E '/(storage|ingest|broker|functions|rules|event|cluster|shadow|internal/procs)(/|$$)')
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -E '/(storage|ingest|broker|functions|rules|event|cluster|shadow|internal/procs|internal/gctune)(/|$$)')
 	# The wasm tests that build the Go example skip themselves under -race (wazero compiles a
 	# Go-built module far too slowly with the race detector): run them here without it.
 	$(GO) test -count=1 -timeout 5m -run 'Threshold|WASM' ./functions/

@@ -50,3 +50,22 @@ func TestProcsSetting(t *testing.T) {
 		t.Fatalf("procs: 1 accepted or not explained (%v):\n%s", err, out)
 	}
 }
+
+// The GC tuner (internal/gctune, which tests how it follows the allocation rate) runs unless
+// GOGC is set, and fleetgate_runtime_gc_percent says the collector's setting either way.
+func TestGCTuning(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("GOGC", "")
+	tuned := startProc(t, dir+"/tuned", "")
+	if got := metricOf(t, tuned, "fleetgate_runtime_gc_percent"); got < 100 {
+		t.Fatalf("tuned: fleetgate_runtime_gc_percent %v, want at least 100\n%s", got, tuned.logs())
+	}
+	t.Setenv("GOGC", "50")
+	fixed := startProc(t, dir+"/fixed", "")
+	if got := metricOf(t, fixed, "fleetgate_runtime_gc_percent"); got != 50 {
+		t.Fatalf("GOGC=50: fleetgate_runtime_gc_percent %v, want 50\n%s", got, fixed.logs())
+	}
+	if !bytes.Contains([]byte(fixed.logs()), []byte("GOGC is set")) {
+		t.Fatalf("GOGC=50 in the environment, and the log does not say it wins:\n%s", fixed.logs())
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/fleetgate/fleetgate/internal/gctune"
 	"io"
 	"log/slog"
 	"net"
@@ -99,7 +100,8 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, stderr)
-	setMemoryLimit(cfg, log)
+	tuner := setMemoryLimit(cfg, log)
+	defer tuner.Stop()
 	g, err := startGateway(cfg, f.resetRules, log, stdout)
 	if err != nil {
 		log.Error("fleetgate failed to start", "err", err)
@@ -232,6 +234,7 @@ func startGateway(cfg Config, resetRules bool, log *slog.Logger, logOut io.Write
 	g = &gateway{metrics: metrics.NewSet(), log: log}
 	g.metrics.NewGauge("fleetgate_runtime_procs", func() float64 { return float64(runtime.GOMAXPROCS(0)) })
 	g.procs = g.metrics.NewCounter("fleetgate_runtime_procs_changes_total")
+	g.metrics.NewGauge("fleetgate_runtime_gc_percent", gcPercent)
 	defer func() {
 		if err != nil {
 			g.shutdown(5 * time.Second)
@@ -456,20 +459,25 @@ func (g *gateway) shutdown(timeout time.Duration) error {
 //     large one (10 000 connections are about 160 MiB live) never has its collector running
 //     all the time against a limit under its live memory.
 //
-// Unless GOGC is set, it also allocates gcBallast (see there).
-func setMemoryLimit(cfg Config, log *slog.Logger) {
+// Unless GOGC is set, it also starts the GC tuner (internal/gctune), which sets GOGC from the
+// allocation rate, giving the heap room for up to a quarter of the memory plan's limit of
+// garbage; Stop it at shutdown.
+func setMemoryLimit(cfg Config, log *slog.Logger) *gctune.Tuner {
 	p := cfg.memoryPlan()
-	if os.Getenv("GOGC") == "" {
-		gcBallast = make([]byte, p.Limit/ballastShare)
+	var tuner *gctune.Tuner
+	if env := os.Getenv("GOGC"); env != "" {
+		log.Info("memory: GOGC is set; the collector runs at that setting", "GOGC", env)
+	} else {
+		tuner = gctune.Start(gctune.Options{MaxHeadroom: p.Limit / gcHeadroomShare})
 	}
 	if env := os.Getenv("GOMEMLIMIT"); env != "" {
 		log.Info("memory: GOMEMLIMIT is set, memory_limit sizes only the log", "GOMEMLIMIT", env, "plan", p.String())
-		return
+		return tuner
 	}
 	debug.SetMemoryLimit(p.Limit)
 	if cfg.MemoryLimit != 0 {
 		log.Info("memory", "plan", p.String())
-		return
+		return tuner
 	}
 	log.Info("memory: no memory_limit; the log is sized as for the default, the soft limit follows the live heap", "plan", p.String())
 	go func() {
@@ -486,18 +494,26 @@ func setMemoryLimit(cfg Config, log *slog.Logger) {
 			}
 		}
 	}()
+	return tuner
 }
 
-// gcBallast is a block of the Go heap that is never written, so it takes address space but no
-// resident memory (its pages are never touched). It counts as live memory for the collector,
-// whose heap goal is twice the live memory: Badger's big buffers (memtable arenas, tables being
-// built) live outside the Go heap, so the live heap of a busy gateway with few connections is a
-// few MiB, and GOGC=100 alone collected it dozens of times a second (302 collections in 14 s
-// of 10 MQTT connections at QoS 1, 6 % of the CPU). With a ballast of a sixth of the memory
-// plan (21 MiB by default) the garbage between collections is about that much more.
-var gcBallast []byte
+// gcHeadroomShare: the GC tuner gives the heap room for at most 1/gcHeadroomShare of the memory
+// plan's limit of garbage (32 MiB by default), however fast the gateway allocates. It replaced
+// a ballast of a sixth of the limit (a never-touched block counted as live: 21 MiB), which
+// gave every load 21 MiB more heap than its live memory called for: the gateway's peak RSS was
+// 75 MB routing 10k MQTT messages/s to a function, 60–62 MB with the tuner (BENCHMARKS.md,
+// issue 17's seventh round).
+const gcHeadroomShare = 4
 
-const ballastShare = 6
+// gcPercent is the collector's GOGC setting (the GC tuner's, or GOGC's).
+func gcPercent() float64 {
+	s := []rtmetrics.Sample{{Name: "/gc/gogc:percent"}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() != rtmetrics.KindUint64 {
+		return 0
+	}
+	return float64(s[0].Value.Uint64())
+}
 
 // softLimit is the runtime's soft memory limit when memory_limit is unset: floor, or twice the
 // live heap when that is more (the collector's own default target, GOGC=100).
