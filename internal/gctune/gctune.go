@@ -32,7 +32,7 @@ type Options struct {
 	OnChange func(percent int)
 
 	read func() (allocated, live uint64) // the runtime's counters (tests replace it)
-	set  func(percent int)                // debug.SetGCPercent (tests replace it)
+	set  func(percent int)               // debug.SetGCPercent (tests replace it)
 }
 
 func (o *Options) setDefaults() {
