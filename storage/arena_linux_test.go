@@ -5,6 +5,7 @@ package storage
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ import (
 
 // TestFlushedArenaGivesItsPagesBack: once a memtable is flushed, its arena (kept mapped as the
 // spare for the next memtable, patched Badger) holds no resident memory, and the memtable that
-// reuses it reads only what it wrote. A spare that kept its pages held a whole memtable's worth
+// reuses it reads only what it wrote. Arenas are advised for transparent huge pages. A spare that kept its pages held a whole memtable's worth
 // of memory next to the one being written.
 func TestFlushedArenaGivesItsPagesBack(t *testing.T) {
 	s := openTest(t, filepath.Join(t.TempDir(), "log"))
@@ -59,6 +60,13 @@ func TestFlushedArenaGivesItsPagesBack(t *testing.T) {
 	}
 	if size == 0 || resident != 0 {
 		t.Fatalf("spare arena of %d bytes has %d bytes resident after its memtable was flushed, want a spare with none", size, resident)
+	}
+	// Arenas ask for huge pages, where the kernel has them at all.
+	if _, err := os.Stat("/sys/kernel/mm/transparent_hugepage"); err == nil {
+		huge, err := skl.SpareArenaHugeForTest()
+		if err != nil || !huge {
+			t.Fatalf("spare arena advised for huge pages: %v (%v), want true", huge, err)
+		}
 	}
 	// A memtable on a reused arena, written and read; everything written before reads back
 	// whole from the tables.

@@ -37,6 +37,7 @@ func arenaBuffer(n int64) []byte {
 	if err != nil {
 		return make([]byte, n) // on the Go heap; release leaves it to the collector
 	}
+	adviseHuge(b)
 	mapped.Store(&b[0], true)
 	return b
 }
@@ -47,14 +48,16 @@ var mapped sync.Map // *byte → true: arenas this file mapped
 // mapping is kept as the spare, or unmapped when there is one already. A spare that kept its
 // pages (cleared, as before) held a whole memtable's worth of resident memory next to the
 // memtable being written: 16 of the 33 MiB of arenas in a gateway routing 10k msgs/s. Its
-// pages are faulted in again, zeroed by the kernel, as the next memtable fills.
+// pages are faulted in again, zeroed by the kernel, as the next memtable fills: in huge pages
+// where the kernel gives them (adviseHuge), a fault per 2 MiB rather than per 4 KiB.
 func (s *Arena) release() {
 	buf := s.buf
 	s.buf = nil
 	if _, ok := mapped.Load(&buf[0]); !ok {
 		return
 	}
-	dropPages(buf[:min(int(s.n.Load()), len(buf))])
+	// All of it: a huge page faulted in for the last bytes used reaches past them.
+	dropPages(buf)
 	spare.Lock()
 	old := spare.buf
 	spare.buf = buf

@@ -6,3 +6,6 @@ package skl
 
 // dropPages clears b (madvise(MADV_DONTNEED) does not promise zeros outside Linux).
 func dropPages(b []byte) { clear(b) }
+
+// adviseHuge does nothing outside Linux.
+func adviseHuge([]byte) {}
