@@ -226,7 +226,7 @@ func (s *session) takePublish(pk *packets.Packet) error {
 	ev := s.event(pk, now)
 	b.pending.Add(1)
 	b.m.inflight.Add(1)
-	b.gw.AcceptAsync([]*event.Event{ev}, ingest.AcceptOptions{}, func(err error) {
+	b.gw.AcceptAsync([]*event.Event{ev}, ingest.AcceptOptions{Received: now}, func(err error) {
 		s.complete(e, err)
 		b.m.inflight.Add(-1)
 		b.pending.Done()

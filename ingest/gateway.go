@@ -98,6 +98,10 @@ type AcceptOptions struct {
 	// call with the same key from the same subject is acknowledged again with the ids of the
 	// first time, and nothing is stored twice.
 	IdempotencyKey string
+	// Received, if set, is when the events were received (the start of
+	// fleetgate_ingest_append_seconds, and the time of an event without one); the call's own
+	// time otherwise. A caller that has just read the clock passes it here.
+	Received time.Time
 }
 
 // Accept stores events durably and returns nil only once they are fsynced; then each is
@@ -126,7 +130,10 @@ func (g *Gateway) AcceptAsync(events []*event.Event, opts AcceptOptions, done fu
 		done(nil)
 		return
 	}
-	start := g.now()
+	start := opts.Received
+	if start.IsZero() {
+		start = g.now()
+	}
 	entries := make([]*storage.Entry, len(events))
 	backing := make([]storage.Entry, len(events))
 	for i, ev := range events {

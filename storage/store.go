@@ -731,8 +731,9 @@ func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 		var groupKeys map[string]*Entry // idempotency keys seen earlier in this group
 		bad := -1
 		var badErr error
+		now := time.Now() // the group's commit time, in the ids of its events
 		for i, r := range reqs {
-			if err := s.applyReq(txn, r, &seq, &buf, &groupKeys); err != nil {
+			if err := s.applyReq(txn, r, now, &seq, &buf, &groupKeys); err != nil {
 				bad, badErr = i, err
 				break
 			}
@@ -852,9 +853,8 @@ func (s *Store) complete(g *group, err error) {
 	}
 }
 
-func (s *Store) applyReq(txn *walTxn, r *writeReq, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
+func (s *Store) applyReq(txn *walTxn, r *writeReq, now time.Time, seq *uint64, buf *[]byte, groupKeys *map[string]*Entry) error {
 	r.logical = 0
-	now := time.Now()
 	for _, e := range r.entries {
 		if e.IdempotencyKey != "" {
 			if prev := (*groupKeys)[e.IdempotencyKey]; prev != nil {
