@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/fleetgate/fleetgate/internal/gctune"
 	"io"
 	"log/slog"
 	"net"
@@ -30,6 +29,7 @@ import (
 	"github.com/fleetgate/fleetgate/functions"
 	"github.com/fleetgate/fleetgate/ingest"
 	"github.com/fleetgate/fleetgate/ingest/auth"
+	"github.com/fleetgate/fleetgate/internal/gctune"
 	"github.com/fleetgate/fleetgate/internal/procs"
 	"github.com/fleetgate/fleetgate/rules"
 	"github.com/fleetgate/fleetgate/shadow"
@@ -501,7 +501,7 @@ func setMemoryLimit(cfg Config, log *slog.Logger) *gctune.Tuner {
 // plan's limit of garbage (32 MiB by default), however fast the gateway allocates. It replaced
 // a ballast of a sixth of the limit (a never-touched block counted as live: 21 MiB), which
 // gave every load 21 MiB more heap than its live memory called for: the gateway's peak RSS was
-// 75 MB routing 10k MQTT messages/s to a function, 60–62 MB with the tuner (BENCHMARKS.md,
+// 72–73 MB routing 10k MQTT messages/s to a function, 54 MB with the tuner (BENCHMARKS.md,
 // issue 17's seventh round).
 const gcHeadroomShare = 4
 
