@@ -241,7 +241,21 @@ type firstPacketConn struct {
 	hdr     [5]byte
 	n, off  int  // header bytes read; header bytes handed out
 	checked bool // the header passed
+
+	// burst is a larger read buffer for a connection that sends faster than mochi's 1 KiB
+	// buffer takes it in (a QoS 0 flood: about 4 messages per read system call): taken from
+	// burstPool when a read fills all mochi asked for, given back when one brings less. An
+	// idle connection holds none, and a connection gets one only once mochi has had its whole
+	// CONNECT (first bytes), that is once it is authenticated: mochi reads nothing more before.
+	burst         *[]byte
+	bOff, bLen    int // unread bytes: (*burst)[bOff:bLen]
+	first, handed int // the CONNECT's bytes, header included; bytes handed to mochi so far
 }
+
+// burstSize is the size of a connection's burst read buffer.
+const burstSize = 16 << 10
+
+var burstPool = sync.Pool{New: func() any { b := make([]byte, burstSize); return &b }}
 
 // errFirstPacket ends a connection whose first packet is not a CONNECT within max_connect_bytes.
 var errFirstPacket = errors.New("first packet is not a CONNECT within mqtt.max_connect_bytes")
@@ -255,9 +269,37 @@ func (c *firstPacketConn) Read(p []byte) (int, error) {
 	if c.off < c.n {
 		k := copy(p, c.hdr[c.off:c.n])
 		c.off += k
+		c.handed += k
 		return k, nil
 	}
-	return c.Conn.Read(p)
+	if c.burst == nil {
+		authenticated := c.handed >= c.first
+		n, err := c.Conn.Read(p)
+		c.handed += n
+		if authenticated && n == len(p) && n > 0 && len(p) < burstSize && err == nil {
+			c.burst = burstPool.Get().(*[]byte) // more is likely waiting: read it in bulk next
+		}
+		return n, err
+	}
+	if c.bOff == c.bLen {
+		n, err := c.Conn.Read(*c.burst)
+		c.bOff, c.bLen = 0, n
+		if n == 0 {
+			c.dropBurst()
+			return 0, err
+		}
+	}
+	k := copy(p, (*c.burst)[c.bOff:c.bLen])
+	c.bOff += k
+	if c.bOff == c.bLen && c.bLen <= len(p) {
+		c.dropBurst() // the read brought no more than asked for: the burst is over
+	}
+	return k, nil
+}
+
+func (c *firstPacketConn) dropBurst() {
+	burstPool.Put(c.burst)
+	c.burst, c.bOff, c.bLen = nil, 0, 0
 }
 
 func (c *firstPacketConn) readHeader() error {
@@ -273,7 +315,7 @@ func (c *firstPacketConn) readHeader() error {
 					if length > c.max {
 						return c.refuse()
 					}
-					c.checked = true
+					c.checked, c.first = true, c.n+length
 					return nil
 				}
 				mult *= 128
