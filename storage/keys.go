@@ -38,10 +38,11 @@ func appendEventKey(dst []byte, seq uint64) []byte {
 
 // fnPrefix is the prefix of all keys of a function's queue (ns = nsQueue) or DLQ (ns = nsDead).
 func fnPrefix(ns byte, fn string) []byte {
-	k := make([]byte, 0, 2+len(fn)+seqKeySize)
-	k = append(k, ns)
-	k = append(k, fn...)
-	return append(k, 0)
+	return appendFnPrefix(make([]byte, 0, fnKeySize(fn)), ns, fn)
+}
+
+func appendFnPrefix(dst []byte, ns byte, fn string) []byte {
+	return append(append(append(dst, ns), fn...), 0)
 }
 
 func fnKey(ns byte, fn string, seq uint64) []byte {
@@ -50,8 +51,7 @@ func fnKey(ns byte, fn string, seq uint64) []byte {
 
 // appendFnKey appends fnKey(ns, fn, seq) to dst; fnKeySize(fn) bytes.
 func appendFnKey(dst []byte, ns byte, fn string, seq uint64) []byte {
-	dst = append(append(append(dst, ns), fn...), 0)
-	return binary.BigEndian.AppendUint64(dst, seq)
+	return binary.BigEndian.AppendUint64(appendFnPrefix(dst, ns, fn), seq)
 }
 
 // fnKeySize is the length of a key of fn's queue or DLQ.

@@ -91,7 +91,6 @@ func TestTunerFollowsTheAllocationRate(t *testing.T) {
 	if f.sets != sets || f.percent != 500 {
 		t.Fatalf("GOGC set to %d for a change of 5 %%, want it left at 500", f.percent)
 	}
-	tu.stop = make(chan struct{})
 	tu.Stop()
 	if f.percent != 100 {
 		t.Fatalf("after Stop: GOGC %d, want 100", f.percent)

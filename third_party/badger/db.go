@@ -800,9 +800,45 @@ func (db *DB) get(key []byte) (y.ValueStruct, error) {
 // getOwned is get that also says whether the value returned is a copy of the caller's own
 // (fleetgate patch: one from a memtable is copied here already, so Txn.Get need not copy it
 // again; one from a table points into the table).
-func (db *DB) getOwned(key []byte) (y.ValueStruct, bool, error) {
+func (db *DB) getOwned(key []byte) (vs y.ValueStruct, owned bool, err error) {
+	err = db.lookup(key, func(v y.ValueStruct, inMemtable bool) {
+		if inMemtable {
+			// The value is in the memtable's arena, which is reused once lookup lets go of
+			// it (skl/arena_offheap.go): a copy goes back.
+			v.Value = y.SafeCopy(nil, v.Value)
+		}
+		vs, owned = v, inMemtable
+	})
+	return vs, owned, err
+}
+
+// valueSize is getOwned for a caller that needs only whether key has a value and its size
+// (fleetgate patch, for Txn.GetValueSize): nothing is copied out of a memtable. found, meta and
+// expiresAt are as getOwned's value would say.
+func (db *DB) valueSize(key []byte) (found bool, meta byte, expiresAt uint64, size int64, err error) {
+	err = db.lookup(key, func(vs y.ValueStruct, _ bool) {
+		if vs.Meta == 0 && vs.Value == nil {
+			return
+		}
+		size = int64(len(vs.Value))
+		if vs.Meta&bitValuePointer != 0 {
+			var vp valuePointer
+			vp.Decode(vs.Value)
+			// As Item.ValueSize: the entry's length less its key, timestamp, header and crc.
+			size = int64(vp.Len) - int64(len(key)) - 6 - crc32.Size
+		}
+		found, meta, expiresAt = true, vs.Meta, vs.ExpiresAt
+	})
+	return found, meta, expiresAt, size, err
+}
+
+// lookup finds the value of key (with its version) in the memtables and then the levels, as
+// upstream's get did, and calls finish with it while the memtables are still held: a value
+// from a memtable (inMemtable) points into its arena, which finish must not keep (fleetgate
+// patch: getOwned and valueSize share it).
+func (db *DB) lookup(key []byte, finish func(vs y.ValueStruct, inMemtable bool)) error {
 	if db.IsClosed() {
-		return y.ValueStruct{}, false, ErrDBClosed
+		return ErrDBClosed
 	}
 	tables, decr := db.getMemTables() // Lock should be released.
 	defer decr()
@@ -817,59 +853,11 @@ func (db *DB) getOwned(key []byte) (y.ValueStruct, bool, error) {
 		if vs.Meta == 0 && vs.Value == nil {
 			continue
 		}
-		// fleetgate patch: the value is in the memtable's arena, which is reused once the
-		// reference taken above goes (skl/arena_offheap.go): a copy goes back.
-		vs.Value = y.SafeCopy(nil, vs.Value)
 		// Found the required version of the key, return immediately.
 		if vs.Version == version {
 			y.NumGetsWithResultsAdd(db.opt.MetricsEnabled, 1)
-			return vs, true, nil
-		}
-		if maxVs.Version < vs.Version {
-			maxVs = vs
-		}
-	}
-	vs, err := db.lc.get(key, maxVs, 0)
-	// The memtable's copy, unless a table held a newer version.
-	owned := len(vs.Value) > 0 && len(maxVs.Value) > 0 && &vs.Value[0] == &maxVs.Value[0]
-	return vs, owned, err
-}
-
-// valueSize is getOwned for a caller that needs only whether key has a value and its size
-// (fleetgate patch, for Txn.GetValueSize): nothing is copied out of a memtable. found, meta and
-// expiresAt are as getOwned's value would say.
-func (db *DB) valueSize(key []byte) (found bool, meta byte, expiresAt uint64, size int64, err error) {
-	if db.IsClosed() {
-		return false, 0, 0, 0, ErrDBClosed
-	}
-	tables, decr := db.getMemTables() // the memtables' values are read before decr
-	defer decr()
-
-	var maxVs y.ValueStruct
-	version := y.ParseTs(key)
-	y.NumGetsAdd(db.opt.MetricsEnabled, 1)
-	sized := func(vs y.ValueStruct) (bool, byte, uint64, int64, error) {
-		if vs.Meta == 0 && vs.Value == nil {
-			return false, 0, 0, 0, nil
-		}
-		n := int64(len(vs.Value))
-		if vs.Meta&bitValuePointer != 0 {
-			var vp valuePointer
-			vp.Decode(vs.Value)
-			// As Item.ValueSize: the entry's length less its key, timestamp, header and crc.
-			n = int64(vp.Len) - int64(len(key)) - 6 - crc32.Size
-		}
-		return true, vs.Meta, vs.ExpiresAt, n, nil
-	}
-	for i := 0; i < len(tables); i++ {
-		vs := tables[i].sl.Get(key)
-		y.NumMemtableGetsAdd(db.opt.MetricsEnabled, 1)
-		if vs.Meta == 0 && vs.Value == nil {
-			continue
-		}
-		if vs.Version == version {
-			y.NumGetsWithResultsAdd(db.opt.MetricsEnabled, 1)
-			return sized(vs)
+			finish(vs, true)
+			return nil
 		}
 		if maxVs.Version < vs.Version {
 			maxVs = vs
@@ -877,9 +865,11 @@ func (db *DB) valueSize(key []byte) (found bool, meta byte, expiresAt uint64, si
 	}
 	vs, err := db.lc.get(key, maxVs, 0)
 	if err != nil {
-		return false, 0, 0, 0, err
+		return err
 	}
-	return sized(vs)
+	// The memtable's value, unless a table held a newer version.
+	finish(vs, len(vs.Value) > 0 && len(maxVs.Value) > 0 && &vs.Value[0] == &maxVs.Value[0])
+	return nil
 }
 
 var requestPool = sync.Pool{
