@@ -43,9 +43,9 @@ type Config struct {
 	// MQTT connections take about 160 MiB) does not spend its CPU collecting garbage.
 	MemoryLimit int64 `yaml:"memory_limit"`
 	// Procs is how many processors the Go runtime schedules the gateway on: "all" (the
-	// default, also when empty), or "auto": one while it uses well under one core, all of them
-	// as soon as it needs more (internal/procs), for less CPU per event at moderate loads. The
-	// GOMAXPROCS environment variable, when set, takes over.
+	// default, also when empty), or "auto": one while that saves CPU and holds no sender back,
+	// all of them otherwise (internal/procs), for less CPU per event at moderate loads at the
+	// price of tail latency. The GOMAXPROCS environment variable, when set, takes over.
 	Procs string `yaml:"procs"`
 }
 

@@ -18,8 +18,9 @@ func procsMetric(t *testing.T, p *proc) int {
 	return int(n)
 }
 
-// procs: auto starts an idle gateway on one processor (internal/procs tests how it follows the
-// load); the default keeps all of them; anything else is refused.
+// procs: auto runs the processor controller, which leaves an idle gateway on all processors
+// (internal/procs tests how it follows the load); the default (all) runs none; anything else
+// is refused.
 func TestProcsSetting(t *testing.T) {
 	dir := t.TempDir()
 	env := os.Getenv("GOMAXPROCS")
@@ -34,16 +35,19 @@ func TestProcsSetting(t *testing.T) {
 			t.Fatalf("one CPU, %d processors", got)
 		}
 	default:
-		if got != 1 {
-			t.Fatalf("procs: auto, idle: %d processors, want 1\n%s", got, auto.logs())
+		if got != runtime.GOMAXPROCS(0) {
+			t.Fatalf("procs: auto, idle: %d processors, want all %d\n%s", got, runtime.GOMAXPROCS(0), auto.logs())
 		}
-		if !bytes.Contains([]byte(auto.logs()), []byte("procs: one processor while")) {
+		if !bytes.Contains([]byte(auto.logs()), []byte(procsAutoLog)) {
 			t.Fatalf("the log does not say what procs: auto does:\n%s", auto.logs())
 		}
 	}
 	all := startProc(t, dir+"/all", "")
 	if got := procsMetric(t, all); env == "" && got != runtime.GOMAXPROCS(0) {
 		t.Fatalf("default: %d processors, want all %d", got, runtime.GOMAXPROCS(0))
+	}
+	if bytes.Contains([]byte(all.logs()), []byte(procsAutoLog)) {
+		t.Fatalf("default (procs: all), and the processor controller runs:\n%s", all.logs())
 	}
 	out, err := exec.Command(binPath, "serve", "--data-dir", dir+"/bad", "--config", writeTestFile(t, dir, "bad.yaml", "procs: 1\n")).CombinedOutput()
 	if err == nil || !bytes.Contains(out, []byte(`procs: "all" (the default) or "auto", got "1"`)) {

@@ -114,7 +114,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 	}
-	pc := startProcs(cfg, log, g.procs)
+	pc := startProcs(cfg, log, g.procs, g.work())
 	fmt.Fprintf(stdout, "fleetgate ready: mqtt=%s http=%s data_dir=%s\n", mqttAddr, g.http.Addr(), cfg.DataDir)
 	log.Info("ready", "mqtt", mqttAddr, "mqtt_tls", addrString(g.broker.TLSAddr()), "mqtt_ws", addrString(g.broker.WSAddr()),
 		"http", g.http.Addr().String(), "data_dir", cfg.DataDir)
@@ -157,9 +157,11 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+const procsAutoLog = "procs: one processor while that saves CPU and holds no sender back, all of them otherwise"
+
 // startProcs starts the processor controller (procs: auto, internal/procs) unless GOMAXPROCS
 // is set; it returns nil then, with procs: all (the default), or on a one-CPU machine.
-func startProcs(cfg Config, log *slog.Logger, changes *metrics.Counter) *procs.Controller {
+func startProcs(cfg Config, log *slog.Logger, changes *metrics.Counter, work func() uint64) *procs.Controller {
 	if cfg.Procs != "auto" {
 		return nil
 	}
@@ -168,14 +170,34 @@ func startProcs(cfg Config, log *slog.Logger, changes *metrics.Counter) *procs.C
 		return nil
 	}
 	all := runtime.GOMAXPROCS(0)
-	c := procs.Start(procs.Options{Max: all, OnChange: func(n int) {
+	c := procs.Start(procs.Options{Max: all, Work: work, OnChange: func(n int, reason string) {
 		changes.Inc()
-		log.Debug("procs", "gomaxprocs", n)
+		log.Debug("procs", "gomaxprocs", n, "reason", reason)
 	}})
 	if c != nil {
-		log.Info("procs: one processor while the load needs well under one core, all of them when it needs more", "max", all)
+		log.Info(procsAutoLog, "max", all)
 	}
 	return c
+}
+
+// work counts what the senders have had done so far (events taken in, HTTP requests, MQTT
+// connections), for the processor controller's probe.
+func (g *gateway) work() func() uint64 {
+	var cs []*metrics.Counter
+	for _, name := range []string{
+		"fleetgate_ingest_events_accepted_total", "fleetgate_ingest_events_duplicate_total",
+		"fleetgate_ingest_events_refused_total", "fleetgate_http_requests_total",
+		`fleetgate_mqtt_connects_total{result="ok"}`,
+	} {
+		cs = append(cs, g.metrics.GetOrCreateCounter(name))
+	}
+	return func() uint64 {
+		var n uint64
+		for _, c := range cs {
+			n += c.Get()
+		}
+		return n
+	}
 }
 
 func addrString(a net.Addr) string {
