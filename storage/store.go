@@ -62,6 +62,7 @@ type Options struct {
 	MaxPendingBytes int64         // appends waiting for a commit, beyond which Append fails with ErrBusy (default 16 MiB: see PlanMemory)
 	MaxGroupBytes   int           // bytes per commit group before it stops collecting (default 2 MiB)
 	CommitDelay     time.Duration // the least time from one commit's start to the next one's (default 0: the next starts as soon as the previous is written); appends arriving meanwhile share it, fewer commits for more latency
+	AutoCommitDelay time.Duration // if set (and CommitDelay is 0), the commit delay tried while commits are frequent and kept while the senders lose nothing by it (see autodelay.go)
 	MaxBytes        int64         // refuse appends with ErrFull while the log holds this many bytes of events (default 0: no limit)
 	MinFreeBytes    int64         // refuse appends with ErrFull while the disk has less free space (default 4 × MemTableBytes; <0: no check)
 	MaxAge          time.Duration // delete events older than this even if undelivered, loudly (default 0: never)
@@ -168,7 +169,8 @@ type Store struct {
 	sweptTo          atomic.Uint64 // every stand-alone event below this seq has been deleted
 	watermarkNanos   atomic.Int64  // how long the last sweep's watermark took (see sweepCostFactor)
 	lastCommitNanos  atomic.Int64
-	flushing         atomic.Bool // a flush asked for by flushIfLogGrows is running
+	commitDelay      atomic.Int64 // the committer's delay (CommitDelay, or the tuner's: autodelay.go)
+	flushing         atomic.Bool  // a flush asked for by flushIfLogGrows is running
 	totalCommitNanos atomic.Int64
 
 	depthMu sync.Mutex
@@ -344,7 +346,13 @@ func Open(opts Options) (*Store, error) {
 		}
 		return 0
 	})
+	s.commitDelay.Store(int64(opts.CommitDelay))
+	ms.NewGauge("fleetgate_storage_commit_delay_seconds", func() float64 { return time.Duration(s.commitDelay.Load()).Seconds() })
 	s.checkDisk(0)
+	if opts.AutoCommitDelay > 0 && opts.CommitDelay == 0 {
+		s.done.Add(1)
+		go s.autoDelayLoop()
+	}
 	s.done.Add(3)
 	go s.commitLoop()
 	go s.sweepLoop()
@@ -644,7 +652,7 @@ func (s *Store) commitLoop() {
 		// CommitDelay: a group starts no sooner than that after the previous one did, and the
 		// requests arriving meanwhile join it (one fdatasync and one wake-up of each stage for
 		// all of them). Close does not wait for it.
-		if d := s.opts.CommitDelay - time.Since(lastBegin); d > 0 && !lastBegin.IsZero() {
+		if d := time.Duration(s.commitDelay.Load()) - time.Since(lastBegin); d > 0 && !lastBegin.IsZero() {
 			delay.Reset(d)
 			select {
 			case <-delay.C:

@@ -73,3 +73,22 @@ func TestGCTuning(t *testing.T) {
 		t.Fatalf("GOGC=50 in the environment, and the log does not say it wins:\n%s", fixed.logs())
 	}
 }
+
+// storage.auto_commit_delay is on by default and starts with no delay (storage tests how it
+// follows the senders); a fixed storage.commit_delay replaces it; out-of-range values are
+// refused.
+func TestCommitDelaySettings(t *testing.T) {
+	dir := t.TempDir()
+	auto := startProc(t, dir+"/auto", "")
+	if got := metricOf(t, auto, "fleetgate_storage_commit_delay_seconds"); got != 0 {
+		t.Fatalf("default, idle: commit delay %v s, want 0 (and the metric)", got)
+	}
+	fixed := startProc(t, dir+"/fixed", writeTestFile(t, dir, "fixed.yaml", "storage: {commit_delay: 40ms}\n"))
+	if got := metricOf(t, fixed, "fleetgate_storage_commit_delay_seconds"); got != 0.04 {
+		t.Fatalf("storage.commit_delay: 40ms: commit delay %v s, want 0.04", got)
+	}
+	out, err := exec.Command(binPath, "serve", "--data-dir", dir+"/bad", "--config", writeTestFile(t, dir, "bad.yaml", "storage: {auto_commit_delay: 1s}\n")).CombinedOutput()
+	if err == nil || !bytes.Contains(out, []byte("storage.auto_commit_delay: 0 to 100ms")) {
+		t.Fatalf("storage.auto_commit_delay: 1s accepted or not explained (%v):\n%s", err, out)
+	}
+}

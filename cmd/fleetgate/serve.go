@@ -390,7 +390,7 @@ func (g *gateway) openStorage(cfg Config) error {
 		mem := cfg.memoryPlan()
 		st, err := storage.Open(storage.Options{
 			Dir: filepath.Join(cfg.DataDir, "log"), MaxBytes: cfg.Storage.MaxBytes, MinFreeBytes: cfg.Storage.MinFreeBytes, MaxAge: cfg.Storage.MaxAge,
-			IdempotencyTTL: cfg.Storage.IdempotencyTTL, FateTTL: fateTTL, CommitDelay: cfg.Storage.CommitDelay,
+			IdempotencyTTL: cfg.Storage.IdempotencyTTL, FateTTL: fateTTL, CommitDelay: cfg.Storage.CommitDelay, AutoCommitDelay: cfg.Storage.AutoCommitDelay,
 			MemTableBytes: mem.MemTableBytes, BlockCacheBytes: mem.BlockCacheBytes, MaxPendingBytes: mem.MaxPendingBytes,
 			Metrics: g.metrics, Logger: g.log.With("component", "storage"),
 		})
