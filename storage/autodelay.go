@@ -88,7 +88,7 @@ func (t *delayTuner) step(now time.Time, commits, events uint64) (time.Duration,
 			(!t.foundAt.IsZero() && now.Sub(t.foundAt) < autoDelayWaitFor && r >= t.foundRate/autoDelayDrift) {
 			return 0, ""
 		}
-		t.before = mean(&t.rates)
+		t.before = r
 		return t.switchTo(delayTrying, "frequent commits: trying the delay")
 	case delayTrying:
 		if !full {
