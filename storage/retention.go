@@ -76,31 +76,52 @@ func (s *Store) sweep(expire bool) {
 }
 
 // watermark is the lowest seq any queue or DLQ still refers to: events below it can go.
+//
+// It reads each known function's queue and DLQ from the previous watermark on, not from their
+// start: an acknowledged entry leaves a tombstone that iterators walk over until a compaction
+// drops it, and the entries below the last watermark are all such tombstones (routed at 10 000
+// msgs/s, that walk was 7 % of the gateway's CPU). This rests on two facts:
+//   - No queue or DLQ entry with a seq below a watermark can appear after it was computed. A
+//     new entry is for a new event, whose seq is above the committed seq the watermark was
+//     capped by; an entry that moves (to the DLQ, back by Replay) keeps its seq, and was in
+//     the snapshot, so the watermark is at or below it.
+//   - Every function with an entry in the snapshot is in s.depth: applyReq creates a
+//     function's depth counter before its first entry is written, and load counts those of
+//     the entries found at Open.
 func (s *Store) watermark() (uint64, error) {
 	// Read the committed seq before the snapshot: everything at or below it is in the snapshot.
 	low := s.committedSeq.Load() + 1
+	from := s.lastWatermark.Load()
+	s.depthMu.Lock()
+	fns := make([]string, 0, len(s.depth))
+	for fn := range s.depth {
+		fns = append(fns, fn)
+	}
+	s.depthMu.Unlock()
 	err := s.db.View(func(txn *badger.Txn) error {
+		var key []byte
 		for _, ns := range []byte{nsQueue, nsDead} {
 			// One iterator per namespace, bounded by it: an iterator without a prefix skips
 			// deleted keys until it finds a live one, and an empty namespace would have it
 			// read every tombstone of the next (the deleted events sort right after the
 			// dead letters): 117 ms a sweep after 200k deleted events, and growing.
 			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{ns}})
-			for it.Seek([]byte{ns}); it.ValidForPrefix([]byte{ns}); {
-				fn, seq, ok := parseFnKey(it.Item().Key())
-				if !ok {
-					it.Next()
-					continue
+			for _, fn := range fns {
+				prefix := appendFnPrefix(key[:0], ns, fn)
+				key = binary.BigEndian.AppendUint64(prefix, from)
+				if it.Seek(key); it.ValidForPrefix(key[:len(key)-seqKeySize]) {
+					if _, seq, ok := parseFnKey(it.Item().Key()); ok {
+						low = min(low, seq)
+					}
 				}
-				low = min(low, seq)
-				// Skip to the next function: its prefix sorts right after fn's 0x00 terminator.
-				next := append([]byte{ns}, fn...)
-				it.Seek(append(next, 1))
 			}
 			it.Close()
 		}
 		return nil
 	})
+	if err == nil {
+		s.lastWatermark.Store(low)
+	}
 	return low, err
 }
 

@@ -169,12 +169,14 @@ type Store struct {
 	sweptTo          atomic.Uint64 // every stand-alone event below this seq has been deleted
 	watermarkNanos   atomic.Int64  // how long the last sweep's watermark took (see sweepCostFactor)
 	lastCommitNanos  atomic.Int64
-	commitDelay      atomic.Int64 // the committer's delay (CommitDelay, or the tuner's: autodelay.go)
-	flushing         atomic.Bool  // a flush asked for by flushIfLogGrows is running
+	lastWatermark    atomic.Uint64 // the last watermark computed (see watermark)
+	commitDelay      atomic.Int64  // the committer's delay (CommitDelay, or the tuner's: autodelay.go)
+	flushing         atomic.Bool   // a flush asked for by flushIfLogGrows is running
 	totalCommitNanos atomic.Int64
 
 	depthMu sync.Mutex
 	depth   map[string]*depthCounter
+	known   map[string]struct{} // the functions the committer made sure are in depth (knowFunction)
 
 	wal      *wal   // nil in memory
 	walGroup uint64 // the last group number written to the write-ahead log; committer only
@@ -299,6 +301,7 @@ func Open(opts Options) (*Store, error) {
 		reqs:    make(chan *writeReq, 1<<14),
 		closing: make(chan struct{}),
 		depth:   map[string]*depthCounter{},
+		known:   map[string]struct{}{},
 		wal:     w,
 	}
 	if w != nil {
@@ -406,6 +409,16 @@ func (s *Store) load() error {
 		}
 		return nil
 	})
+}
+
+// knowFunction makes sure fn has a depth counter before its first queue entry is written:
+// the watermark reads the queues of the functions in s.depth (see watermark). Committer
+// goroutine only.
+func (s *Store) knowFunction(fn string) {
+	if _, ok := s.known[fn]; !ok {
+		s.counter(fn)
+		s.known[fn] = struct{}{}
+	}
 }
 
 func (s *Store) counter(fn string) *depthCounter {
@@ -894,6 +907,7 @@ func (s *Store) applyReq(txn *walTxn, r *writeReq, now time.Time, seq *uint64, b
 		if len(e.Targets) == 1 {
 			// One function: the event lives in its queue entry alone (one Badger entry, not two).
 			t := e.Targets[0]
+			s.knowFunction(t.Function)
 			k := appendFnKey(s.slab.take(fnKeySize(t.Function)), nsQueue, t.Function, e.Seq)
 			v := encodeTarget(s.slab.take(targetSize(t.Rule, t.Data, *buf)), t.Rule, t.RuleVersion, t.Data, *buf)
 			if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {
@@ -916,6 +930,7 @@ func (s *Store) applyReq(txn *walTxn, r *writeReq, now time.Time, seq *uint64, b
 			}
 			r.logical += int64(len(k) + len(v))
 			for _, t := range e.Targets {
+				s.knowFunction(t.Function)
 				k := appendFnKey(s.slab.take(fnKeySize(t.Function)), nsQueue, t.Function, e.Seq)
 				v := encodeTarget(s.slab.take(targetSize(t.Rule, t.Data, nil)), t.Rule, t.RuleVersion, t.Data, nil)
 				if err := txn.SetEntry(badger.NewEntry(k, v)); err != nil {

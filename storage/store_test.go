@@ -634,3 +634,88 @@ func TestBatchesLargerThanOneCommit(t *testing.T) {
 		}
 	}
 }
+
+// The watermark reads each queue and DLQ from the last watermark on (see watermark): an entry
+// that moves to the DLQ and back keeps its event alive, and so does a function that appears
+// after some sweeps, or after a reopen.
+func TestWatermarkFollowsMovesAndNewFunctions(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	var all []*Entry
+	appendTo := func(fns ...string) []*Entry {
+		t.Helper()
+		var es []*Entry
+		for i := range 10 {
+			es = append(es, newEntry(fmt.Sprintf("e%d", len(all)+i), "x", fns...))
+		}
+		if err := s.Append(context.Background(), es); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, es...)
+		return es
+	}
+	seqs := func(es []*Entry) []uint64 {
+		var out []uint64
+		for _, e := range es {
+			out = append(out, e.Seq)
+		}
+		return out
+	}
+	wantQueue := func(fn string, n int) {
+		t.Helper()
+		items, err := s.ReadQueue(fn, 0, 0)
+		if err != nil || len(items) != n {
+			t.Fatalf("%s's queue: %d items (%v), want %d", fn, len(items), err, n)
+		}
+		for _, it := range items {
+			if it.Event == nil || string(it.Data) != "x" {
+				t.Fatalf("%s's queue: item %d without its event: %+v", fn, it.Seq, it)
+			}
+		}
+	}
+	first := appendTo("f", "g") // stand-alone events: the sweep deletes them below the watermark
+	s.Sweep()
+	_ = s.Ack("f", seqs(first)...)
+	_ = s.Ack("g", seqs(first[:5])...)
+	s.Sweep() // the watermark is first[5]
+	if got := s.lastWatermark.Load(); got != first[5].Seq {
+		t.Fatalf("watermark %d, want %d", got, first[5].Seq)
+	}
+	// g's sixth entry goes to the DLQ, the rest of g is acknowledged: the DLQ holds it.
+	_ = s.DeadLetter("g", []DeadLetter{{Seq: first[5].Seq, Attempts: 3, Reason: "x"}})
+	_ = s.Ack("g", seqs(first[6:])...)
+	second := appendTo("f", "g")
+	_ = s.Ack("f", seqs(second)...)
+	_ = s.Ack("g", seqs(second)...)
+	s.Sweep()
+	if got := s.lastWatermark.Load(); got != first[5].Seq {
+		t.Fatalf("watermark %d with a dead letter at %d", got, first[5].Seq)
+	}
+	// Back to the queue: still there after sweeps.
+	if _, err := s.Replay("g", []uint64{first[5].Seq}); err != nil {
+		t.Fatal(err)
+	}
+	s.Sweep()
+	s.Sweep()
+	wantQueue("g", 1)
+	// A function that appears now, with the watermark far up: its events stay.
+	_ = s.Ack("g", first[5].Seq)
+	s.Sweep()
+	third := appendTo("h", "k")
+	s.Sweep()
+	wantQueue("h", 10)
+	// And after a reopen (the watermark starts again from 0; the depth counters from the log).
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir)
+	_ = s.Ack("h", seqs(third[:3])...)
+	_ = s.Ack("k", seqs(third[:7])...)
+	s.Sweep()
+	s.Sweep()
+	wantQueue("h", 7)
+	wantQueue("k", 3)
+	if n := countEvents(t, s); n != 7 {
+		t.Fatalf("%d stand-alone events, want the 7 h still needs", n)
+	}
+}
