@@ -12,10 +12,10 @@ import "time"
 // when commits are frequent, and keeps it only if the events taken in per second hold:
 //
 //   - off (no delay): at autoDelayCommits commits/s or more (the mean of its last samples, at
-//     a steady event rate), it sets the delay and compares the event rate over autoDelaySamples samples with the
-//     rate before. Within autoDelayLoss of it, the delay stays (the senders set the pace);
-//     lower, it goes (the senders wait) and that holds for autoDelayWaitFor unless the rate
-//     falls below the rate before by autoDelayDrift.
+//     a steady event rate), it sets the delay and compares the event rate over
+//     autoDelaySamples samples with the rate before. Within autoDelayLoss of it, the delay
+//     stays (the senders set the pace); lower, it goes (the senders wait), and that holds for
+//     autoDelayWaitFor unless the rate falls below the rate before by autoDelayDrift.
 //   - on: when the event rate moves out of autoDelayDrift of what it was found at, or after
 //     autoDelayRecheck, it takes the delay off for autoDelaySamples samples and compares
 //     again: more than autoDelayLoss more events without it, and it stays off.
@@ -114,6 +114,7 @@ func (t *delayTuner) step(now time.Time, commits, events uint64) (time.Duration,
 			return 0, ""
 		}
 		if without := mean(&t.rates); without > t.before*(1+autoDelayLoss) {
+			// Off, keeping the samples: they were taken without the delay.
 			t.foundRate, t.foundAt = without, now
 			t.state = delayOff
 			return 0, "the senders wait for their acknowledgements"

@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // procsMetric reads fleetgate_runtime_procs from a running gateway.
@@ -90,5 +94,40 @@ func TestCommitDelaySettings(t *testing.T) {
 	out, err := exec.Command(binPath, "serve", "--data-dir", dir+"/bad", "--config", writeTestFile(t, dir, "bad.yaml", "storage: {auto_commit_delay: 1s}\n")).CombinedOutput()
 	if err == nil || !bytes.Contains(out, []byte("storage.auto_commit_delay: 0 to 100ms")) {
 		t.Fatalf("storage.auto_commit_delay: 1s accepted or not explained (%v):\n%s", err, out)
+	}
+}
+
+// The processor controller's probe counts the work done through metrics registered by the
+// ingest gateway, the HTTP server and the broker: every one of them must exist under the name
+// serve looks up, or the probe would count nothing and never keep all processors.
+func TestWorkCountersAreRegistered(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.MQTT.Addr, cfg.HTTP.Addr = "127.0.0.1:0", "127.0.0.1:0"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := startGateway(cfg, false, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.shutdown(10 * time.Second)
+	registered := map[string]bool{}
+	for _, n := range g.metrics.ListMetricNames() {
+		registered[n] = true
+	}
+	for _, n := range workCounters {
+		if !registered[n] {
+			t.Errorf("work counter %s is not registered by any component", n)
+		}
+	}
+	// An HTTP request is work: the counter moves.
+	before := g.work()()
+	if code, err := docsGet("http://" + g.http.Addr().String() + "/healthz"); err != nil || code != 200 {
+		t.Fatalf("GET /healthz: %d %v", code, err)
+	}
+	if after := g.work()(); after <= before {
+		t.Fatalf("work counted %d before a request and %d after", before, after)
 	}
 }

@@ -180,15 +180,20 @@ func startProcs(cfg Config, log *slog.Logger, changes *metrics.Counter, work fun
 	return c
 }
 
-// work counts what the senders have had done so far (events taken in, HTTP requests, MQTT
-// connections), for the processor controller's probe.
+// workCounters are the counters of what the senders have had done (events taken in, HTTP
+// requests, MQTT connections): the processor controller's probe compares their rate.
+var workCounters = []string{
+	"fleetgate_ingest_events_accepted_total", "fleetgate_ingest_events_duplicate_total",
+	"fleetgate_ingest_events_refused_total", "fleetgate_http_requests_total",
+	`fleetgate_mqtt_connects_total{result="ok"}`,
+}
+
+// work counts what the senders have had done so far, for the processor controller's probe.
+// TestWorkCountersAreRegistered checks that the components register every one of
+// workCounters (a renamed metric would leave the probe counting nothing).
 func (g *gateway) work() func() uint64 {
 	var cs []*metrics.Counter
-	for _, name := range []string{
-		"fleetgate_ingest_events_accepted_total", "fleetgate_ingest_events_duplicate_total",
-		"fleetgate_ingest_events_refused_total", "fleetgate_http_requests_total",
-		`fleetgate_mqtt_connects_total{result="ok"}`,
-	} {
+	for _, name := range workCounters {
 		cs = append(cs, g.metrics.GetOrCreateCounter(name))
 	}
 	return func() uint64 {

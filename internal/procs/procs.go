@@ -257,7 +257,7 @@ func (c *Controller) step(now time.Time, cpu time.Duration) {
 			if c.lasts(true, wall) {
 				c.change(c.opts.Max, all, "idle")
 			}
-		case c.opts.Work != nil && used >= c.opts.ProbeAt && c.samples > len(c.ring) && rate > 0 && !c.holds(now, c.ringRate()):
+		case c.opts.Work != nil && used >= c.opts.ProbeAt && full && rate > 0 && !c.holds(now, c.ringRate()):
 			// Against the best sample on one processor: neither a load that is still
 			// growing nor a slow sample must look like a gain.
 			c.oneRate = c.topRate()
@@ -319,11 +319,16 @@ func (c *Controller) meanUsed() float64 {
 	return sum / float64(len(c.used))
 }
 
+// filled is the part of the ring sampled since the last change.
+func (c *Controller) filled() []sample {
+	return c.ring[:min(len(c.ring), max(c.samples-1, 0))]
+}
+
 // ringRate is the work rate over the ring's samples.
 func (c *Controller) ringRate() float64 {
 	var w float64
 	var d time.Duration
-	for _, s := range c.ring[:min(len(c.ring), max(c.samples-1, 0))] {
+	for _, s := range c.filled() {
 		w += s.work
 		d += s.wall
 	}
@@ -336,7 +341,7 @@ func (c *Controller) ringRate() float64 {
 // topRate is the highest work rate of the ring's samples.
 func (c *Controller) topRate() float64 {
 	var top float64
-	for _, s := range c.ring[:min(len(c.ring), max(c.samples-1, 0))] {
+	for _, s := range c.filled() {
 		top = max(top, s.work/s.wall.Seconds())
 	}
 	return top
