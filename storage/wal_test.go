@@ -304,6 +304,31 @@ func TestWALPreallocatedSegments(t *testing.T) {
 	}
 }
 
+// TestSpareSegmentPrepared: the spare segment is walSegmentBytes of zeros whether the
+// checkpointer wrote it paced (walPrefillChunk at a time, each written back before the next)
+// or the committer wrote it at once, a size that is not a multiple of the chunk included, and
+// no temporary file is left.
+func TestSpareSegmentPrepared(t *testing.T) {
+	defer func(was int64) { walSegmentBytes = was }(walSegmentBytes)
+	for _, size := range []int64{8 << 20, 3*walPrefillChunk + 100, 100} {
+		for _, paced := range []bool{true, false} {
+			walSegmentBytes = size
+			w := &wal{dir: t.TempDir()}
+			if err := w.prepareSegment(paced); err != nil {
+				t.Fatalf("size %d, paced %v: %v", size, paced, err)
+			}
+			b, err := os.ReadFile(filepath.Join(w.dir, walSpareName))
+			if err != nil || int64(len(b)) != size || !allZero(b) {
+				t.Fatalf("size %d, paced %v: spare of %d bytes, all zeros %v (%v); want %d bytes of zeros",
+					size, paced, len(b), allZero(b), err, size)
+			}
+			if names, _ := os.ReadDir(w.dir); len(names) != 1 {
+				t.Fatalf("size %d, paced %v: %d files in the log's directory, want the spare alone", size, paced, len(names))
+			}
+		}
+	}
+}
+
 // FuzzWALRecord: the write-ahead log's records are read back from disk after a crash, cut or
 // damaged anywhere. Decoding never panics, and a record that decodes encodes back to one that
 // decodes the same. Half the inputs get a valid length and checksum (wrap), so that the
