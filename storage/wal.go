@@ -236,8 +236,9 @@ type wal struct {
 	closed []walSegment // full segments, oldest first
 	lastTs uint64       // the Badger version of the last group handed to Badger (0: none yet)
 
-	prepMu sync.Mutex // held while the spare segment is prepared or taken
-	spare  bool       // walSpareName is prepared (see prepareSegment)
+	prepMu sync.Mutex  // held while the spare segment is prepared or taken
+	hurry  atomic.Bool // the committer waits for prepMu: a paced preparation stops pacing
+	spare  bool        // walSpareName is prepared (see prepareSegment)
 
 	applied    atomic.Uint64  // every group up to this one has been applied to Badger
 	flushed    *atomic.Uint64 // the highest Badger version in a table (set by Badger's flusher)
@@ -504,7 +505,9 @@ func (w *wal) committed(group, ts uint64) {
 // that the new name survives.
 func (w *wal) rotate() error {
 	name := filepath.Join(w.dir, walSegmentName(w.seg+1))
+	w.hurry.Store(true) // a paced preparation going on stops waiting for the disk
 	w.prepMu.Lock()
+	w.hurry.Store(false)
 	defer w.prepMu.Unlock()
 	if !w.spare {
 		if err := w.prepareSegment(false); err != nil {
@@ -564,7 +567,7 @@ func (w *wal) prepareSegment(paced bool) error {
 			os.Remove(tmp)
 			return err
 		}
-		if paced {
+		if paced && !w.hurry.Load() {
 			// A hint only (the Sync below is what makes the segment durable): its error, on
 			// a file system without it, changes nothing.
 			_ = syscall.SyncFileRange(int(f.Fd()), off, n, syncFileRangeWaitWrite)

@@ -306,14 +306,15 @@ func TestWALPreallocatedSegments(t *testing.T) {
 
 // TestSpareSegmentPrepared: the spare segment is walSegmentBytes of zeros whether the
 // checkpointer wrote it paced (walPrefillChunk at a time, each written back before the next)
-// or the committer wrote it at once, a size that is not a multiple of the chunk included, and
-// no temporary file is left.
+// or the committer wrote it at once (or it stopped pacing for a committer waiting), a size that
+// is not a multiple of the chunk included, and no temporary file is left.
 func TestSpareSegmentPrepared(t *testing.T) {
 	defer func(was int64) { walSegmentBytes = was }(walSegmentBytes)
 	for _, size := range []int64{8 << 20, 3*walPrefillChunk + 100, 100} {
 		for _, paced := range []bool{true, false} {
 			walSegmentBytes = size
 			w := &wal{dir: t.TempDir()}
+			w.hurry.Store(paced && size == 100) // the committer waiting: paced, no more waits
 			if err := w.prepareSegment(paced); err != nil {
 				t.Fatalf("size %d, paced %v: %v", size, paced, err)
 			}
