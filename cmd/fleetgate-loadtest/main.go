@@ -5,6 +5,7 @@
 //	fleetgate-loadtest http --url http://127.0.0.1:8080/v1/events/apps/x --token T --concurrency 16 --events 100000 --batch 1 [--json]
 //	fleetgate-loadtest conns --broker tcp://127.0.0.1:1883 --clients 10000 --hold 5s [--server-pid PID] [--metrics-url URL] [--json]
 //	fleetgate-loadtest bare-http --addr 127.0.0.1:9000
+//	fleetgate-loadtest bare-mqtt --addr 127.0.0.1:1883 --mode goroutine|epoll
 //
 // With --sink-addr the generator also serves an HTTP function endpoint there and reports
 // acknowledgement→invocation latency, loss and duplicates. Progress goes to stderr; the
@@ -42,6 +43,8 @@ commands:
   http       POST events over HTTP (fasthttp, keep-alive) and measure 202s
   conns      hold many idle MQTT connections and measure what each costs the server
   bare-http  serve a bare fasthttp handler that answers 202 without storing (a baseline peer)
+  bare-mqtt  serve a bare MQTT answerer (CONNACK, PUBACK) without storing: a goroutine per
+             connection or one epoll loop (the baseline peers of the MQTT cases)
   fsync      measure this disk's durable append (write + fdatasync), the floor of a durable ack
 
 run "fleetgate-loadtest <command> -h" for its flags.
@@ -63,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runConns(ctx, args[1:], stdout, stderr)
 	case "bare-http":
 		return runBare(ctx, args[1:], stderr)
+	case "bare-mqtt":
+		return runBareMQTT(ctx, args[1:], stderr)
 	case "fsync":
 		return runFsync(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
@@ -285,4 +290,29 @@ func runBare(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return 0
 	}
+}
+
+func runBareMQTT(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bare-mqtt", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:1883", "listen address")
+	mode := fs.String("mode", loadtest.BareGoroutines, "how connections are read: goroutine (one per connection, as Go servers do) or epoll (one loop for all, as mosquitto does)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *mode != loadtest.BareGoroutines && *mode != loadtest.BareEpoll {
+		fmt.Fprintf(stderr, "bare-mqtt: --mode %q: want %s or %s\n", *mode, loadtest.BareGoroutines, loadtest.BareEpoll)
+		return 2
+	}
+	b, err := loadtest.ListenBareMQTT(*addr, *mode)
+	if err != nil {
+		fmt.Fprintf(stderr, "bare-mqtt: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "bare-mqtt: ready on %s (%s)\n", b.Addr(), *mode)
+	if err := b.Serve(ctx); err != nil {
+		fmt.Fprintf(stderr, "bare-mqtt: %v\n", err)
+		return 1
+	}
+	return 0
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -129,5 +130,46 @@ func TestUsageErrors(t *testing.T) {
 	f(2, "mqtt", "--clients", "0", "--duration", "0s")
 	f(2, "http", "--batch", "0")
 	f(2, "http", "extra")
+	f(2, "bare-mqtt", "--mode", "threads")
+	f(1, "bare-mqtt", "--addr", "256.0.0.1:0", "--mode", "epoll")
 	f(0, "help")
+}
+
+// TestBareMQTTCommand: bare-mqtt says where it listens on stderr, answers the generator, and
+// returns 0 when it is stopped.
+func TestBareMQTTCommand(t *testing.T) {
+	for _, mode := range []string{"goroutine", "epoll"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			pr, pw := io.Pipe()
+			done := make(chan int, 1)
+			go func() {
+				code := run(ctx, []string{"bare-mqtt", "--addr", "127.0.0.1:0", "--mode", mode}, io.Discard, pw)
+				_ = pw.Close()
+				done <- code
+			}()
+			line, err := bufio.NewReader(pr).ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() { _, _ = io.Copy(io.Discard, pr) }()
+			_, rest, ok := strings.Cut(line, "ready on ")
+			addr, _, _ := strings.Cut(rest, " ")
+			if !ok || addr == "" {
+				t.Fatalf("stderr %q: no address", line)
+			}
+			var stdout, stderr bytes.Buffer
+			if code := run(context.Background(), []string{"mqtt", "--broker", "tcp://" + addr, "--clients", "2",
+				"--messages", "100", "--qos", "1", "--progress", "0", "--json"}, &stdout, &stderr); code != 0 {
+				t.Fatalf("mqtt against bare-mqtt: exit %d\n%s", code, stderr.String())
+			}
+			if m := oneJSONObject(t, stdout.Bytes()); m["acked"] != 200.0 {
+				t.Errorf("acked %v of 200", m["acked"])
+			}
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("bare-mqtt exit %d after its context ended", code)
+			}
+		})
+	}
 }
