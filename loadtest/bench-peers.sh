@@ -9,7 +9,8 @@
 #
 # Environment knobs (defaults in brackets):
 #   BENCH_SCALE   multiply message counts by this factor [1]
-#   BENCH_PEERS   which peers to run [fleetgate mosquitto nats]
+#   BENCH_PEERS   which peers to run [fleetgate mosquitto nats]; with fleetgate come the bare
+#                 fasthttp handler (HTTP cases) and the bare MQTT answerers (MQTT cases)
 #   BENCH_REPEAT  runs per case, each on a fresh server; the report shows the median [3]
 #   BENCH_CASES   a regular expression: run only the cases it matches [.]
 #   BENCH_SKIP_BUILD=1  use the binaries in bin/ as they are
@@ -220,6 +221,18 @@ EOF
 	VERSION="nats-server $({ "$NATS" --version 2>/dev/null || true; } | sed 's/.*v/v/')"
 }
 
+start_bare_mqtt() { # goroutine | epoll
+	MQTT_PORT=$(free_port)
+	start_server "$WORK/bare-mqtt.log" "$LT" bare-mqtt --addr "127.0.0.1:$MQTT_PORT" --mode "$1"
+	wait_port "$MQTT_PORT" 15 || { log "bare-mqtt did not start"; return 1; }
+	case $1 in
+	goroutine) VERSION="MQTT answerer, no storage, a goroutine per connection" ;;
+	*) VERSION="MQTT answerer, no storage, one epoll loop" ;;
+	esac
+}
+start_bare-goroutine() { start_bare_mqtt goroutine; }
+start_bare-epoll() { start_bare_mqtt epoll; }
+
 start_bare() {
 	HTTP_PORT=$(free_port)
 	start_server "$WORK/bare.log" "$LT" bare-http --addr "127.0.0.1:$HTTP_PORT"
@@ -271,6 +284,10 @@ mqtt_cases() { # peer
 		--clients 1 --messages "$N1" --qos 1 --inflight 256 "${COMMON[@]}" "${auth[@]}"
 	run_case "$peer" mqtt-qos0-10conn -- mqtt --broker tcp://127.0.0.1:@MQTT@ \
 		--clients 10 --messages "$N10" --qos 0 "${COMMON[@]}" "${auth[@]}"
+	# The end-to-end case's load without the function: what taking in and acknowledging costs
+	# when each message arrives on its own (fleetgate: stored, routed nowhere).
+	run_case "$peer" mqtt-qos1-10conn-10k -- mqtt --broker tcp://127.0.0.1:@MQTT@ \
+		--clients 10 --messages "$E2E" --qos 1 --inflight 64 --rate 10000 "${COMMON[@]}" "${auth[@]}"
 }
 
 http_cases() { # peer
@@ -293,7 +310,11 @@ log "work dir $WORK, scale $SCALE, $REPEAT runs per case, peers: $PEERS"
 # Once idle, once with a core kept busy (servers and load generator share this machine's cores).
 "$LT" fsync --dir "$WORK" --count 500 --busy 1 --json >"$WORK/disk.json" || die "measuring the disk's fdatasync"
 log "disk: $("$LT" fsync --dir "$WORK" --count 200 --busy 1 | tail -n 2 | tr '\n' ';')"
-for peer in $PEERS; do
+MQTT_PEERS=$PEERS
+# The bare MQTT answerers (fleetgate-loadtest bare-mqtt) are the floor of the MQTT cases in Go,
+# as the bare fasthttp handler is of the HTTP ones: they run whenever fleetgate does.
+[[ " $PEERS " == *" fleetgate "* ]] && MQTT_PEERS="$PEERS bare-goroutine bare-epoll"
+for peer in $MQTT_PEERS; do
 	log "$peer: MQTT cases"
 	mqtt_cases "$peer"
 done

@@ -100,18 +100,19 @@ func (r *record) cpuPer100k() float64 {
 }
 
 // caseOrder and caseTitle give the cases a fixed order and a readable name.
-var caseOrder = []string{"mqtt-qos1-10conn", "mqtt-qos1-1conn-256", "mqtt-qos0-10conn", "http-batch1", "http-batch100", "e2e-qos1-10conn"}
+var caseOrder = []string{"mqtt-qos1-10conn", "mqtt-qos1-1conn-256", "mqtt-qos0-10conn", "mqtt-qos1-10conn-10k", "http-batch1", "http-batch100", "e2e-qos1-10conn"}
 
 var caseTitle = map[string]string{
-	"mqtt-qos1-10conn":    "MQTT QoS1, 10 conns",
-	"mqtt-qos1-1conn-256": "MQTT QoS1, 1 conn, 256 in flight",
-	"mqtt-qos0-10conn":    "MQTT QoS0, 10 conns",
-	"http-batch1":         "HTTP, batch 1",
-	"http-batch100":       "HTTP, batch 100",
-	"e2e-qos1-10conn":     "end-to-end MQTT QoS1 → function",
+	"mqtt-qos1-10conn":     "MQTT QoS1, 10 conns",
+	"mqtt-qos1-1conn-256":  "MQTT QoS1, 1 conn, 256 in flight",
+	"mqtt-qos0-10conn":     "MQTT QoS0, 10 conns",
+	"mqtt-qos1-10conn-10k": "MQTT QoS1, 10 conns, 10k msgs/s",
+	"http-batch1":          "HTTP, batch 1",
+	"http-batch100":        "HTTP, batch 100",
+	"e2e-qos1-10conn":      "end-to-end MQTT QoS1 → function",
 }
 
-var peerOrder = []string{"fleetgate", "mosquitto", "nats", "bare"}
+var peerOrder = []string{"fleetgate", "mosquitto", "nats", "bare", "bare-goroutine", "bare-epoll"}
 
 func main() {
 	in := flag.String("in", "loadtest/results.jsonl", "measurements, one JSON object per line")
@@ -304,7 +305,8 @@ func writeReport(w io.Writer, recs, all []record, pngName string, notes []byte, 
 	fmt.Fprintf(w, " client: `fleetgate-loadtest` (paho.mqtt.golang / fasthttp) for all.\n\n")
 
 	fmt.Fprintf(w, "## How to read this\n\n")
-	fmt.Fprintf(w, "- **msgs/s** (events/s for HTTP): acknowledged messages divided by the time from the first publish to the last ack. The generator is closed-loop (it sends the next message as soon as the window allows), so this is the most the server sustained with that window, not an arrival rate.\n")
+	fmt.Fprintf(w, "- **msgs/s** (events/s for HTTP): acknowledged messages divided by the time from the first publish to the last ack. The generator is closed-loop (it sends the next message as soon as the window allows), so this is the most the server sustained with that window, not an arrival rate. Rows whose load says \"open loop\" are the exception: there the generator sends at that rate whatever the answers, as devices do, so msgs/s is the rate and CPU s / 100k is the figure to compare.\n")
+	fmt.Fprintf(w, "- **bare**, **bare-goroutine**, **bare-epoll**: baselines that store nothing (`fleetgate-loadtest bare-http`, `bare-mqtt --mode goroutine|epoll`): a fasthttp handler that answers 202, and an MQTT answerer (CONNACK, PUBACK) with a goroutine per connection, as Go servers (mochi-mqtt, so fleetgate) read, or with one epoll loop, as mosquitto reads. They are the floor of each case in Go, in each shape.\n")
 	fmt.Fprintf(w, "- **p50 / p99 ack**: milliseconds from publish (or request) to PUBACK (or HTTP answer), from an HDR histogram. In closed-loop cases they include waiting behind the other messages in the window, so they grow with the window: compare servers within a row, not across rows. At QoS 0 there is no ack; the figure is the time to hand the message to the socket.\n")
 	fmt.Fprintf(w, "- **CPU s / 100k**: the server process's user+system CPU (from `/proc/<pid>/stat`) during the run, per 100 000 acknowledged messages. Lower is better; it is the cost that stays when the machine is bigger.\n")
 	fmt.Fprintf(w, "- **peak RSS**: the server's `VmHWM` (peak resident memory) over its life, startup included.\n")
@@ -508,6 +510,8 @@ func peerColor(peer string) color.Color {
 		return color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}
 	case "nats":
 		return color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}
+	case "bare-epoll":
+		return color.RGBA{R: 0x55, G: 0x55, B: 0x55, A: 0xff}
 	default:
 		return color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff}
 	}
