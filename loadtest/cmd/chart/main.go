@@ -510,6 +510,8 @@ func peerColor(peer string) color.Color {
 		return color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}
 	case "nats":
 		return color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}
+	case "bare-goroutine":
+		return color.RGBA{R: 0x8c, G: 0x56, B: 0x4b, A: 0xff}
 	case "bare-epoll":
 		return color.RGBA{R: 0x55, G: 0x55, B: 0x55, A: 0xff}
 	default:
