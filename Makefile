@@ -46,6 +46,7 @@ test-unit:
 	$(GO) test -count=1 -timeout 5m -run 'Threshold|WASM' ./functions/
 	# Allocation counts are checked without the race detector too (it allocates on its own).
 	$(GO) test -count=1 -timeout 5m -run 'AllocatesOnce' ./functions/
+	$(GO) test -count=1 -timeout 5m -run 'AllocatesNothing' ./storage/
 
 test-race:
 	$(GO) test -race -count=1 -timeout 12m $(RACE_PKGS)

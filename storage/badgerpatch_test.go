@@ -1,10 +1,12 @@
 package storage
 
 import (
+	"encoding/binary"
 	"errors"
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4/skl"
 	"github.com/dgraph-io/badger/v4/y"
 	"github.com/dgraph-io/ristretto/v2/z"
 )
@@ -62,4 +64,27 @@ func TestPooledAllocatorKeepsItsFirstBuffer(t *testing.T) {
 		t.Fatal("Allocate on a pooled allocator did not return: its first buffer was freed")
 	}
 	pool.Return(b)
+}
+
+// TestSkiplistPutAllocatesNothing guards a patch of Badger's memtable (third_party/badger,
+// PATCHES.md, "A memtable put allocates nothing"): each of the arena's three allocations (node,
+// key, value) passed its sizes to y.AssertTruef whether or not the check failed, boxing them on
+// the heap: six allocations per put, three to four puts per routed event (the event, its queue
+// entry, the tombstones that delete them).
+func TestSkiplistPutAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own: make test runs this test without it too")
+	}
+	l := skl.NewSkiplist(8 << 20)
+	defer l.DecrRef()
+	const n = 1000
+	keys := make([][]byte, n+1)
+	for i := range keys {
+		keys[i] = y.KeyWithTs(binary.BigEndian.AppendUint64([]byte("q/f/"), uint64(1<<40+i)), 7)
+	}
+	val := y.ValueStruct{Value: make([]byte, 300)}
+	i := 0
+	if a := testing.AllocsPerRun(n, func() { l.Put(keys[i], val); i++ }); a != 0 {
+		t.Fatalf("a memtable put: %.1f allocations, want none", a)
+	}
 }

@@ -51,9 +51,9 @@ func (s *Arena) putNode(height int) uint32 {
 	// Pad the allocation with enough bytes to ensure pointer alignment.
 	l := uint32(MaxNodeSize - unusedSize + nodeAlign)
 	n := s.n.Add(l)
-	y.AssertTruef(int(n) <= len(s.buf),
-		"Arena too small, toWrite:%d newTotal:%d limit:%d",
-		l, n, len(s.buf))
+	if int(n) > len(s.buf) {
+		s.tooSmall(l, n)
+	}
 
 	// Return the aligned offset.
 	m := (n - l + uint32(nodeAlign)) & ^uint32(nodeAlign)
@@ -67,9 +67,9 @@ func (s *Arena) putNode(height int) uint32 {
 func (s *Arena) putVal(v y.ValueStruct) uint32 {
 	l := v.EncodedSize()
 	n := s.n.Add(l)
-	y.AssertTruef(int(n) <= len(s.buf),
-		"Arena too small, toWrite:%d newTotal:%d limit:%d",
-		l, n, len(s.buf))
+	if int(n) > len(s.buf) {
+		s.tooSmall(l, n)
+	}
 	m := n - l
 	v.Encode(s.buf[m:])
 	return m
@@ -78,15 +78,23 @@ func (s *Arena) putVal(v y.ValueStruct) uint32 {
 func (s *Arena) putKey(key []byte) uint32 {
 	l := uint32(len(key))
 	n := s.n.Add(l)
-	y.AssertTruef(int(n) <= len(s.buf),
-		"Arena too small, toWrite:%d newTotal:%d limit:%d",
-		l, n, len(s.buf))
+	if int(n) > len(s.buf) {
+		s.tooSmall(l, n)
+	}
 	// m is the offset where you should write.
 	// n = new len - key len give you the offset at which you should write.
 	m := n - l
 	// Copy to buffer from m:n
 	y.AssertTrue(len(key) == copy(s.buf[m:n], key))
 	return m
+}
+
+// tooSmall reports an allocation beyond the arena's end (the skiplist's caller checks the
+// arena's size before every put, so it does not happen). It is a function of its own so that
+// the hot paths box its arguments only when it is called: passed to y.AssertTruef on every
+// put, they cost three heap allocations each time (fleetgate's patch).
+func (s *Arena) tooSmall(toWrite, newTotal uint32) {
+	y.AssertTruef(false, "Arena too small, toWrite:%d newTotal:%d limit:%d", toWrite, newTotal, len(s.buf))
 }
 
 // getNode returns a pointer to the node located at offset. If the offset is
