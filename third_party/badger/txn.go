@@ -8,6 +8,7 @@ package badger
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -621,10 +622,28 @@ func (txn *Txn) commitEntries() ([]*Entry, uint64, error) {
 
 	entries := make([]*Entry, 0, len(txn.pendingWrites)+len(txn.duplicateWrites)+1)
 
+	// The versioned keys share one buffer, as y.KeyWithTs would make them one by one: one
+	// allocation per transaction instead of one per entry (fleetgate patch). Each key is cut
+	// to its own length and capacity, so that an append to one cannot run into the next.
+	size := len(txnKey) + 8
+	for _, e := range txn.pendingWrites {
+		size += len(e.Key) + 8
+	}
+	for _, e := range txn.duplicateWrites {
+		size += len(e.Key) + 8
+	}
+	keys := make([]byte, 0, size)
+	keyWithTs := func(key []byte, ts uint64) []byte {
+		start := len(keys)
+		keys = append(keys, key...)
+		keys = binary.BigEndian.AppendUint64(keys, math.MaxUint64-ts)
+		return keys[start:len(keys):len(keys)]
+	}
+
 	processEntry := func(e *Entry) {
 		// Suffix the keys with commit ts, so the key versions are sorted in
 		// descending order of commit timestamp.
-		e.Key = y.KeyWithTs(e.Key, e.version)
+		e.Key = keyWithTs(e.Key, e.version)
 		// Add bitTxn only if these entries are part of a transaction. We
 		// support SetEntryAt(..) in managed mode which means a single
 		// transaction can have entries with different timestamps. If entries
@@ -647,7 +666,7 @@ func (txn *Txn) commitEntries() ([]*Entry, uint64, error) {
 		// CommitTs should not be zero if we're inserting transaction markers.
 		y.AssertTrue(commitTs != 0)
 		e := &Entry{
-			Key:   y.KeyWithTs(txnKey, commitTs),
+			Key:   keyWithTs(txnKey, commitTs),
 			Value: []byte(strconv.FormatUint(commitTs, 10)),
 			meta:  bitFinTxn,
 		}
