@@ -142,7 +142,12 @@ type MQTTResult struct {
 	ConnectSeconds float64 `json:"connect_seconds"`
 	FirstError     string  `json:"first_error,omitempty"`
 	AckLatency     Latency `json:"ack_latency_ms"`
-	E2E            *E2E    `json:"e2e,omitempty"`
+	// SendLag (open loop only) is how late the generator handed each message to its client,
+	// after the time it was scheduled for. Ack latency counts from the scheduled time, so a
+	// generator that falls behind (its goroutines not run on a busy machine) shows in both:
+	// an ack latency tail that SendLag has too is the generator's, not the server's.
+	SendLag *Latency `json:"send_lag_ms,omitempty"`
+	E2E     *E2E     `json:"e2e,omitempty"`
 }
 
 // RunMQTT runs one MQTT load and returns what it measured. It stops publishing at
@@ -152,7 +157,7 @@ func RunMQTT(ctx context.Context, cfg MQTTConfig) (*MQTTResult, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r := &mqttRun{cfg: cfg, run: newRunID(), hist: newShardedHist(), drained: make(chan struct{})}
+	r := &mqttRun{cfg: cfg, run: newRunID(), hist: newShardedHist(), lag: newShardedHist(), drained: make(chan struct{})}
 	if cfg.SinkAddr != "" {
 		sink, err := newSink(cfg.SinkAddr, r.run, cfg.Clients, cfg.Messages)
 		if err != nil {
@@ -222,6 +227,10 @@ func RunMQTT(ctx context.Context, cfg MQTTConfig) (*MQTTResult, error) {
 		res.MsgsPerSec = float64(res.Acked) / res.Seconds
 	}
 	res.AckLatency = latencyOf(r.hist.merged())
+	if cfg.Rate > 0 {
+		lag := latencyOf(r.lag.merged())
+		res.SendLag = &lag
+	}
 	res.FirstError = r.firstErr.String()
 	if r.sink != nil {
 		e2e := r.sink.report(r.acks, res.Acked, cfg.E2EWait)
@@ -238,6 +247,7 @@ type mqttRun struct {
 	run      string
 	c        counters
 	hist     *shardedHist
+	lag      *shardedHist // open loop: send time − scheduled time
 	sink     *Sink
 	acks     [][]int64 // [client][seq] unix nanos of the ack; only with a sink
 	start    time.Time
@@ -379,6 +389,8 @@ func (r *mqttRun) publish(ctx context.Context, i int, c mqtt.Client, stopped fun
 		}
 		if interval == 0 {
 			t0 = time.Now()
+		} else {
+			r.lag.record(i, time.Since(t0))
 		}
 		tok := c.Publish(topic, cfg.QoS, false, payload)
 		r.c.sent.Add(1)

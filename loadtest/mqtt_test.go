@@ -43,6 +43,9 @@ func TestRunMQTTEveryQoS(t *testing.T) {
 			if res.Seconds <= 0 || res.MsgsPerSec <= 0 {
 				t.Errorf("seconds %v, msgs/s %v", res.Seconds, res.MsgsPerSec)
 			}
+			if res.SendLag != nil {
+				t.Errorf("send lag in a closed-loop run (no schedule to lag behind): %+v", res.SendLag)
+			}
 		})
 	}
 }
@@ -77,6 +80,10 @@ func TestRunMQTTRateAndDuration(t *testing.T) {
 	}
 	if res.Acked != 400 {
 		t.Errorf("acked %d of 400", res.Acked)
+	}
+	// Open loop: how late each message went out after its scheduled time, one value each.
+	if res.SendLag == nil || res.SendLag.Count != res.Sent || res.SendLag.P50 > res.SendLag.Max {
+		t.Errorf("send lag of an open-loop run of %d messages: %+v", res.Sent, res.SendLag)
 	}
 
 	// --duration stops a run that would take far longer.

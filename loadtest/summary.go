@@ -32,6 +32,9 @@ func Summary(res any) string {
 		fmt.Fprintf(&b, "sent %d  acked %d  errors %d  in %.2fs  →  %.0f msgs/s  (connect %.2fs)\n",
 			r.Sent, r.Acked, r.Errors, r.Seconds, r.MsgsPerSec, r.ConnectSeconds)
 		lat("ack latency", r.AckLatency)
+		if r.SendLag != nil {
+			lat("send lag", *r.SendLag)
+		}
 		e2e(r.E2E)
 		if r.FirstError != "" {
 			fmt.Fprintf(&b, "first error: %s\n", r.FirstError)
