@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -261,4 +262,82 @@ func TestCommitKeysInOneBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("table")
+}
+
+// TestSlowCommitIsReported: a commit group that takes over slowCommit in the committer (here
+// Badger's memtable write held for longer than that) is counted in
+// fleetgate_storage_slow_commits_total and logged with where its time went, at most once per
+// slowCommitLogEvery; its events are still committed.
+func TestSlowCommitIsReported(t *testing.T) {
+	set := metrics.NewSet()
+	var logs syncBuffer
+	s := openTest(t, filepath.Join(t.TempDir(), "log"), func(o *Options) {
+		o.Metrics = set
+		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	metric := func(name string) float64 {
+		var out bytes.Buffer
+		set.WritePrometheus(&out)
+		for _, line := range strings.Split(out.String(), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return 0
+	}
+	for i := range 2 {
+		release := s.db.HoldWritesForTest()
+		syncs := metric("fleetgate_storage_log_sync_seconds_count")
+		done := make(chan error, 1)
+		go func() { done <- s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("slow%d", i), `"x"`, "f")}) }()
+		// Its record is in the log once the sync is counted: the committer is then in Badger,
+		// held. Holding it longer than slowCommit makes the group slow.
+		deadline := time.Now().Add(10 * time.Second)
+		for metric("fleetgate_storage_log_sync_seconds_count") == syncs {
+			if time.Now().After(deadline) {
+				release()
+				t.Fatal("the group's record was not written within 10 s")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(slowCommit + 10*time.Millisecond)
+		release()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if n := metric("fleetgate_storage_slow_commits_total"); n != float64(i+1) {
+			t.Fatalf("fleetgate_storage_slow_commits_total = %v after %d slow groups", n, i+1)
+		}
+	}
+	out := logs.String()
+	if n := strings.Count(out, "slow commit"); n != 1 {
+		t.Fatalf("%d slow-commit warnings for two slow groups within %v, want 1:\n%s", n, slowCommitLogEvery, out)
+	}
+	for _, want := range []string{"events=1", "log_segment_turned=false", "memtable="} {
+		if !strings.Contains(out, want) {
+			t.Errorf("slow-commit warning without %q:\n%s", want, out)
+		}
+	}
+	if n := metric("fleetgate_storage_events_appended_total"); n != 2 {
+		t.Fatalf("%v events appended, want both slow groups' events", n)
+	}
+}
+
+// syncBuffer is a bytes.Buffer that a logger and a test may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

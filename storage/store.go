@@ -169,6 +169,7 @@ type Store struct {
 	sweptTo          atomic.Uint64 // every stand-alone event below this seq has been deleted
 	watermarkNanos   atomic.Int64  // how long the last sweep's watermark took (see sweepCostFactor)
 	lastCommitNanos  atomic.Int64
+	slowLogged       atomic.Int64  // unix nanos of the last slow-commit warning
 	lastWatermark    atomic.Uint64 // the last watermark computed (see watermark)
 	commitDelay      atomic.Int64  // the committer's delay (CommitDelay, or the tuner's: autodelay.go)
 	flushing         atomic.Bool   // a flush asked for by flushIfLogGrows is running
@@ -192,7 +193,18 @@ type storeMetrics struct {
 	commitSeconds                                     *metrics.PrometheusHistogram
 	groupEvents                                       *metrics.Histogram
 	logSync                                           *metrics.Histogram // write + fdatasync of a group's record
+	slowCommits                                       *metrics.Counter   // groups over slowCommit, in the committer
 }
+
+// slowCommit is how long a group may take in the committer (its record written and
+// fdatasynced, the log's segment turned if it was full, Badger's memtable written) before it is
+// counted in fleetgate_storage_slow_commits_total and logged: every acknowledgement of the group
+// and of the groups behind it waits that long. Normal groups take a fraction of a millisecond
+// to a few.
+const slowCommit = 50 * time.Millisecond
+
+// slowCommitLogEvery spaces the warnings about slow commits (the counter counts them all).
+const slowCommitLogEvery = 10 * time.Second
 
 // writeReq is one unit of the group commit: appends and raw operations, committed atomically.
 type writeReq struct {
@@ -334,6 +346,7 @@ func Open(opts Options) (*Store, error) {
 		commitSeconds: ms.NewPrometheusHistogram("fleetgate_storage_commit_seconds"),
 		groupEvents:   ms.NewHistogram("fleetgate_storage_commit_group_events"),
 		logSync:       ms.NewHistogram("fleetgate_storage_log_sync_seconds"),
+		slowCommits:   ms.NewCounter("fleetgate_storage_slow_commits_total"),
 	}
 	ms.NewGauge("fleetgate_storage_pending_bytes", func() float64 { return float64(s.pending.Load()) })
 	ms.NewGauge("fleetgate_storage_disk_bytes", func() float64 { return float64(s.Size()) })
@@ -787,28 +800,53 @@ func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 			g.err <- err
 			return g
 		}
+		walStart := time.Now()
+		var walTook time.Duration
+		rotated := false
 		if s.wal != nil {
 			// The durable write: the group's record, fdatasynced, before Badger applies it
 			// and before anyone is acknowledged.
-			walStart := time.Now()
+			segment := s.wal.seg
 			if err := s.wal.append(s.walGroup+1, txn); err != nil {
 				txn.Discard()
 				g.err <- err
 				return g
 			}
-			s.m.logSync.UpdateDuration(walStart)
+			walTook, rotated = time.Since(walStart), s.wal.seg != segment
+			s.m.logSync.Update(walTook.Seconds())
 			s.walGroup++
 			g.wal = s.walGroup
 		}
 		s.lastSeq, g.seq = seq, seq
 		// Badger applies the group on this goroutine (patched CommitInline): no hand-off to
 		// its write goroutine and back before the group can be acknowledged.
+		applyStart := time.Now()
 		g.err <- txn.CommitInline()
 		if s.wal != nil {
 			s.wal.committed(g.wal, txn.CommittedTs())
 		}
+		if took := time.Since(g.start); took > slowCommit {
+			s.slowCommitted(g, took, walStart.Sub(g.start), walTook, rotated, time.Since(applyStart))
+		}
 		return g
 	}
+}
+
+// slowCommitted counts a group that took longer than slowCommit in the committer and, at most
+// once per slowCommitLogEvery, says where the time went: building the group's transaction
+// (before), the log's write and fdatasync (turning to a new segment if rotated), Badger's
+// memtable (waiting for room there when a full memtable is still being flushed).
+func (s *Store) slowCommitted(g *group, took, before, walTook time.Duration, rotated bool, apply time.Duration) {
+	s.m.slowCommits.Inc()
+	now := time.Now()
+	if last := s.slowLogged.Load(); last != 0 && now.Sub(time.Unix(0, last)) < slowCommitLogEvery {
+		return
+	}
+	s.slowLogged.Store(now.UnixNano())
+	s.log.Warn("storage: slow commit: acknowledgements waited for it",
+		"took", took.Round(time.Microsecond), "events", g.nEvents, "requests", len(g.reqs),
+		"prepare", before.Round(time.Microsecond), "log_write_and_sync", walTook.Round(time.Microsecond),
+		"log_segment_turned", rotated, "memtable", apply.Round(time.Microsecond))
 }
 
 // complete finishes a group after Badger answered: counters, the hot-tail hook, then the
