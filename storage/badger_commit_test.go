@@ -290,7 +290,9 @@ func TestSlowCommitIsReported(t *testing.T) {
 		release := s.db.HoldWritesForTest()
 		syncs := metric("fleetgate_storage_log_sync_seconds_count")
 		done := make(chan error, 1)
-		go func() { done <- s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("slow%d", i), `"x"`, "f")}) }()
+		go func() {
+			done <- s.Append(context.Background(), []*Entry{newEntry(fmt.Sprintf("slow%d", i), `"x"`, "f")})
+		}()
 		// Its record is in the log once the sync is counted: the committer is then in Badger,
 		// held. Holding it longer than slowCommit makes the group slow.
 		deadline := time.Now().Add(10 * time.Second)
