@@ -15,6 +15,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/fleetgate/fleetgate/internal/testutil"
 )
 
 func openBadgerInMemory(t *testing.T) *badger.DB {
@@ -270,7 +272,7 @@ func TestCommitKeysInOneBuffer(t *testing.T) {
 // slowCommitLogEvery; its events are still committed.
 func TestSlowCommitIsReported(t *testing.T) {
 	set := metrics.NewSet()
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	s := openTest(t, filepath.Join(t.TempDir(), "log"), func(o *Options) {
 		o.Metrics = set
 		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -324,22 +326,4 @@ func TestSlowCommitIsReported(t *testing.T) {
 	if n := metric("fleetgate_storage_events_appended_total"); n != 2 {
 		t.Fatalf("%v events appended, want both slow groups' events", n)
 	}
-}
-
-// syncBuffer is a bytes.Buffer that a logger and a test may use at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
