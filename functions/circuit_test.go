@@ -1,7 +1,6 @@
 package functions
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
+
+	"github.com/fleetgate/fleetgate/internal/testutil"
 )
 
 // The breaker's decisions, with the time passed in.
@@ -104,24 +105,6 @@ func TestParseRetryAfter(t *testing.T) {
 	f(now.Add(45*time.Second).Format(time.ANSIC), 45*time.Second)
 }
 
-// metricValue reads one series of s ("name{labels}") or fails.
-func metricValue(t *testing.T, s *metrics.Set, series string) float64 {
-	t.Helper()
-	var buf bytes.Buffer
-	s.WritePrometheus(&buf)
-	for _, line := range strings.Split(buf.String(), "\n") {
-		if name, v, ok := strings.Cut(line, " "); ok && name == series {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("no series %s in:\n%s", series, buf.String())
-	return 0
-}
-
 // The function's endpoint is down (503) for many times its old retry budget: no event is dead-
 // lettered, the circuit shows open while it is down, and everything arrives after recovery.
 func TestOutageLongerThanRetryBudgetDeadLettersNothing(t *testing.T) {
@@ -154,7 +137,7 @@ func TestOutageLongerThanRetryBudgetDeadLettersNothing(t *testing.T) {
 		}
 		return false
 	})
-	if v := metricValue(t, set, `fleetgate_function_circuit_open{function="flaky"}`); v != 1 {
+	if v := testutil.MetricValue(t, set, `fleetgate_function_circuit_open{function="flaky"}`); v != 1 {
 		t.Fatalf("fleetgate_function_circuit_open = %v while down", v)
 	}
 	// Keep it down for ten times the calls the old retry budget allowed per event.
@@ -172,13 +155,13 @@ func TestOutageLongerThanRetryBudgetDeadLettersNothing(t *testing.T) {
 	if s.Circuit.State != CircuitClosed || s.State == "paused" {
 		t.Fatalf("after recovery: %+v %+v", s, s.Circuit)
 	}
-	if v := metricValue(t, set, `fleetgate_function_circuit_open{function="flaky"}`); v != 0 {
+	if v := testutil.MetricValue(t, set, `fleetgate_function_circuit_open{function="flaky"}`); v != 0 {
 		t.Fatalf("fleetgate_function_circuit_open = %v after recovery", v)
 	}
-	if v := metricValue(t, set, `fleetgate_function_circuit_transitions_total{function="flaky",to="open"}`); v < 1 {
+	if v := testutil.MetricValue(t, set, `fleetgate_function_circuit_transitions_total{function="flaky",to="open"}`); v < 1 {
 		t.Fatalf("no transition to open counted")
 	}
-	if v := metricValue(t, set, `fleetgate_function_circuit_transitions_total{function="flaky",to="closed"}`); v < 1 {
+	if v := testutil.MetricValue(t, set, `fleetgate_function_circuit_transitions_total{function="flaky",to="closed"}`); v < 1 {
 		t.Fatalf("no transition to closed counted")
 	}
 }
@@ -259,7 +242,7 @@ func TestLonePoisonIsDeadLetteredWhileTheCircuitIsOpen(t *testing.T) {
 	if srv.callCount() != 4 {
 		t.Fatalf("%d calls, want 4", srv.callCount())
 	}
-	if v := metricValue(t, set, `fleetgate_function_circuit_transitions_total{function="crashy",to="open"}`); v < 1 {
+	if v := testutil.MetricValue(t, set, `fleetgate_function_circuit_transitions_total{function="crashy",to="open"}`); v < 1 {
 		t.Fatal("the circuit never opened")
 	}
 }
@@ -347,10 +330,10 @@ func TestOutputPublishIsRetried(t *testing.T) {
 		if n := pub.tries.Load(); n != 3 {
 			t.Fatalf("%d publish tries, want 3", n)
 		}
-		if v := metricValue(t, set, `fleetgate_function_outputs_total{function="emitter",result="dropped"}`); v != 0 {
+		if v := testutil.MetricValue(t, set, `fleetgate_function_outputs_total{function="emitter",result="dropped"}`); v != 0 {
 			t.Fatalf("%v outputs dropped", v)
 		}
-		if v := metricValue(t, set, `fleetgate_function_output_retries_total{function="emitter"}`); v != 2 {
+		if v := testutil.MetricValue(t, set, `fleetgate_function_output_retries_total{function="emitter"}`); v != 2 {
 			t.Fatalf("%v output retries, want 2", v)
 		}
 	})
@@ -369,7 +352,7 @@ func TestOutputPublishIsRetried(t *testing.T) {
 		if n := pub.tries.Load(); n != 3 {
 			t.Fatalf("%d publish tries, want 3", n)
 		}
-		if v := metricValue(t, set, `fleetgate_function_outputs_total{function="emitter",result="dropped"}`); v != 1 {
+		if v := testutil.MetricValue(t, set, `fleetgate_function_outputs_total{function="emitter",result="dropped"}`); v != 1 {
 			t.Fatalf("%v outputs dropped, want 1", v)
 		}
 		if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, ids[0]) || !strings.Contains(l, "downlink queue full") {
@@ -505,7 +488,7 @@ func TestCircuitKeepsProbingOneSubject(t *testing.T) {
 		ids = append(ids, appendEvents(t, st, "onesubject", i*17, 17, 1)...)
 	}
 	halfOpen := func() float64 {
-		return metricValue(t, set, `fleetgate_function_circuit_transitions_total{function="onesubject",to="half_open"}`)
+		return testutil.MetricValue(t, set, `fleetgate_function_circuit_transitions_total{function="onesubject",to="half_open"}`)
 	}
 	waitFor(t, 10*time.Second, "the circuit open", func() bool { return statsOf(t, d, "onesubject").Circuit.State != CircuitClosed })
 	// Probes go on while it fails (at 50, 100, 200, 200, 200ms...), and events keep arriving.

@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fleetgate/fleetgate/event"
+	"github.com/fleetgate/fleetgate/internal/testutil"
 	"github.com/fleetgate/fleetgate/storage"
 )
 
@@ -88,7 +89,7 @@ func TestReplyOutputs(t *testing.T) {
 		{Name: "rr", Type: "replier", Retry: fastRetry(3), Batch: BatchPolicy{MaxEvents: 2, MaxWait: time.Hour}},
 	}})
 	refused := func() float64 {
-		return metricValue(t, set, `fleetgate_function_outputs_total{function="rr",result="refused"}`)
+		return testutil.MetricValue(t, set, `fleetgate_function_outputs_total{function="rr",result="refused"}`)
 	}
 
 	// A batch of two: one reply names its event, one does not (refused: ambiguous).
@@ -109,7 +110,7 @@ func TestReplyOutputs(t *testing.T) {
 	if len(pub.got()) != 1 || len(pub.all()) != 0 {
 		t.Fatalf("replies %q, publishes %v", pub.got(), pub.all())
 	}
-	if v := metricValue(t, set, `fleetgate_function_outputs_total{function="rr",result="dropped"}`); v != 0 {
+	if v := testutil.MetricValue(t, set, `fleetgate_function_outputs_total{function="rr",result="dropped"}`); v != 0 {
 		t.Fatalf("dropped %v: refused replies are not retried", v)
 	}
 }
@@ -123,7 +124,7 @@ func TestReplyWithoutReplier(t *testing.T) {
 	}})
 	appendRequests(t, st, "rr", [2]string{`{}`, "devices/a/responses"})
 	waitFor(t, 5*time.Second, "refused", func() bool {
-		return metricValue(t, set, `fleetgate_function_outputs_total{function="rr",result="refused"}`) == 1
+		return testutil.MetricValue(t, set, `fleetgate_function_outputs_total{function="rr",result="refused"}`) == 1
 	})
 }
 
