@@ -169,7 +169,6 @@ type Store struct {
 	sweptTo          atomic.Uint64 // every stand-alone event below this seq has been deleted
 	watermarkNanos   atomic.Int64  // how long the last sweep's watermark took (see sweepCostFactor)
 	lastCommitNanos  atomic.Int64
-	slowLogged       atomic.Int64  // unix nanos of the last slow-commit warning
 	lastWatermark    atomic.Uint64 // the last watermark computed (see watermark)
 	commitDelay      atomic.Int64  // the committer's delay (CommitDelay, or the tuner's: autodelay.go)
 	flushing         atomic.Bool   // a flush asked for by flushIfLogGrows is running
@@ -181,6 +180,8 @@ type Store struct {
 
 	wal      *wal   // nil in memory
 	walGroup uint64 // the last group number written to the write-ahead log; committer only
+
+	slowLogged time.Time // the last slow-commit warning; committer only
 
 	m storeMetrics
 }
@@ -838,11 +839,10 @@ func (s *Store) begin(txn *walTxn, reqs []*writeReq) *group {
 // memtable (waiting for room there when a full memtable is still being flushed).
 func (s *Store) slowCommitted(g *group, took, before, walTook time.Duration, rotated bool, apply time.Duration) {
 	s.m.slowCommits.Inc()
-	now := time.Now()
-	if last := s.slowLogged.Load(); last != 0 && now.Sub(time.Unix(0, last)) < slowCommitLogEvery {
+	if !s.slowLogged.IsZero() && time.Since(s.slowLogged) < slowCommitLogEvery {
 		return
 	}
-	s.slowLogged.Store(now.UnixNano())
+	s.slowLogged = time.Now()
 	s.log.Warn("storage: slow commit: acknowledgements waited for it",
 		"took", took.Round(time.Microsecond), "events", g.nEvents, "requests", len(g.reqs),
 		"prepare", before.Round(time.Microsecond), "log_write_and_sync", walTook.Round(time.Microsecond),
